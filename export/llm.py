@@ -1,0 +1,232 @@
+"""Export a Llama-architecture chat model to ONNX with KV-cache inputs/outputs, plus its manifest.
+
+Stages: load (HF folder, GGUF, or the built-in tiny Llama 3) -> fix special tokens -> Optimum export
+(``text-generation-with-past``) -> keep only last-position logits -> parity with transformers' greedy
+tokens -> (optional) int8 with a quality report -> manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from realizar_ort.manifest import MANIFEST_FILE, LlmSpec, Manifest
+
+from . import cache, onnx_graph, verify
+from .progress import Stages
+from .sources import ResolvedSource, resolve_source
+
+__all__ = ["export_llm"]
+
+ChatFormat = Literal["llama3", "chatml"]
+_TEMPLATES = Path(__file__).resolve().parent.parent / "realizar_ort" / "templates"
+
+# The tokens that end an assistant turn, per chat format (looked up in the tokenizer, never as ids).
+_TURN_END = {"llama3": ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"), "chatml": ("<|im_end|>", "<|endoftext|>")}
+
+
+def export_llm(
+    source: str,
+    out: Path,
+    *,
+    chat_format: ChatFormat | None = None,
+    quantize: Literal["int8"] | None = None,
+    force: bool = False,
+) -> Manifest:
+    stages = Stages(f"export llm {source} -> {out}")
+    resolved = resolve_source(source)
+    key = cache.key(resolved.sha256, quantize or "fp32")
+    if not force:
+        done = cache.up_to_date(out, key) or cache.restore(out, key)
+        if done is not None:
+            stages.note(f"up to date ({done})")
+            return Manifest.from_dict(json.loads((out / MANIFEST_FILE).read_text()))
+    with tempfile.TemporaryDirectory(prefix="realizar-export-") as tmp:
+        work = Path(tmp)
+        with stages("load weights and tokenizer"):
+            hf_dir, fmt = _prepare_hf_folder(resolved, work / "hf", chat_format)
+        with stages("optimum onnx export (text-generation-with-past)"):
+            _optimum_export(hf_dir, work / "onnx")
+        with stages("keep last-position logits only"):
+            onnx_graph.keep_last_position_logits(work / "onnx" / "model.onnx")
+        staging = work / "out"
+        staging.mkdir()
+        with stages("write model folder"):
+            spec = _write_folder(hf_dir, work / "onnx", staging, fmt)
+        with stages("parity: onnxruntime greedy == transformers greedy"):
+            parity = verify.llm_greedy_parity(hf_dir, staging, spec)
+        quant_note = None
+        if quantize == "int8":
+            with stages("dynamic int8 quantization + quality report"):
+                quant_note = verify.quantize_int8_with_report(staging, spec)
+        inputs, outputs = onnx_graph.io_specs(staging / "model.onnx")
+        manifest = Manifest(
+            kind="llm",
+            name=out.name,
+            onnx_file="model.onnx",
+            tokenizer_file="tokenizer.json",
+            chat_template_file="chat_template.jinja",
+            inputs=tuple(inputs),  # type: ignore[arg-type]
+            outputs=tuple(outputs),  # type: ignore[arg-type]
+            dtype="int8" if quantize else "float32",
+            special_tokens=spec.pop("special_tokens"),
+            source={"kind": resolved.kind, "spec": resolved.spec, "path": str(resolved.path), "sha256": resolved.sha256},
+            exporter=verify.exporter_versions(),
+            verification={"passed": parity["passed"], "cache_key": key, **parity, **({"int8": quant_note} if quant_note else {})},
+            llm=LlmSpec(**spec),
+            quantization=quantize,
+        )
+        manifest = Manifest.from_dict(manifest.to_dict())  # normalise tensor specs
+        manifest.write(staging)
+        if not parity["passed"]:
+            raise RuntimeError(f"export parity check FAILED for {source}: {parity['mismatches']}")
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staging, out)
+    cache.store(out, key)
+    stages.note("done")
+    return manifest
+
+
+# ---- stages ---------------------------------------------------------------------------------------------
+
+
+def _prepare_hf_folder(src: ResolvedSource, dest: Path, chat_format: ChatFormat | None) -> tuple[Path, ChatFormat]:
+    """Materialise a transformers folder with corrected special tokens and a chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if src.kind == "hf":
+        tokenizer = AutoTokenizer.from_pretrained(src.path)
+        model = None
+    elif src.kind == "gguf":
+        tokenizer = AutoTokenizer.from_pretrained(src.path.parent, gguf_file=src.path.name)
+        model = AutoModelForCausalLM.from_pretrained(src.path.parent, gguf_file=src.path.name, dtype=torch.float32)
+    else:
+        tokenizer, model = _tiny_llama3(src.path)
+
+    fmt = chat_format or _detect_chat_format(tokenizer)
+    turn_end = [t for t in _TURN_END[fmt] if tokenizer.convert_tokens_to_ids(t) not in (None, tokenizer.unk_token_id)]
+    if not turn_end:
+        raise RuntimeError(f"tokenizer has none of the {fmt} turn-end tokens {_TURN_END[fmt]}")
+    # GGUF conversion gets these wrong (SmolLM2: eos <|im_start|>, bos prepended to every encode).
+    tokenizer.eos_token = turn_end[0]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = turn_end[0]
+    if fmt == "chatml" and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = False  # ChatML templates spell out <|im_start|> themselves
+    if not tokenizer.chat_template:
+        template = _TEMPLATES / f"{fmt}.jinja"
+        if not template.is_file():
+            raise RuntimeError(f"{src.spec} has no chat template and {template} is missing")
+        tokenizer.chat_template = template.read_text(encoding="utf-8")
+
+    dest.mkdir(parents=True)
+    if model is None:
+        for item in src.path.iterdir():  # link config and weights only; tokenizer files are rewritten
+            weights = item.suffix in (".safetensors", ".bin") or item.name.endswith(".index.json")
+            if item.is_file() and (weights or item.name in ("config.json", "generation_config.json")):
+                (dest / item.name).symlink_to(item)
+    else:
+        model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in turn_end]
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    (dest / "realizar_chat_format").write_text(fmt)
+    return dest, fmt
+
+
+def _detect_chat_format(tokenizer: Any) -> ChatFormat:
+    vocab = tokenizer.get_vocab()
+    if "<|start_header_id|>" in vocab and "<|eot_id|>" in vocab:
+        return "llama3"
+    if "<|im_start|>" in vocab and "<|im_end|>" in vocab:
+        return "chatml"
+    raise RuntimeError("cannot tell the model's chat format from its tokenizer: pass --chat-format llama3|chatml")
+
+
+def _tiny_llama3(tokenizer_dir: Path) -> tuple[Any, Any]:
+    """A 2-layer random-weight Llama at the real Llama 3.2 vocabulary: the fast Llama 3 test model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_dir / "tokenizer.json"),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+        model_max_length=131072,
+    )
+    config = LlamaConfig(
+        vocab_size=128256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        initializer_range=1.0,  # large weights: greedy output varies with the prompt
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|begin_of_text|>"),
+        eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in _TURN_END["llama3"]],
+    )
+    torch.manual_seed(1234)
+    model = LlamaForCausalLM(config).eval()
+    return tokenizer, model
+
+
+def _optimum_export(hf_dir: Path, out: Path) -> None:
+    from optimum.exporters.onnx import main_export
+
+    main_export(
+        str(hf_dir), output=str(out), task="text-generation-with-past", device="cpu", do_validation=False,
+    )
+
+
+def _write_folder(hf_dir: Path, onnx_dir: Path, out: Path, fmt: ChatFormat) -> dict[str, Any]:
+    """Copy model + tokenizer + template into ``out``; return the ``LlmSpec`` fields (+ special tokens)."""
+    from tokenizers import Tokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    shutil.copy(onnx_dir / "model.onnx", out / "model.onnx")
+    data = onnx_dir / "model.onnx_data"
+    if data.exists():
+        shutil.copy(data, out / data.name)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    shutil.copy(hf_dir / "tokenizer.json", out / "tokenizer.json")
+    (out / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
+    config = AutoConfig.from_pretrained(hf_dir)
+    gen_path = hf_dir / "generation_config.json"
+    generation = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+
+    fast = Tokenizer.from_file(str(out / "tokenizer.json"))
+    special = {t.content: i for i, t in fast.get_added_tokens_decoder().items() if t.special}
+    turn_end = [special[t] for t in _TURN_END[fmt] if t in special]
+    gen_eos = generation.get("eos_token_id", [])
+    eos_ids = tuple(dict.fromkeys(turn_end + (gen_eos if isinstance(gen_eos, list) else [gen_eos])))
+    probe = fast.encode("hello", add_special_tokens=True).ids
+    add_bos = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    defaults = {k: generation[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty") if k in generation}
+    return {
+        "num_layers": config.num_hidden_layers,
+        "num_heads": config.num_attention_heads,
+        "num_kv_heads": config.num_key_value_heads,
+        "head_dim": head_dim,
+        "hidden_size": config.hidden_size,
+        "vocab_size": config.vocab_size,
+        "tokenizer_vocab_size": fast.get_vocab_size(with_added_tokens=True),
+        "context_length": config.max_position_embeddings,
+        "eos_token_ids": eos_ids,
+        "bos_token_id": tokenizer.bos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "add_bos_token": add_bos,
+        "chat_format": fmt,
+        "generation_defaults": defaults,
+        "special_tokens": special,
+    }

