@@ -1,0 +1,89 @@
+"""realizar-ort: ONNX Runtime inference for agentic backends.
+
+The public API, imported lazily so that ``import realizar_ort`` stays cheap (no onnxruntime or numba until
+an engine or grammar is used)::
+
+    from realizar_ort import ModelEngine, SamplingParams, EmbeddingEngine, JsonGrammar, ToolDefinition
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # generation
+    "ModelEngine": "engine",
+    "GenerationStream": "engine",
+    "SamplingParams": "sampling",
+    "GenerationResult": "generation",
+    "GenerationDelta": "generation",
+    "Usage": "generation",
+    "LogitProcessor": "logits",
+    # enforcement
+    "JsonGrammar": "grammar",
+    "TokenVocabulary": "grammar",
+    "CompiledGrammar": "grammar",
+    "GrammarMatcher": "grammar",
+    "compile_json_schema": "grammar",
+    "GrammarError": "grammar",
+    "UnsupportedSchemaError": "grammar",
+    "HybridSampler": "hybrid_sampler",
+    # tools
+    "ToolDefinition": "tools",
+    "ToolCall": "tools",
+    "ToolPromptTemplate": "tool_prompts",
+    "Llama3ToolStrategy": "tool_prompts",
+    "ChatMLToolStrategy": "tool_prompts",
+    "generate_with_tools": "tool_generation",
+    "generate_with_tools_stream": "tool_generation",
+    # embeddings
+    "EmbeddingEngine": "embedding",
+    # config, manifest, errors
+    "Config": "config",
+    "ConfigError": "config",
+    "load_config": "config",
+    "Manifest": "manifest",
+    "ManifestError": "manifest",
+    "load_manifest": "manifest",
+    "RealizarError": "errors",
+    "InvalidRequestError": "errors",
+    "ContextLengthError": "errors",
+    "QueueFullError": "errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'realizar_ort' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .config import Config, ConfigError, load_config
+    from .embedding import EmbeddingEngine
+    from .engine import GenerationStream, ModelEngine
+    from .errors import ContextLengthError, InvalidRequestError, QueueFullError, RealizarError
+    from .generation import GenerationDelta, GenerationResult, Usage
+    from .grammar import (
+        CompiledGrammar, GrammarError, GrammarMatcher, JsonGrammar, TokenVocabulary, UnsupportedSchemaError,
+        compile_json_schema,
+    )
+    from .hybrid_sampler import HybridSampler
+    from .logits import LogitProcessor
+    from .manifest import Manifest, ManifestError, load_manifest
+    from .sampling import SamplingParams
+    from .tool_generation import generate_with_tools, generate_with_tools_stream
+    from .tool_prompts import ChatMLToolStrategy, Llama3ToolStrategy, ToolPromptTemplate
+    from .tools import ToolCall, ToolDefinition

@@ -1,0 +1,246 @@
+"""Load generator for the OpenAI-compatible server, on loopback, against the engine's own throughput.
+
+    .venv/bin/python bench/server_load.py [--model models/smollm2-135m-instruct] [--clients 1,8,32]
+        [--requests 2] [--max-tokens 32] [--json-share 0,0.5]
+
+For each (clients, json share): starts N concurrent clients (the official ``AsyncOpenAI`` client, one
+streaming request at a time each, ``requests`` requests per client), and reports requests/s, aggregate
+generated tokens/s, time to first token p50/p99 and inter-token latency p50/p99 (measured at the client,
+per content chunk). ``ignore_eos`` fixes every answer at ``max-tokens`` so runs are comparable. Then the
+same workload straight on ``ModelEngine`` from N threads (no HTTP) gives the engine's batched throughput;
+the ratio server/engine is what HTTP, JSON and SSE cost.
+
+The server runs in a child process (``realizar-ort serve``) so the load generator does not share its GIL.
+Keep runs short on a shared machine; figures are medians of nothing: one run per cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?", "Say hello in Spanish.",
+           "What do bees make?", "Which planet is the largest?", "What is the boiling point of water?",
+           "Write one word that rhymes with cat."]
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40},
+                                           "age": {"type": "integer"}, "city": {"type": "string", "maxLength": 40}},
+          "required": ["name", "age", "city"], "additionalProperties": False}
+
+
+@dataclass
+class Cell:
+    requests: int = 0
+    tokens: int = 0
+    wall: float = 0.0
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
+
+    def row(self) -> dict[str, float]:
+        pct = lambda xs, q: float(np.percentile(xs, q)) * 1000 if xs else float("nan")  # noqa: E731
+        return {"req/s": self.requests / self.wall, "tok/s": self.tokens / self.wall,
+                "ttft_p50_ms": pct(self.ttft, 50), "ttft_p99_ms": pct(self.ttft, 99),
+                "itl_p50_ms": pct(self.itl, 50), "itl_p99_ms": pct(self.itl, 99)}
+
+
+def is_json(i: int, share: float) -> bool:
+    """Deterministic interleaving: request i uses json_schema for a `share` fraction of requests."""
+    return share > 0 and int((i + 1) * share) > int(i * share)
+
+
+# ---- through HTTP -------------------------------------------------------------------------------------------
+
+
+async def http_cell(url: str, model: str, clients: int, per_client: int, max_tokens: int, share: float) -> Cell:
+    cell = Cell()
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600) as client:
+
+        async def one(i: int) -> None:
+            extra: dict = {}
+            if is_json(i, share):
+                extra["response_format"] = {"type": "json_schema",
+                                            "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+            start = time.perf_counter()
+            last = None
+            stream = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], temperature=0,
+                max_tokens=max_tokens, stream=True, stream_options={"include_usage": True},
+                extra_body={"ignore_eos": not is_json(i, share)}, **extra)
+            async for chunk in stream:
+                now = time.perf_counter()
+                if chunk.usage is not None:
+                    cell.tokens += chunk.usage.completion_tokens
+                if chunk.choices and chunk.choices[0].delta.content:
+                    if last is None:
+                        cell.ttft.append(now - start)
+                    else:
+                        cell.itl.append(now - last)
+                    last = now
+            cell.requests += 1
+
+        async def worker(w: int) -> None:
+            for k in range(per_client):
+                await one(w * per_client + k)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(clients)))
+        cell.wall = time.perf_counter() - start
+    return cell
+
+
+# ---- straight on the engine ---------------------------------------------------------------------------------
+
+
+def engine_cell(engine, clients: int, per_client: int, max_tokens: int, share: float, json_mode) -> Cell:  # noqa: ANN001
+    from realizar_ort.sampling import SamplingParams
+    from realizar_ort.server.protocol import JsonSchemaFormat
+
+    cell = Cell()
+    lock = threading.Lock()
+    fmt = JsonSchemaFormat("json_schema", schema=PERSON, name="person", strict=True)
+
+    def one(i: int) -> None:
+        processors = (json_mode.processor(fmt),) if is_json(i, share) else ()
+        params = SamplingParams(max_tokens=max_tokens, temperature=0, logit_processors=processors,
+                                ignore_eos=not is_json(i, share))
+        start = time.perf_counter()
+        last = None
+        ttft, itl, tokens = [], [], 0
+        for delta in engine.chat_stream([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], params):
+            now = time.perf_counter()
+            tokens += len(delta.token_ids)
+            if delta.text:
+                (ttft if last is None else itl).append(now - (start if last is None else last))
+                last = now
+        with lock:
+            cell.requests += 1
+            cell.tokens += tokens
+            cell.ttft += ttft
+            cell.itl += itl
+
+    def worker(w: int) -> None:
+        for k in range(per_client):
+            one(w * per_client + k)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cell.wall = time.perf_counter() - start
+    return cell
+
+
+# ---- orchestration ------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(model: Path, max_batch: int, threads: int) -> tuple[subprocess.Popen, str, str]:
+    port = free_port()
+    config = Path(tempfile.mkdtemp()) / "config.toml"
+    config.write_text(
+        f'[models.llm]\npath = "{model.resolve()}"\nmax_batch_size = {max_batch}\nmax_context = 1024\n'
+        f'max_queued = 512\n[models.llm.session]\nintra_op_threads = {threads}\n'
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\nlog_level = "warning"\n', encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "realizar_ort", "serve", "--config", str(config)], cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the server did not start")
+        time.sleep(0.2)
+    return proc, url, model.name
+
+
+def print_table(rows: list[tuple[str, int, float, Cell]], engine_rows: dict[tuple[int, float], Cell]) -> None:
+    head = ("path", "clients", "json", "req/s", "tok/s", "ttft p50 ms", "ttft p99 ms", "itl p50 ms", "itl p99 ms",
+            "vs engine")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for path, clients, share, cell in rows:
+        r = cell.row()
+        ref = engine_rows.get((clients, share))
+        ratio = f"{cell.tokens / cell.wall / (ref.tokens / ref.wall):.2f}x" if ref and path == "http" else ""
+        print(f"| {path} | {clients} | {share:.0%} | {r['req/s']:.2f} | {r['tok/s']:.1f} | {r['ttft_p50_ms']:.0f} | "
+              f"{r['ttft_p99_ms']:.0f} | {r['itl_p50_ms']:.1f} | {r['itl_p99_ms']:.1f} | {ratio} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "smollm2-135m-instruct")
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--json-share", default="0,0.5")
+    parser.add_argument("--requests", type=int, default=2, help="requests per client")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
+    parser.add_argument("--skip-engine", action="store_true")
+    args = parser.parse_args(argv)
+    clients = [int(c) for c in args.clients.split(",")]
+    shares = [float(s) for s in args.json_share.split(",")]
+    max_batch = max(clients)
+    print(f"# server_load: {args.model.name}, {args.requests} request(s)/client, max_tokens {args.max_tokens}, "
+          f"max_batch_size {max_batch}, {os.cpu_count()} CPUs", flush=True)
+
+    rows: list[tuple[str, int, float, Cell]] = []
+    proc, url, model = start_server(args.model, max_batch, args.threads)
+    try:
+        asyncio.run(http_cell(url, model, 1, 1, 4, 0.5))  # warm-up (and compile the schema once)
+        for share in shares:
+            for n in clients:
+                cell = asyncio.run(http_cell(url, model, n, args.requests, args.max_tokens, share))
+                rows.append(("http", n, share, cell))
+                print(f"http clients={n} json={share:.0%}: {cell.row()}", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    engine_rows: dict[tuple[int, float], Cell] = {}
+    if not args.skip_engine:
+        from realizar_ort.config import LlmModelConfig, SessionConfig
+        from realizar_ort.engine import ModelEngine
+        from realizar_ort.server.json_mode import JsonModeService
+        from realizar_ort.server.metrics import ServerMetrics
+
+        cfg = LlmModelConfig(path=args.model, max_batch_size=max_batch, max_context=1024, max_queued=512,
+                             session=SessionConfig(intra_op_threads=args.threads))
+        with ModelEngine.from_config(cfg) as engine:
+            spec = engine.manifest.llm
+            json_mode = JsonModeService(args.model, spec.vocab_size, spec.eos_token_ids, ServerMetrics())
+            engine_cell(engine, 1, 1, 4, 0.5, json_mode)  # warm-up
+            for share in shares:
+                for n in clients:
+                    cell = engine_cell(engine, n, args.requests, args.max_tokens, share, json_mode)
+                    engine_rows[(n, share)] = cell
+                    rows.append(("engine", n, share, cell))
+                    print(f"engine clients={n} json={share:.0%}: {cell.row()}", flush=True)
+    print()
+    print_table(rows, engine_rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

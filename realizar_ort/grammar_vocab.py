@@ -1,0 +1,371 @@
+"""Token bytes and the flat byte tries the grammar kernel walks, built once per tokenizer.
+
+A grammar works on bytes, a model on token ids: this module turns a ``tokenizer.json`` into the exact
+bytes each token id stands for, then into tables :mod:`realizar_ort.kernels.token_mask` reads.
+
+- Byte-level BPE (Llama 3, SmolLM2, GPT-2): token strings use the GPT-2 byte-to-unicode map.
+- SentencePiece-style (Llama 2, Mistral): ``▁`` is a space and ``<0xNN>`` is the raw byte ``NN``.
+- Added/special tokens (``<|eot_id|>``...) have no bytes here: a grammar never allows them inside JSON.
+  Stop tokens are handled apart, by the matcher.
+
+Cost: about a second for the 128k Llama 3 vocabulary the first time; the tables are then cached as an
+``.npz`` under ``~/.cache/realizar-ort/vocab`` keyed by the tokenizer file's sha256 and ``vocab_size``
+(``REALIZAR_ORT_CACHE`` overrides the root), and load in milliseconds. Built tables are read-only and safe
+to share between threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "TokenTrie",
+    "VocabTables",
+    "build_vocab_tables",
+    "load_vocab_tables",
+    "token_bytes_from_tokenizer_json",
+    "tokenizer_sha256",
+]
+
+_CACHE_FORMAT = 4
+_TRIE_FIELDS = ("byte", "skip", "depth", "token_ptr", "token_ids", "sub_bytes")
+
+
+def _gpt2_unicode_to_byte() -> dict[str, int]:
+    """The inverse of GPT-2's ``bytes_to_unicode``: printable stand-in character -> byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+def _components(node: dict | None) -> list[dict]:
+    if not node:
+        return []
+    if node.get("type") == "Sequence":
+        inner = node.get("decoders") or node.get("pretokenizers") or []
+        return [part for child in inner for part in _components(child)]
+    return [node]
+
+
+def token_bytes_from_tokenizer_json(data: dict) -> list[bytes | None]:
+    """Bytes for every id of a parsed ``tokenizer.json``; ``None`` for added/special tokens and gaps.
+
+    Raises ``ValueError`` naming the model type or decoder when the scheme is not one we decode exactly.
+    """
+    model = data.get("model") or {}
+    model_type = model.get("type")
+    if model_type in ("BPE", "WordLevel"):
+        pieces = {int(i): tok for tok, i in model["vocab"].items()}
+    elif model_type == "Unigram":
+        pieces = {i: entry[0] for i, entry in enumerate(model["vocab"])}
+    else:
+        raise ValueError(f"unsupported tokenizer model type {model_type!r} (expected BPE or Unigram)")
+    decoders = [c.get("type") for c in _components(data.get("decoder"))]
+    pretokenizers = [c.get("type") for c in _components(data.get("pre_tokenizer"))]
+    byte_level = "ByteLevel" in decoders or "ByteLevel" in pretokenizers
+    sentencepiece = (
+        "ByteFallback" in decoders or "Metaspace" in decoders or "Metaspace" in pretokenizers
+        or bool(model.get("byte_fallback")) or any(
+            c.get("type") == "Replace" and c.get("pattern", {}).get("String") == "\u2581"
+            for c in _components(data.get("decoder")))
+    )
+    if not byte_level and not sentencepiece:
+        raise ValueError(f"unsupported tokenizer decoder {decoders!r}: expected ByteLevel or SentencePiece-style")
+
+    added = {int(t["id"]) for t in data.get("added_tokens", [])}
+    size = max([*pieces, *added, -1]) + 1
+    out: list[bytes | None] = [None] * size
+    if byte_level:
+        table = _gpt2_unicode_to_byte()
+        for i, piece in pieces.items():
+            try:
+                out[i] = bytes(table[ch] for ch in piece)
+            except KeyError:
+                out[i] = None  # not a byte-level string: cannot stand for exact bytes
+    else:
+        for i, piece in pieces.items():
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                try:
+                    out[i] = bytes([int(piece[3:5], 16)])
+                    continue
+                except ValueError:
+                    pass
+            out[i] = piece.replace("\u2581", " ").encode("utf-8")
+    for i in added:
+        out[i] = None
+    for i, raw in enumerate(out):
+        if raw is not None and len(raw) == 0:
+            out[i] = None
+    return out
+
+
+@dataclass(frozen=True)
+class TokenTrie:
+    """A byte trie in preorder: node ``i``'s subtree is ``[i, skip[i])``; node 0 is the root.
+
+    ``depth[i]`` is the prefix length of node ``i``; the token ids ending exactly at node ``i`` are
+    ``token_ids[token_ptr[i]:token_ptr[i + 1]]``.
+    """
+
+    byte: np.ndarray  # uint8 [nodes]
+    skip: np.ndarray  # int32 [nodes]
+    depth: np.ndarray  # int32 [nodes]
+    token_ptr: np.ndarray  # int32 [nodes + 1]
+    token_ids: np.ndarray  # int32 [tokens]
+    sub_bytes: np.ndarray  # uint64 [nodes, 4]: 256-bit set of the bytes anywhere in node i's subtree
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.byte, self.skip, self.depth, self.token_ptr, self.token_ids, self.sub_bytes)
+
+
+def _build_trie(items: list[tuple[bytes, int]]) -> TokenTrie:
+    items.sort()
+    node_byte = [0]
+    node_depth = [0]
+    node_tokens: list[list[int]] = [[]]
+    node_parent = [0]
+    path = [0]  # node index for each prefix length of the previous token
+    prev = b""
+    for raw, tid in items:
+        common = 0
+        limit = min(len(raw), len(prev))
+        while common < limit and raw[common] == prev[common]:
+            common += 1
+        del path[common + 1:]
+        for d in range(common, len(raw)):
+            node_byte.append(raw[d])
+            node_depth.append(d + 1)
+            node_tokens.append([])
+            node_parent.append(path[-1])
+            path.append(len(node_byte) - 1)
+        node_tokens[path[len(raw)]].append(tid)
+        prev = raw
+    depth = np.asarray(node_depth, dtype=np.int32)
+    n = len(depth)
+    skip = np.empty(n, dtype=np.int32)
+    # skip[i] = first later node with depth <= depth[i] (preorder subtree end)
+    open_nodes: list[int] = []
+    for i in range(n):
+        d = node_depth[i]
+        while open_nodes and node_depth[open_nodes[-1]] >= d:
+            skip[open_nodes.pop()] = i
+        open_nodes.append(i)
+    for i in open_nodes:
+        skip[i] = n
+    counts = np.fromiter((len(t) for t in node_tokens), dtype=np.int32, count=n)
+    token_ptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(counts, out=token_ptr[1:])
+    token_ids = np.fromiter((t for ts in node_tokens for t in ts), dtype=np.int32, count=int(token_ptr[-1]))
+    byte = np.asarray(node_byte, dtype=np.uint8)
+    parent = np.asarray(node_parent, dtype=np.int64)
+    sub = np.zeros((n, 4), dtype=np.uint64)
+    rows = np.arange(1, n)
+    sub[rows, byte[1:] >> 6] = np.left_shift(np.uint64(1), (byte[1:] & 63).astype(np.uint64))
+    for d in range(int(depth.max(initial=0)), 1, -1):  # children into parents, deepest first
+        idx = np.flatnonzero(depth == d)
+        np.bitwise_or.at(sub, parent[idx], sub[idx])
+    return TokenTrie(byte, skip, depth, token_ptr, token_ids, sub)
+
+
+def _plain_chars(raw: bytes) -> int:
+    """Code points in ``raw`` if it is whole UTF-8 with no ``"``, ``\\`` or control character, else -1."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return -1
+    if any(ch == '"' or ch == "\\" or ord(ch) < 0x20 for ch in text):
+        return -1
+    return len(text)
+
+
+def _string_event(raw: bytes) -> tuple[bool, int]:
+    """How a non-plain token can fare from inside a JSON string (any string automaton).
+
+    Returns (may_be_accepted, chars it can add to the current string before leaving it). Tokens whose first
+    non-plain event is a raw control character or invalid UTF-8 are rejected by every string state.
+    """
+    i = chars = 0
+    while i < len(raw):
+        b = raw[i]
+        if b == 0x22:
+            return True, chars
+        if b == 0x5C:  # an escape: one character, then the string goes on
+            j = i + (6 if raw[i + 1:i + 2] == b"u" else 2)
+            i, chars = j, chars + 1
+            continue
+        if b < 0x20:
+            return False, 0
+        if b < 0x80:
+            i, chars = i + 1, chars + 1
+            continue
+        width = 2 if 0xC2 <= b <= 0xDF else 3 if 0xE0 <= b <= 0xEF else 4 if 0xF0 <= b <= 0xF4 else 0
+        if width == 0:
+            return False, 0
+        try:
+            raw[i:i + width].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if i + width > len(raw) and exc.reason == "unexpected end of data":
+                return True, chars + 1  # a partial character at the end: needs room for one more
+            return False, 0
+        i, chars = i + width, chars + 1
+    return True, chars
+
+
+@dataclass(frozen=True)
+class VocabTables:
+    """Everything the mask kernel needs about one (tokenizer, vocab_size).
+
+    ``trie`` holds every allowed-in-JSON token. Inside a string (a state that loops on every plain
+    character) a mask is ``plain_upto[min(room, last row)]`` (the plain tokens: whole UTF-8, no quote,
+    backslash or control character, of at most ``room`` characters) OR the walk of ``rest_trie``, which holds
+    only the non-plain tokens a string state could accept (a quote, a backslash or a partial character
+    before any control byte or invalid UTF-8). Each of those adds at most ``rest_max_chars`` characters to
+    the open string, so string-length slack beyond that does not change the walk.
+    """
+
+    vocab_size: int
+    token_data: np.ndarray  # uint8, all token bytes concatenated
+    token_offsets: np.ndarray  # int64 [vocab_size + 1]; empty range = never allowed in JSON
+    trie: TokenTrie
+    rest_trie: TokenTrie
+    plain_upto: np.ndarray  # int32 [max_plain_chars + 1, words]
+    max_token_bytes: int
+    rest_max_chars: int
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.token_data[self.token_offsets[token_id]:self.token_offsets[token_id + 1]].tobytes()
+
+
+def build_vocab_tables(token_bytes: list[bytes | None], vocab_size: int) -> VocabTables:
+    """Build the tables from per-id bytes; ids ``>= vocab_size`` are dropped. Pure Python, ~1 s at 128k."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    lengths = np.zeros(vocab_size, dtype=np.int64)
+    chunks: list[bytes] = []
+    all_items: list[tuple[bytes, int]] = []
+    rest_items: list[tuple[bytes, int]] = []
+    words = (vocab_size + 31) // 32
+    plain_ids: list[int] = []
+    plain_len: list[int] = []
+    rest_max = 0
+    for tid in range(min(vocab_size, len(token_bytes))):
+        raw = token_bytes[tid]
+        if raw is None:
+            continue
+        lengths[tid] = len(raw)
+        chunks.append(raw)
+        all_items.append((raw, tid))
+        chars = _plain_chars(raw)
+        if chars > 0:
+            plain_ids.append(tid)
+            plain_len.append(chars)
+            continue
+        maybe, added = _string_event(raw)
+        if maybe:
+            rest_items.append((raw, tid))
+            rest_max = max(rest_max, added)
+    offsets = np.zeros(vocab_size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = np.frombuffer(b"".join(chunks), dtype=np.uint8).copy()
+    max_chars = max(plain_len, default=0)
+    ids = np.asarray(plain_ids, dtype=np.int64)
+    lens = np.asarray(plain_len, dtype=np.int64)
+    plain_upto = np.zeros((max_chars + 1, words), dtype=np.uint32)
+    for k in range(1, max_chars + 1):
+        sel = ids[lens == k]
+        plain_upto[k] = plain_upto[k - 1]
+        np.bitwise_or.at(plain_upto[k], sel >> 5, (np.uint32(1) << (sel & 31).astype(np.uint32)))
+    return VocabTables(
+        vocab_size=vocab_size,
+        token_data=data,
+        token_offsets=offsets,
+        trie=_build_trie(all_items),
+        rest_trie=_build_trie(rest_items),
+        plain_upto=plain_upto.view(np.int32),
+        max_token_bytes=int(lengths.max(initial=0)),
+        rest_max_chars=rest_max,
+    )
+
+
+def tokenizer_sha256(path: str | os.PathLike[str]) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("REALIZAR_ORT_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "realizar-ort"
+    return base / "vocab"
+
+
+def _save(tables: VocabTables, path: Path) -> None:
+    arrays = {
+        "format": np.asarray([_CACHE_FORMAT, tables.vocab_size, tables.max_token_bytes, tables.rest_max_chars],
+                             dtype=np.int64),
+        "token_data": tables.token_data,
+        "token_offsets": tables.token_offsets,
+        "plain_upto": tables.plain_upto,
+    }
+    for name, trie in (("trie", tables.trie), ("rest", tables.rest_trie)):
+        for field, arr in zip(_TRIE_FIELDS, trie.arrays):
+            arrays[f"{name}_{field}"] = arr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load(path: Path) -> VocabTables | None:
+    try:
+        with np.load(path) as z:
+            fmt = z["format"]
+            if int(fmt[0]) != _CACHE_FORMAT:
+                return None
+            tries = [
+                TokenTrie(*(z[f"{name}_{field}"] for field in _TRIE_FIELDS))
+                for name in ("trie", "rest")
+            ]
+            return VocabTables(int(fmt[1]), z["token_data"], z["token_offsets"], tries[0], tries[1],
+                               z["plain_upto"], int(fmt[2]), int(fmt[3]))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def load_vocab_tables(tokenizer_path: str | os.PathLike[str], vocab_size: int | None = None,
+                      *, use_disk_cache: bool = True) -> tuple[VocabTables, str]:
+    """Tables for a ``tokenizer.json`` (from the disk cache when present) and the file's sha256.
+
+    ``vocab_size`` defaults to the tokenizer's id count; pass the model's logits width.
+    """
+    raw = Path(tokenizer_path).read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    token_bytes = None
+    if vocab_size is None:
+        token_bytes = token_bytes_from_tokenizer_json(json.loads(raw))
+        vocab_size = len(token_bytes)
+    path = _cache_dir() / f"{sha}-{vocab_size}.npz"
+    if use_disk_cache and path.is_file():
+        tables = _load(path)
+        if tables is not None and tables.vocab_size == vocab_size:
+            return tables, sha
+    if token_bytes is None:
+        token_bytes = token_bytes_from_tokenizer_json(json.loads(raw))
+    tables = build_vocab_tables(token_bytes, vocab_size)
+    if use_disk_cache:
+        try:
+            _save(tables, path)
+        except OSError:
+            pass  # a read-only home still works, only slower
+    return tables, sha

@@ -1,0 +1,220 @@
+"""``POST /v1/chat/completions``: validate, build the sampling params, stream (or fold) the engine's deltas.
+
+Request path: body (size-limited) -> :func:`~.protocol.validate_chat_request` -> model lookup ->
+``SamplingParams`` (+ a ``JsonGrammar`` for ``response_format``, compiled off the loop) -> the engine's
+stream (plain, or through tool calling when ``tools`` are given) driven in its own thread by
+:class:`~.bridge.ThreadedIterator` -> :class:`~.chat_format.ChunkBuilder` -> SSE, or the fold of the same
+chunks. Errors before the first chunk are ordinary HTTP errors; after it, an SSE error event and
+``[DONE]``. A client disconnect cancels the engine request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import anyio
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from realizar_ort.sampling import SamplingParams
+
+from .bridge import ThreadedIterator
+from .chat_format import ChunkBuilder, ToolCallFragment, fold_chunks, usage_dict
+from .errors import APIError, invalid, to_api_error
+from .protocol import ChatCompletionRequest, parse_json_body, validate_chat_request
+from .sse import SSE_DONE, SSEResponse, sse_error, sse_event
+from .state import LlmService, ServerState, read_body, run_unless_disconnected, state_of
+
+__all__ = ["chat_completions", "sampling_params"]
+
+log = logging.getLogger("realizar_ort.server")
+
+
+async def chat_completions(request: Request) -> Response:
+    state = state_of(request)
+    arrived = time.perf_counter()
+    body = await read_body(request, state.config.server.max_body_bytes)
+    req = validate_chat_request(parse_json_body(body))
+    llm = state.require_llm(req.model)
+    if req.max_tokens is not None and req.max_tokens >= llm.max_context:
+        raise APIError(400, f"max_tokens is too large: {req.max_tokens}. This model's context is "
+                       f"{llm.max_context} tokens (prompt + completion).", "invalid_request_error",
+                       "max_tokens", "context_length_exceeded")
+    params = await _params_with_grammar(req, llm, state)
+    source = ThreadedIterator(_open_source(llm, req, params))
+    run = _Run(state, llm, req, source, arrived)
+    chunks = run.chunks()
+    try:
+        first = await chunks.__anext__()  # errors up to here are plain HTTP errors
+    except StopAsyncIteration:  # pragma: no cover - the engine always sends a final delta
+        raise APIError(500, "The model produced no output.", "internal_error") from None
+    except BaseException:
+        await chunks.aclose()
+        raise
+    if req.stream:
+        return SSEResponse(_sse(first, chunks, run), on_disconnect=run.disconnected)
+
+    async def fold() -> Response:
+        collected = [first]
+        async for chunk in chunks:
+            collected.append(chunk)
+        completion = fold_chunks(collected, usage_dict(run.usage) if run.usage else _no_usage())
+        return Response(orjson.dumps(completion), media_type="application/json")
+
+    def cancel() -> None:
+        source.cancel()
+        state.metrics.cancelled.inc()
+
+    response = await run_unless_disconnected(request, fold, cancel)
+    return response if response is not None else Response(status_code=499)
+
+
+def _no_usage() -> dict[str, int]:
+    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+async def _sse(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], run: _Run) -> AsyncIterator[bytes]:
+    yield sse_event(first)
+    try:
+        async for chunk in chunks:
+            yield sse_event(chunk)
+    except Exception as exc:  # after the stream began: an error event, then [DONE]
+        yield sse_error(to_api_error(exc))
+        yield SSE_DONE
+        return
+    if run.req.include_usage and run.usage is not None:
+        yield sse_event(run.builder.usage_chunk(run.usage))
+    yield SSE_DONE
+
+
+def sampling_params(req: ChatCompletionRequest, processors: tuple[Any, ...] = ()) -> SamplingParams:
+    """The engine's ``SamplingParams`` for a validated request (its own checks raise 400s naming the field)."""
+    return SamplingParams(
+        max_tokens=req.max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=max(req.top_k, 0),
+        min_p=req.min_p,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        repetition_penalty=req.repetition_penalty,
+        seed=req.seed,
+        stop=req.stop,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
+        logit_processors=processors,
+        ignore_eos=req.ignore_eos,
+    )
+
+
+async def _params_with_grammar(req: ChatCompletionRequest, llm: LlmService, state: ServerState) -> SamplingParams:
+    if req.response_format is None:
+        return sampling_params(req)
+    if llm.json_mode is None:
+        raise invalid("response_format json_object/json_schema is not available: the grammar module is not "
+                      "installed on this server.", "response_format")
+    fmt = req.response_format
+    json_mode = llm.json_mode
+    try:
+        processor = await anyio.to_thread.run_sync(json_mode.processor, fmt)
+    except Exception as exc:
+        param = "response_format.json_schema.schema" if fmt.type == "json_schema" else "response_format"
+        raise to_api_error(exc, schema_param=param) from None
+    return sampling_params(req, (processor,))
+
+
+def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingParams) -> Callable[[], Iterator[Any]]:
+    messages = [dict(m) for m in req.messages]
+    if req.uses_tools:
+        try:
+            from realizar_ort.tool_generation import generate_with_tools_stream
+        except ImportError:
+            raise invalid("tools are not available on this server (realizar_ort.tool_generation is missing).",
+                          "tools") from None
+
+        tools = [dict(t) for t in req.tools]
+        return lambda: generate_with_tools_stream(llm.engine, messages, tools, req.tool_choice,
+                                                  req.parallel_tool_calls, params)
+    return lambda: llm.engine.chat_stream(messages, params)
+
+
+@dataclass
+class _Run:
+    """One completion in flight: turns engine deltas into chunks and records its metrics."""
+
+    state: ServerState
+    llm: LlmService
+    req: ChatCompletionRequest
+    source: ThreadedIterator[Any]
+    arrived: float
+    usage: Any = None
+
+    def __post_init__(self) -> None:
+        self.builder = ChunkBuilder(model=self.llm.name, include_usage=self.req.include_usage,
+                                    want_logprobs=self.req.logprobs)
+        self._tokens_seen = 0
+        self._last_token_at: float | None = None
+
+    async def disconnected(self) -> None:
+        self.source.cancel()
+        self.state.metrics.cancelled.inc()
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        metrics = self.state.metrics
+        model = self.llm.name
+        try:
+            async for delta in self.source:
+                n = len(getattr(delta, "token_ids", ()) or ())
+                if n:
+                    self._observe_tokens(n)
+                chunk = self.builder.delta(
+                    content=_text(delta),
+                    tool_calls=_tool_fragments(delta),
+                    logprobs=getattr(delta, "logprobs", None),
+                    finish_reason=getattr(delta, "finish_reason", None),
+                )
+                if getattr(delta, "usage", None) is not None:
+                    self.usage = delta.usage
+                if chunk is not None:
+                    yield chunk
+        finally:
+            self.source.cancel()
+            if self.usage is not None:
+                metrics.prompt_tokens.labels(model).inc(self.usage.prompt_tokens)
+                rest = self.usage.completion_tokens - self._tokens_seen
+                if rest > 0:
+                    metrics.generated_tokens.labels(model).inc(rest)
+
+    def _observe_tokens(self, n: int) -> None:
+        now = time.perf_counter()
+        metrics = self.state.metrics
+        if self._last_token_at is None:
+            metrics.ttft.observe(now - self.arrived)
+        else:
+            metrics.itl.observe((now - self._last_token_at) / n)
+        self._last_token_at = now
+        self._tokens_seen += n
+        metrics.generated_tokens.labels(self.llm.name).inc(n)
+
+
+def _text(delta: Any) -> str:
+    text = getattr(delta, "text", None)
+    if text is None:
+        text = getattr(delta, "content", None)
+    return text or ""
+
+
+def _tool_fragments(delta: Any) -> list[ToolCallFragment]:
+    """Tool-call fragments of a tool-generation delta (none for a plain engine delta)."""
+    calls = getattr(delta, "tool_calls", None) or ()
+    fragments = []
+    for c in calls:
+        fragments.append(ToolCallFragment(
+            index=c.index, arguments=getattr(c, "arguments", "") or "",
+            id=getattr(c, "id", None), name=getattr(c, "name", None),
+        ))
+    return fragments

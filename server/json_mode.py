@@ -1,0 +1,81 @@
+"""``response_format`` -> a per-request ``JsonGrammar`` logit processor.
+
+Compiling a schema is the expensive part (milliseconds to seconds; ``compile_json_schema`` keeps its own
+LRU of compiled grammars, so a repeated schema costs microseconds); a ``JsonGrammar`` over a compiled
+grammar is a cheap per-request cursor. The token vocabulary is built once per engine (at startup, in a
+worker thread). Compiles run in a worker thread; the mask time of every token is observed into the
+metrics by a thin wrapper around the processor (two ``perf_counter`` calls and one histogram observation).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .metrics import ServerMetrics
+from .protocol import JsonSchemaFormat
+
+__all__ = ["JsonModeService", "TimedProcessor"]
+
+ANY_OBJECT = "any_object"
+
+
+class TimedProcessor:
+    """Wraps a logit processor, observing the time of each ``process`` call (scheduler thread)."""
+
+    def __init__(self, inner: Any, metrics: ServerMetrics) -> None:
+        self.inner = inner
+        self._observe = metrics.grammar_mask.observe
+
+    def process(self, generated_ids: Sequence[int], logits: np.ndarray) -> None:
+        start = time.perf_counter()
+        self.inner.process(generated_ids, logits)
+        self._observe(time.perf_counter() - start)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class JsonModeService:
+    """Owns one engine's token vocabulary; hands out JSON grammar processors. Thread-safe."""
+
+    def __init__(self, model_dir: Path, vocab_size: int, stop_token_ids: Sequence[int], metrics: ServerMetrics) -> None:
+        self._model_dir = Path(model_dir)
+        self._vocab_size = vocab_size
+        self._stop_token_ids = tuple(stop_token_ids)
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._vocab: Any = None
+
+    def vocabulary(self) -> Any:
+        """The engine's ``TokenVocabulary`` (built on first call; blocking, ~0.1-1 s)."""
+        with self._lock:
+            if self._vocab is None:
+                from realizar_ort.grammar import TokenVocabulary
+
+                self._vocab = TokenVocabulary.from_tokenizer_file(
+                    self._model_dir / "tokenizer.json", vocab_size=self._vocab_size,
+                    stop_token_ids=self._stop_token_ids,
+                )
+            return self._vocab
+
+    def compiled(self, schema: dict[str, Any] | str) -> Any:
+        """The compiled grammar for ``schema`` (or ``"any_object"``); blocking on a cache miss."""
+        from realizar_ort.grammar import compile_json_schema
+
+        vocab = self.vocabulary()
+        start = time.perf_counter()
+        grammar = compile_json_schema(schema, vocab)
+        self._metrics.grammar_compile.observe(time.perf_counter() - start)
+        return grammar
+
+    def processor(self, fmt: JsonSchemaFormat) -> TimedProcessor:
+        """A fresh per-request processor enforcing ``fmt`` (blocking when the grammar is not cached)."""
+        from realizar_ort.grammar import JsonGrammar
+
+        grammar = self.compiled(fmt.schema if fmt.type == "json_schema" and fmt.schema else ANY_OBJECT)
+        return TimedProcessor(JsonGrammar(grammar), self._metrics)

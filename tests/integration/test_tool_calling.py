@@ -1,0 +1,213 @@
+"""Tool calling end to end on real models: SmolLM2-135M-Instruct (greedy, real answers) and the random-weight
+tiny Llama 3 with the real 128k Llama 3.2 vocabulary (validity from the grammar alone)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from realizar_ort.chat_template import ChatTemplate
+from realizar_ort.engine import ModelEngine
+from realizar_ort.errors import InvalidRequestError
+from realizar_ort.sampling import SamplingParams
+from realizar_ort.tool_generation import (
+    ToolGenerationResult,
+    generate_with_tools,
+    generate_with_tools_stream,
+)
+from realizar_ort.tool_prompts import ChatMLToolStrategy, Llama3ToolStrategy, strategy_for
+from realizar_ort.tools import normalize_messages, parse_tools
+
+pytestmark = pytest.mark.slow  # real models; seconds per test on two shared cores
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a given city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city name"}},
+                   "required": ["city"]}}}
+GREEDY = SamplingParams(max_tokens=48, temperature=0)
+
+# Bounded schemas: a random-weight model must still finish every call within max_tokens.
+BOUNDED_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city", "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["city"]}}},
+    {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object",
+        "properties": {"a": {"type": "integer", "minimum": -100, "maximum": 100},
+                       "b": {"type": "integer", "minimum": 0, "maximum": 10}},
+        "required": ["a", "b"]}}},
+    {"type": "function", "function": {"name": "set_flags", "parameters": {
+        "type": "object",
+        "properties": {"flags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3},
+                       "note": {"type": ["string", "null"], "maxLength": 8}},
+        "required": ["flags"]}}},
+    {"type": "function", "function": {"name": "ping"}},
+]
+SCHEMAS = {t["function"]["name"]: t["function"].get("parameters", {"type": "object", "maxProperties": 0})
+           for t in BOUNDED_TOOLS}
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir: Path):
+    with ModelEngine.from_folder(smollm2_dir) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama3_dir: Path):
+    with ModelEngine.from_folder(tiny_llama3_dir) as engine:
+        yield engine
+
+
+def ask(question: str) -> list[dict]:
+    return [{"role": "user", "content": question}]
+
+
+def summary(result: ToolGenerationResult) -> tuple:
+    return (result.content, [(c.name, c.arguments_json) for c in result.tool_calls], result.finish_reason,
+            result.token_ids, result.usage)
+
+
+# ---- SmolLM2 ---------------------------------------------------------------------------------------------
+def test_smollm2_calls_get_weather_for_paris(smollm2: ModelEngine) -> None:
+    result = generate_with_tools(smollm2, ask("What is the weather in Paris?"), [WEATHER], "auto", params=GREEDY)
+    assert len(result.tool_calls) == 1
+    [call] = result.tool_calls
+    assert call.name == "get_weather" and call.id.startswith("call_")
+    assert call.arguments is not None and "Paris" in call.arguments["city"]
+    assert json.loads(call.arguments_json) == call.arguments
+    assert result.content is None and result.finish_reason == "tool_calls"
+
+
+def test_smollm2_answers_arithmetic_in_text(smollm2: ModelEngine) -> None:
+    result = generate_with_tools(smollm2, ask("What is 2+2?"), [WEATHER], "auto", params=GREEDY)
+    assert result.tool_calls == ()
+    assert result.content and result.finish_reason == "stop"
+
+
+def test_smollm2_named_tool_choice_forces_that_tool(smollm2: ModelEngine) -> None:
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    result = generate_with_tools(smollm2, ask("What is 2+2?"), [WEATHER], choice, params=GREEDY)
+    assert [c.name for c in result.tool_calls] == ["get_weather"]
+    assert result.tool_calls[0].arguments is not None and result.finish_reason == "tool_calls"
+
+
+def test_smollm2_tool_choice_none_never_calls(smollm2: ModelEngine) -> None:
+    result = generate_with_tools(smollm2, ask("What is the weather in Paris?"), [WEATHER], "none", params=GREEDY)
+    assert result.tool_calls == () and result.content
+    assert not result.content.lstrip().startswith("{")  # a call's opening was masked at the start
+
+
+@pytest.mark.parametrize("question", ["What is the weather in Paris?", "What is 2+2?"])
+def test_smollm2_stream_folds_into_the_non_streaming_result(smollm2: ModelEngine, question: str) -> None:
+    whole = generate_with_tools(smollm2, ask(question), [WEATHER], "auto", params=GREEDY)
+    deltas = list(generate_with_tools_stream(smollm2, ask(question), [WEATHER], "auto", params=GREEDY))
+    assert summary(ToolGenerationResult.fold(deltas)) == summary(whole)
+    firsts = [d for d in deltas for c in d.tool_calls if c.id is not None]
+    assert len(firsts) == len(whole.tool_calls)  # id and name only in each call's first delta
+    assert all(d.finish_reason is None for d in deltas[:-1])
+
+
+def test_smollm2_agent_loop(smollm2: ModelEngine) -> None:
+    turns = ask("What is the weather in Paris?")
+    first = generate_with_tools(smollm2, turns, [WEATHER], "auto", params=GREEDY)
+    assert first.tool_calls
+    turns = turns + [first.to_openai_message()] + [
+        {"role": "tool", "tool_call_id": c.id, "content": json.dumps({"temperature_c": 18, "sky": "sunny"})}
+        for c in first.tool_calls
+    ]
+    answer = generate_with_tools(smollm2, turns, [WEATHER], "none", params=GREEDY)
+    assert answer.content and answer.tool_calls == () and answer.finish_reason in ("stop", "length")
+
+
+def test_chatml_strategy_renders_tool_free_chat_like_the_model_template(smollm2: ModelEngine) -> None:
+    strategy = strategy_for(smollm2.manifest, smollm2.chat_template)
+    assert isinstance(strategy, ChatMLToolStrategy)
+    for turns in (ask("Hi"), [{"role": "system", "content": "Be terse."}, *ask("Hi"),
+                              {"role": "assistant", "content": "Hello."}, *ask("Bye")]):
+        assert strategy.render(normalize_messages(turns)) == smollm2.render_chat(turns)
+
+
+# ---- tiny Llama 3 (random weights, real vocabulary) ------------------------------------------------------
+def test_tiny_llama3_required_calls_are_always_valid(tiny: ModelEngine) -> None:
+    python_tag = tiny.tokenizer.token_id("<|python_tag|>")
+    stops = {tiny.tokenizer.token_id("<|eom_id|>"), tiny.tokenizer.token_id("<|eot_id|>")}
+    names = set()
+    for seed in range(50):
+        params = SamplingParams(max_tokens=120, temperature=1.0, seed=seed)
+        result = generate_with_tools(tiny, ask("Do something useful."), BOUNDED_TOOLS, "required", params=params)
+        assert result.finish_reason == "tool_calls", (seed, result)
+        assert result.token_ids[0] == python_tag and result.token_ids[-1] in stops
+        assert len(result.tool_calls) == 1
+        call = result.tool_calls[0]
+        assert call.arguments is not None, (seed, call)
+        jsonschema.validate(call.arguments, SCHEMAS[call.name])
+        names.add(call.name)
+    assert len(names) >= 2  # the union of the tools, not one of them
+
+
+def test_tiny_llama3_named_choice_calls_that_tool(tiny: ModelEngine) -> None:
+    choice = {"type": "function", "function": {"name": "add"}}
+    for seed in range(5):
+        result = generate_with_tools(tiny, ask("Add."), BOUNDED_TOOLS, choice,
+                                     params=SamplingParams(max_tokens=80, temperature=1.0, seed=seed))
+        assert [c.name for c in result.tool_calls] == ["add"]
+        jsonschema.validate(result.tool_calls[0].arguments, SCHEMAS["add"])
+
+
+def test_tiny_llama3_streams_fold_into_the_non_streaming_result(tiny: ModelEngine) -> None:
+    kinds = set()
+    for seed in range(12):
+        choice = "required" if seed % 2 else "auto"  # random weights almost never open a call on their own
+        params = SamplingParams(max_tokens=60, temperature=1.0, seed=seed)
+        whole = generate_with_tools(tiny, ask("Hello"), BOUNDED_TOOLS, choice, params=params)
+        folded = ToolGenerationResult.fold(generate_with_tools_stream(tiny, ask("Hello"), BOUNDED_TOOLS, choice,
+                                                                      params=params))
+        assert summary(folded) == summary(whole)
+        kinds.add("call" if whole.tool_calls else "text")
+        for call in whole.tool_calls:
+            if whole.finish_reason == "tool_calls":
+                jsonschema.validate(call.arguments, SCHEMAS[call.name])
+    assert kinds == {"call", "text"}
+
+
+def test_tiny_llama3_prompt_is_the_model_folder_template(tiny: ModelEngine, tiny_llama3_dir: Path) -> None:
+    strategy = strategy_for(tiny.manifest)
+    assert isinstance(strategy, Llama3ToolStrategy)
+    template = ChatTemplate.from_file(tiny_llama3_dir / "chat_template.jinja")
+    tools = parse_tools(BOUNDED_TOOLS)
+    turns = normalize_messages([
+        {"role": "system", "content": "You help."}, *ask("Weather in Zürich?"),
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Zürich"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "3 C"},
+    ])
+    for messages in (turns, turns[1:], turns[:2]):
+        for tool_set in (tools, ()):
+            expected = strategy.render(messages, tool_set)
+            variables = strategy.template_variables()
+            openai_tools = [t.to_openai() for t in tool_set] or None
+            assert template.render(messages, tools=openai_tools, **variables) == expected
+            assert tiny.render_chat(messages, tools=openai_tools, **variables) == expected
+
+
+def test_parallel_calls_are_refused_for_llama3(tiny: ModelEngine) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        generate_with_tools(tiny, ask("Hi"), BOUNDED_TOOLS, "auto", parallel_tool_calls=True, params=GREEDY)
+    assert info.value.param == "parallel_tool_calls"
+    result = generate_with_tools(tiny, ask("Hi"), BOUNDED_TOOLS, "required", parallel_tool_calls=False,
+                                 params=SamplingParams(max_tokens=80, temperature=1.0, seed=3))
+    assert len(result.tool_calls) == 1
+
+
+def test_unenforceable_tool_schema_is_refused_naming_the_tool(tiny: ModelEngine) -> None:
+    bad = {"type": "function", "function": {"name": "fuzzy", "parameters": {
+        "type": "object", "properties": {"x": {"type": "string", "dependentSchemas": {}}}}}}
+    with pytest.raises(InvalidRequestError) as info:
+        generate_with_tools(tiny, ask("Hi"), [WEATHER, bad], "auto", params=GREEDY)
+    assert info.value.param == "tools[1].function.parameters"
+    assert "dependentSchemas" in str(info.value)
