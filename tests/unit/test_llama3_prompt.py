@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 
 from realizar_ort.chat_template import ChatTemplate
-from realizar_ort.tool_generation import parse_tool_calls
+from realizar_ort.tool_parsing import parse_tool_calls
 from realizar_ort.tool_prompts import Llama3ToolStrategy, pretty_json
 from realizar_ort.tools import ToolDefinition, normalize_messages, parse_tools
 

@@ -10,13 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from realizar_ort.generation import Usage
-from realizar_ort.tool_generation import (
-    CallScanner,
-    ToolCallDelta,
-    ToolGenerationDelta,
-    ToolGenerationResult,
-    parse_tool_calls,
-)
+from realizar_ort.tool_generation import ToolCallDelta, ToolGenerationDelta, ToolGenerationResult
+from realizar_ort.tool_parsing import CallScanner, parse_tool_calls
 
 BODIES = [
     '{"type": "function", "name": "get_weather", "parameters": {"city": "Pa\\"ris}", "n": [1, {"a": "}"}]}}',
