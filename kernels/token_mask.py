@@ -41,6 +41,10 @@ __all__ = [
 ]
 
 INC, CLOSE, RESET, ROOM = 1, 2, 4, 8
+# the plain ASCII string characters (0x20-0x7F but '"' and '\\') as a 256-bit set, words 0-1 (2-3 are zero)
+_PLAIN_ASCII = np.zeros(4, dtype=np.uint64)
+for _b in [*range(0x20, 0x22), *range(0x23, 0x5C), *range(0x5D, 0x80)]:
+    _PLAIN_ASCII[_b >> 6] |= np.uint64(1) << np.uint64(_b & 63)
 MAX_STEPS_PER_BYTE = 64  # pops/calls allowed while consuming one byte
 
 
@@ -56,17 +60,23 @@ def allocate_token_bitmask(vocab_size: int) -> np.ndarray:
 def _apply_token_bitmask_kernel(logits, bitmask):
     bits = bitmask.view(np.uint32)
     n = logits.shape[0]
-    for w in range(min(bits.shape[0], (n + 31) // 32)):
+    n_words = min(bits.shape[0], (n + 31) // 32)
+    neg = np.float32(-np.inf)
+    w = 0
+    while w < n_words:
         word = bits[w]
-        if word == np.uint32(0xFFFFFFFF):
+        if word == np.uint32(0):  # the common case under a grammar: a run of fully masked words
+            start = w
+            while w < n_words and bits[w] == np.uint32(0):
+                w += 1
+            logits[start * 32:min(w * 32, n)] = neg
             continue
-        base = w * 32
-        for b in range(32):
-            i = base + b
-            if i >= n:
-                break
-            if (word >> np.uint32(b)) & np.uint32(1) == 0:
-                logits[i] = -np.inf
+        if word != np.uint32(0xFFFFFFFF):
+            base = w * 32
+            for i in range(base, min(base + 32, n)):
+                if (word >> np.uint32(i - base)) & np.uint32(1) == 0:
+                    logits[i] = neg
+        w += 1
 
 
 def _check_bitmask(bitmask: np.ndarray, vocab: int, ndim: int) -> None:
@@ -160,11 +170,12 @@ def _step(trans, flags, final, call_start, call_ret, cmin, cmax, b, q, top, at, 
 
 @njit(cache=True, nogil=True)
 def _walk(t_byte, t_skip, t_depth, t_ptr, t_ids, t_sub, trans, flags, final, call_start, call_ret, cmin, cmax,
-          loop_bits, q0, cnt0, stack_len, max_depth, arena_ret, arena_par, cq, ctop, cat, cdep, ccnt, bits):
+          loop_bits, plain_loop, tok_len, q0, cnt0, stack_len, max_depth, arena_ret, arena_par, cq, ctop, cat, cdep, ccnt, bits):
     """Set bits of every token in the trie accepted from the configuration; returns stack read depth.
 
-    Shortcut: if every byte in node i's subtree is a plain self-loop of the current state, all of the
-    subtree's tokens are accepted without walking it.
+    Shortcuts: if every byte in node i's subtree is a plain self-loop of the current state, all of the
+    subtree's tokens are accepted without walking it; in a string state (``plain_loop``, maybe length
+    bounded) a subtree of plain ASCII bytes is accepted token by token from its length alone.
     """
     cq[0] = q0
     ctop[0] = stack_len - 1
@@ -185,6 +196,16 @@ def _walk(t_byte, t_skip, t_depth, t_ptr, t_ids, t_sub, trans, flags, final, cal
                 bits[tid >> 5] |= np.uint32(1) << np.uint32(tid & 31)
             i = end
             continue
+        if plain_loop[q] and (t_sub[i, 0] & ~_PLAIN_ASCII[0]) == 0 and (t_sub[i, 1] & ~_PLAIN_ASCII[1]) == 0 \
+                and t_sub[i, 2] == 0 and t_sub[i, 3] == 0:
+            end = t_skip[i]
+            room = cmax[q] - ccnt[d - 1] + d - 1  # a token of this many bytes still fits
+            for k in range(t_ptr[i], t_ptr[end]):
+                tid = t_ids[k]
+                if tok_len[tid] <= room:
+                    bits[tid >> 5] |= np.uint32(1) << np.uint32(tid & 31)
+            i = end
+            continue
         b = t_byte[i]
         nq = trans[q, b]
         if nq >= 0 and flags[q, b] == 0:  # the common case: a plain transition, stack untouched
@@ -197,6 +218,9 @@ def _walk(t_byte, t_skip, t_depth, t_ptr, t_ids, t_sub, trans, flags, final, cal
                 tid = t_ids[k]
                 bits[tid >> 5] |= np.uint32(1) << np.uint32(tid & 31)
             i += 1
+            continue
+        if nq < 0 and call_start[q] < 0 and not final[q]:  # the other common case: a dead byte
+            i = t_skip[i]
             continue
         q, top, at, dep, cnt, low, ok = _step(
             trans, flags, final, call_start, call_ret, cmin, cmax, b, q, ctop[d - 1],
@@ -222,7 +246,8 @@ def _walk(t_byte, t_skip, t_depth, t_ptr, t_ids, t_sub, trans, flags, final, cal
 
 @njit(cache=True, nogil=True)
 def _fill(a_byte, a_skip, a_depth, a_ptr, a_ids, a_sub, r_byte, r_skip, r_depth, r_ptr, r_ids, r_sub, plain_upto,
-          trans, flags, final, call_start, call_ret, cmin, cmax, plain_loop, loop_bits,
+          c_byte, c_skip, c_depth, c_ptr, c_ids, c_sub, open_upto, tok_len,
+          trans, flags, final, call_start, call_ret, cmin, cmax, plain_loop, loop_bits, free_string,
           q, cnt, stack, stack_len, max_depth, arena_ret, arena_par, cq, ctop, cat, cdep, ccnt, bits,
           include_plain):
     for j in range(stack_len):
@@ -231,17 +256,24 @@ def _fill(a_byte, a_skip, a_depth, a_ptr, a_ids, a_sub, r_byte, r_skip, r_depth,
     bits[:] = 0
     if plain_loop[q]:
         room = cmax[q] - cnt
-        k = min(room, plain_upto.shape[0] - 1)
-        if k > 0 and include_plain:
-            row = plain_upto[k].view(np.uint32)
+        if include_plain:
+            row = plain_upto[max(0, min(room, plain_upto.shape[0] - 1))].view(np.uint32)
             for w in range(bits.shape[0]):
                 bits[w] = row[w]
+            if free_string[q]:
+                row = open_upto[max(0, min(room, open_upto.shape[0] - 1))].view(np.uint32)
+                for w in range(bits.shape[0]):
+                    bits[w] |= row[w]
+        if free_string[q]:  # tokens staying inside are in open_upto: walk only those with a closing quote
+            return _walk(c_byte, c_skip, c_depth, c_ptr, c_ids, c_sub, trans, flags, final, call_start, call_ret,
+                         cmin, cmax, loop_bits, plain_loop, tok_len, q, cnt, stack_len, max_depth, arena_ret,
+                         arena_par, cq, ctop, cat, cdep, ccnt, bits)
         return _walk(r_byte, r_skip, r_depth, r_ptr, r_ids, r_sub, trans, flags, final, call_start, call_ret,
-                     cmin, cmax, loop_bits, q, cnt, stack_len, max_depth, arena_ret, arena_par, cq, ctop, cat,
-                     cdep, ccnt, bits)
-    return _walk(a_byte, a_skip, a_depth, a_ptr, a_ids, a_sub, trans, flags, final, call_start, call_ret, cmin,
-                 cmax, loop_bits, q, cnt, stack_len, max_depth, arena_ret, arena_par, cq, ctop, cat, cdep, ccnt,
-                 bits)
+                     cmin, cmax, loop_bits, plain_loop, tok_len, q, cnt, stack_len, max_depth, arena_ret,
+                     arena_par, cq, ctop, cat, cdep, ccnt, bits)
+    return _walk(a_byte, a_skip, a_depth, a_ptr, a_ids, a_sub, trans, flags, final, call_start, call_ret,
+                 cmin, cmax, loop_bits, plain_loop, tok_len, q, cnt, stack_len, max_depth, arena_ret,
+                 arena_par, cq, ctop, cat, cdep, ccnt, bits)
 
 
 def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state: int, counter: int,
@@ -249,15 +281,17 @@ def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state:
                             bitmask: np.ndarray, include_plain: bool = True) -> int:
     """Fill ``bitmask`` (cleared first) with the tokens allowed from (state, counter, stack[:stack_len]).
 
-    ``vocab_arrays``: full trie (6 arrays), rest trie (6 arrays), ``plain_upto``.
+    ``vocab_arrays``: full trie (6 arrays), rest trie (6), ``plain_upto``, close trie (6), ``open_upto``,
+    token byte lengths (int32).
     ``automaton_arrays``: trans, flags, final, call_start, call_ret, cmin, cmax, plain_loop, loop_bits
     (``uint64 [states, 5]``: the 256-bit set of bytes that loop on the state without flags, and a
-    nonzero word 4 when that set is not empty).
+    nonzero word 4 when that set is not empty), free_string.
     ``scratch``: (arena_ret, arena_par, cq, ctop, cat, cdep, ccnt) from :func:`allocate_scratch`.
     Returns how many stack entries (from the top) the result depended on (``stack_len + 1`` if it
     depended on the stack being exactly this deep). Stop tokens are not touched: the caller sets them.
-    ``include_plain=False``: in a plain-loop (string) state, leave out the plain-token row (the caller ORs
-    ``plain_upto[min(room, last)]`` itself, so the walk result can be cached across string lengths).
+    ``include_plain=False``: in a plain-loop (string) state, leave out the plain-token rows (the caller ORs
+    ``plain_upto[min(room, last)]`` and, in a free string, ``open_upto[...]`` itself, so the walk result
+    can be cached across string lengths).
     """
     if bitmask.dtype != np.int32 or bitmask.ndim != 1:
         raise ValueError(f"bitmask must be a 1-D int32 array, got {bitmask.dtype} {bitmask.shape}")

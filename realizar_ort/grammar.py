@@ -9,10 +9,15 @@
 Error contract (as llguidance): API misuse raises; a disallowed token from the model does not raise, it
 puts the matcher in an error state where only stop tokens are allowed, so the sequence ends.
 
-Masks: a compiled grammar keeps an LRU-free cache of masks keyed by (automaton state, string-length slack,
-the top of the stack the mask depended on), shared by its matchers; a hit costs one 16 KB copy. A miss runs
-the numba trie walk (:mod:`realizar_ort.kernels.token_mask`). Matchers are not thread-safe; different
-matchers of one grammar may run in different threads (the kernel releases the GIL).
+Masks: a compiled grammar keeps a bounded cache (``MASK_CACHE_ENTRIES``, first come) of masks keyed by
+(automaton state, string-length slack that can matter, the top of the stack the mask depended on), shared
+by its matchers; a hit costs one 16 KB copy (~2 us at 128k tokens; string states OR in precomputed rows of
+"plain" tokens by remaining length). A miss runs the numba trie walk
+(:mod:`realizar_ort.kernels.token_mask`, ~5-30 us typically, up to ~0.6 ms for a regex character-class
+loop such as an email's local part on its first visit). Matchers are not thread-safe; different matchers
+of one grammar may run in different threads (the kernel releases the GIL).
+
+Memory: up to 8 MB of cached masks per grammar at 128k vocab; ``compile_json_schema`` keeps 64 grammars.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_DEPTH = 64
-MASK_CACHE_ENTRIES = 2048  # per grammar; 16 KB each at 128k vocab
+MASK_CACHE_ENTRIES = 512  # per grammar; 16 KB each at 128k vocab (8 MB)
 
 
 class TokenVocabulary:
@@ -79,15 +84,21 @@ class TokenVocabulary:
         self.stop_token_ids = np.asarray(stops, dtype=np.int64)
         self._stop_set = frozenset(stops)
         self.cache_key = (identity, tables.vocab_size, stops)
-        self.vocab_arrays = (*tables.trie.arrays, *tables.rest_trie.arrays, tables.plain_upto)
+        # (word, bit) per stop token, as numpy scalars ready for in-place |= / &= on a uint32 view
+        self._stop_bits = [(t >> 5, np.uint32(1 << (t & 31)), np.uint32(~(1 << (t & 31)) & 0xFFFFFFFF))
+                           for t in stops]
+        self.vocab_arrays = (*tables.trie.arrays, *tables.rest_trie.arrays, tables.plain_upto,
+                             *tables.close_trie.arrays, tables.open_upto,
+                             np.diff(tables.token_offsets).astype(np.int32))
 
     @classmethod
     def from_tokenizer_file(cls, path: str | os.PathLike[str], vocab_size: int | None = None,
                             stop_token_ids: Sequence[int] = ()) -> TokenVocabulary:
         """Load (and cache on disk and in-process) the tables for a ``tokenizer.json``.
 
-        ``vocab_size``: the model's logits width (defaults to the tokenizer's id count). Cost: ~1 s the
-        first time for 128k tokens, then a disk-cache load (~10 ms), then an in-process dict hit.
+        ``vocab_size``: the model's logits width (defaults to the tokenizer's id count). Cost: ~1.5 s the
+        first time for 128k tokens, then a disk-cache load (~50 ms), then an in-process dict hit (keyed by
+        path, mtime and size; objects are shared per (sha256, vocab_size, stop ids)).
         """
         p = Path(path).resolve()
         st = p.stat()
@@ -98,7 +109,8 @@ class TokenVocabulary:
             return hit
         tables, sha = load_vocab_tables(p, vocab_size)
         vocab = cls(tables, stop_token_ids, sha)
-        with cls._cache_lock:
+        with cls._cache_lock:  # one object per (sha256, vocab_size, stops), whatever the path
+            vocab = cls._cache.setdefault(vocab.cache_key, vocab)
             cls._cache[key] = vocab
         return vocab
 
@@ -125,17 +137,22 @@ class CompiledGrammar:
         self.automaton = automaton
         self.vocab = vocab
         self.max_depth = max_depth
-        self.automaton_arrays = (*automaton.arrays, automaton.plain_loop, automaton.loop_bits)
-        self._final = automaton.final
-        self._counted = automaton.counted
-        self._cmin = automaton.cmin
-        self._cmax = automaton.cmax
-        self._plain_loop = automaton.plain_loop
+        self.automaton_arrays = (*automaton.arrays, automaton.plain_loop, automaton.loop_bits, automaton.free_string)
         # string-length slack beyond what one token can use does not change a walk (see VocabTables)
-        self._slack_cap = np.where(automaton.plain_loop, vocab.tables.rest_max_chars + 1,
-                                   vocab.tables.max_token_bytes + 1).astype(np.int64)
-        self._plain_upto = vocab.tables.plain_upto
-        self._cache_depth = np.zeros(automaton.num_states, dtype=np.int64)
+        t = vocab.tables
+        self._slack_cap = np.where(automaton.free_string, t.close_max_chars + 1,
+                                   np.where(automaton.plain_loop, t.rest_max_chars + 1, t.max_token_bytes + 1))
+        self._plain_upto = t.plain_upto
+        self._open_upto = t.open_upto
+        self._free_l = automaton.free_string.tolist()
+        # per-state facts as Python lists: the mask hit path reads them without numpy scalar overhead
+        self._final_l = automaton.final.tolist()
+        self._plain_l = automaton.plain_loop.tolist()
+        self._counted_l = automaton.counted.tolist()
+        self._cmin_l = automaton.cmin.tolist()
+        self._cmax_l = automaton.cmax.tolist()
+        self._cap_l = self._slack_cap.tolist()
+        self._cache_depth = [0] * automaton.num_states
         self._masks: dict[tuple, np.ndarray] = {}
         self._words = (vocab.vocab_size + 31) // 32
 
@@ -148,9 +165,10 @@ class CompiledGrammar:
         return self.automaton.num_states
 
     def _mask_key(self, q: int, counter: int, stack: np.ndarray, stack_len: int, depth: int) -> tuple:
-        if self._counted[q]:
-            cap = int(self._slack_cap[q])
-            slack = (min(max(int(self._cmin[q]) - counter, 0), cap), min(int(self._cmax[q]) - counter, cap))
+        """(state, string-length slack that can matter, the stack top the mask depended on)."""
+        if self._counted_l[q]:
+            cap = self._cap_l[q]
+            slack = (min(max(self._cmin_l[q] - counter, 0), cap), min(self._cmax_l[q] - counter, cap))
         else:
             slack = None
         if depth == 0 or stack_len == 0:
@@ -186,7 +204,7 @@ class GrammarMatcher:
 
     def is_accepting(self) -> bool:
         """True when the value so far is complete (a stop token would be allowed)."""
-        return not self._error and self._stack_len == 0 and bool(self.grammar._final[self._state])
+        return not self._error and self._stack_len == 0 and self.grammar._final_l[self._state]
 
     # -- masks
     def fill_next_token_bitmask(self, bitmask: np.ndarray) -> None:
@@ -196,14 +214,13 @@ class GrammarMatcher:
         if bitmask.dtype != np.int32 or bitmask.ndim != 1 or bitmask.shape[0] < words:
             raise ValueError(f"bitmask must be 1-D int32 with >= {words} words, got {bitmask.dtype} {bitmask.shape}")
         out = bitmask[:words]
-        stops = self._vocab.stop_token_ids
         if self._error or self._terminated:
             out[:] = 0
-            self._set_stops(out, stops, True)
+            self._set_stops(out, True)
             return
         q = self._state
-        plain = g._plain_loop[q]
-        depth = int(g._cache_depth[q])
+        plain = g._plain_l[q]
+        depth = g._cache_depth[q]
         key = g._mask_key(q, self._counter, self._stack, self._stack_len, depth)
         cached = g._masks.get(key)
         if cached is not None:
@@ -219,22 +236,23 @@ class GrammarMatcher:
                 key = g._mask_key(q, self._counter, self._stack, self._stack_len, read)
             if len(g._masks) < MASK_CACHE_ENTRIES:
                 g._masks[key] = cached = out.copy()
-        if plain:  # OR in the plain tokens short enough for the room left in the string
+        if plain:  # OR in the plain (and, in a free string, open) tokens that fit the room left
+            room = g._cmax_l[q] - self._counter
             rows = g._plain_upto
-            row = rows[min(int(g._cmax[q]) - self._counter, rows.shape[0] - 1)]
-            np.bitwise_or(cached if cached is not None else out, row, out=out)
-        if stops.shape[0]:
-            self._set_stops(out, stops, self.is_accepting())
+            np.bitwise_or(cached if cached is not None else out, rows[min(room, rows.shape[0] - 1)], out=out)
+            if g._free_l[q]:
+                rows = g._open_upto
+                np.bitwise_or(out, rows[min(room, rows.shape[0] - 1)], out=out)
+        if self._vocab._stop_bits:
+            self._set_stops(out, self._stack_len == 0 and g._final_l[q])
 
-    @staticmethod
-    def _set_stops(out: np.ndarray, stops: np.ndarray, allowed: bool) -> None:
+    def _set_stops(self, out: np.ndarray, allowed: bool) -> None:
         bits = out.view(np.uint32)
-        for t in stops:
-            bit = np.uint32(1) << np.uint32(t & 31)
+        for word, bit, clear in self._vocab._stop_bits:
             if allowed:
-                bits[t >> 5] |= bit
+                bits[word] |= bit
             else:
-                bits[t >> 5] &= ~bit
+                bits[word] &= clear
 
     def allowed_token_ids(self) -> np.ndarray:
         """The allowed next token ids, ascending (allocates; for tests and debugging)."""
@@ -333,7 +351,7 @@ class JsonGrammar:
 
 _compile_cache: OrderedDict[tuple, CompiledGrammar] = OrderedDict()
 _compile_lock = threading.Lock()
-COMPILE_CACHE_ENTRIES = 128
+COMPILE_CACHE_ENTRIES = 64
 
 
 def compile_json_schema(schema: dict | bool | str, vocab: TokenVocabulary, *, whitespace: int = 0,

@@ -33,7 +33,7 @@ __all__ = [
     "tokenizer_sha256",
 ]
 
-_CACHE_FORMAT = 4
+_CACHE_FORMAT = 5
 _TRIE_FIELDS = ("byte", "skip", "depth", "token_ptr", "token_ids", "sub_bytes")
 
 
@@ -191,37 +191,56 @@ def _plain_chars(raw: bytes) -> int:
     return len(text)
 
 
-def _string_event(raw: bytes) -> tuple[bool, int]:
-    """How a non-plain token can fare from inside a JSON string (any string automaton).
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
-    Returns (may_be_accepted, chars it can add to the current string before leaving it). Tokens whose first
-    non-plain event is a raw control character or invalid UTF-8 are rejected by every string state.
+
+def _string_event(raw: bytes) -> tuple[str, int]:
+    """How a non-plain token fares from inside a JSON string: ("reject" | "open" | "close", chars).
+
+    "reject": its first non-plain event is a raw control byte or invalid UTF-8, which every string state
+    rejects. "close": it has a quote that ends the string; ``chars`` is the characters before it (escapes
+    count one). "open": it stays inside a *free* string (any escape form, partial escape or UTF-8
+    character at the end); ``chars`` is the room it needs (a partial character needs one).
+    Canonical/pattern strings accept fewer escapes, so their "open" tokens are still walked.
     """
     i = chars = 0
-    while i < len(raw):
+    n = len(raw)
+    while i < n:
         b = raw[i]
         if b == 0x22:
-            return True, chars
-        if b == 0x5C:  # an escape: one character, then the string goes on
-            j = i + (6 if raw[i + 1:i + 2] == b"u" else 2)
-            i, chars = j, chars + 1
+            return "close", chars
+        if b == 0x5C:
+            if i + 1 >= n:
+                return "open", chars + 1
+            c = raw[i + 1]
+            if c in b'"\\/bfnrt':
+                i, chars = i + 2, chars + 1
+                continue
+            if c != ord("u"):
+                return "reject", 0
+            hexes = raw[i + 2:i + 6]
+            if any(h not in _HEX for h in hexes) or (len(hexes) >= 2 and hexes[0] in b"dD" and hexes[1] not in b"01234567"):
+                return "reject", 0
+            if len(hexes) < 4:
+                return "open", chars + 1
+            i, chars = i + 6, chars + 1
             continue
         if b < 0x20:
-            return False, 0
+            return "reject", 0
         if b < 0x80:
             i, chars = i + 1, chars + 1
             continue
         width = 2 if 0xC2 <= b <= 0xDF else 3 if 0xE0 <= b <= 0xEF else 4 if 0xF0 <= b <= 0xF4 else 0
         if width == 0:
-            return False, 0
+            return "reject", 0
         try:
             raw[i:i + width].decode("utf-8")
         except UnicodeDecodeError as exc:
-            if i + width > len(raw) and exc.reason == "unexpected end of data":
-                return True, chars + 1  # a partial character at the end: needs room for one more
-            return False, 0
+            if i + width > n and exc.reason == "unexpected end of data":
+                return "open", chars + 1
+            return "reject", 0
         i, chars = i + width, chars + 1
-    return True, chars
+    return "open", chars
 
 
 @dataclass(frozen=True)
@@ -234,6 +253,10 @@ class VocabTables:
     only the non-plain tokens a string state could accept (a quote, a backslash or a partial character
     before any control byte or invalid UTF-8). Each of those adds at most ``rest_max_chars`` characters to
     the open string, so string-length slack beyond that does not change the walk.
+
+    In a *free* string (any escape form) the tokens that stay inside it are known without a walk:
+    ``open_upto[k]`` (needing at most ``k`` characters of room); only ``close_trie`` (tokens whose quote ends
+    the string, at most ``close_max_chars`` characters before it) is walked.
     """
 
     vocab_size: int
@@ -244,6 +267,9 @@ class VocabTables:
     plain_upto: np.ndarray  # int32 [max_plain_chars + 1, words]
     max_token_bytes: int
     rest_max_chars: int
+    close_trie: TokenTrie
+    open_upto: np.ndarray  # int32 [max_open_chars + 1, words]
+    close_max_chars: int
 
     def token_bytes(self, token_id: int) -> bytes:
         return self.token_data[self.token_offsets[token_id]:self.token_offsets[token_id + 1]].tobytes()
@@ -260,7 +286,10 @@ def build_vocab_tables(token_bytes: list[bytes | None], vocab_size: int) -> Voca
     words = (vocab_size + 31) // 32
     plain_ids: list[int] = []
     plain_len: list[int] = []
-    rest_max = 0
+    rest_max = close_max = 0
+    close_items: list[tuple[bytes, int]] = []
+    open_ids: list[int] = []
+    open_len: list[int] = []
     for tid in range(min(vocab_size, len(token_bytes))):
         raw = token_bytes[tid]
         if raw is None:
@@ -273,31 +302,48 @@ def build_vocab_tables(token_bytes: list[bytes | None], vocab_size: int) -> Voca
             plain_ids.append(tid)
             plain_len.append(chars)
             continue
-        maybe, added = _string_event(raw)
-        if maybe:
+        kind, added = _string_event(raw)
+        if kind != "reject":
             rest_items.append((raw, tid))
             rest_max = max(rest_max, added)
+        if kind == "close":
+            close_items.append((raw, tid))
+            close_max = max(close_max, added)
+        elif kind == "open":
+            open_ids.append(tid)
+            open_len.append(added)
     offsets = np.zeros(vocab_size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     data = np.frombuffer(b"".join(chunks), dtype=np.uint8).copy()
-    max_chars = max(plain_len, default=0)
-    ids = np.asarray(plain_ids, dtype=np.int64)
-    lens = np.asarray(plain_len, dtype=np.int64)
-    plain_upto = np.zeros((max_chars + 1, words), dtype=np.uint32)
-    for k in range(1, max_chars + 1):
-        sel = ids[lens == k]
-        plain_upto[k] = plain_upto[k - 1]
-        np.bitwise_or.at(plain_upto[k], sel >> 5, (np.uint32(1) << (sel & 31).astype(np.uint32)))
+    plain_upto = _rows_upto(plain_ids, plain_len, words)
+    open_upto = _rows_upto(open_ids, open_len, words)
     return VocabTables(
         vocab_size=vocab_size,
         token_data=data,
         token_offsets=offsets,
         trie=_build_trie(all_items),
         rest_trie=_build_trie(rest_items),
-        plain_upto=plain_upto.view(np.int32),
+        plain_upto=plain_upto,
         max_token_bytes=int(lengths.max(initial=0)),
         rest_max_chars=rest_max,
+        close_trie=_build_trie(close_items),
+        open_upto=open_upto,
+        close_max_chars=close_max,
     )
+
+
+def _rows_upto(token_ids: list[int], needs: list[int], words: int) -> np.ndarray:
+    """Row k = bitmask of the tokens whose need is <= k (need 0 counts from row 0)."""
+    ids = np.asarray(token_ids, dtype=np.int64)
+    lens = np.asarray(needs, dtype=np.int64)
+    top = int(lens.max(initial=0))
+    rows = np.zeros((top + 1, words), dtype=np.uint32)
+    for k in range(top + 1):
+        sel = ids[lens == k]
+        if k:
+            rows[k] = rows[k - 1]
+        np.bitwise_or.at(rows[k], sel >> 5, (np.uint32(1) << (sel & 31).astype(np.uint32)))
+    return rows.view(np.int32)
 
 
 def tokenizer_sha256(path: str | os.PathLike[str]) -> str:
@@ -312,13 +358,14 @@ def _cache_dir() -> Path:
 
 def _save(tables: VocabTables, path: Path) -> None:
     arrays = {
-        "format": np.asarray([_CACHE_FORMAT, tables.vocab_size, tables.max_token_bytes, tables.rest_max_chars],
-                             dtype=np.int64),
+        "format": np.asarray([_CACHE_FORMAT, tables.vocab_size, tables.max_token_bytes, tables.rest_max_chars,
+                              tables.close_max_chars], dtype=np.int64),
+        "open_upto": tables.open_upto,
         "token_data": tables.token_data,
         "token_offsets": tables.token_offsets,
         "plain_upto": tables.plain_upto,
     }
-    for name, trie in (("trie", tables.trie), ("rest", tables.rest_trie)):
+    for name, trie in (("trie", tables.trie), ("rest", tables.rest_trie), ("close", tables.close_trie)):
         for field, arr in zip(_TRIE_FIELDS, trie.arrays):
             arrays[f"{name}_{field}"] = arr
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -335,10 +382,10 @@ def _load(path: Path) -> VocabTables | None:
                 return None
             tries = [
                 TokenTrie(*(z[f"{name}_{field}"] for field in _TRIE_FIELDS))
-                for name in ("trie", "rest")
+                for name in ("trie", "rest", "close")
             ]
             return VocabTables(int(fmt[1]), z["token_data"], z["token_offsets"], tries[0], tries[1],
-                               z["plain_upto"], int(fmt[2]), int(fmt[3]))
+                               z["plain_upto"], int(fmt[2]), int(fmt[3]), tries[2], z["open_upto"], int(fmt[4]))
     except (OSError, KeyError, ValueError):
         return None
 

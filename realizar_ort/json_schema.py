@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = [
 
 INC, CLOSE, RESET, ROOM = 1, 2, 4, 8  # ROOM: starts a multi-byte character, needs counter < cmax
 UNBOUNDED = 1 << 30
+MAX_ITEM_POSITIONS = 128
 
 ANNOTATIONS = frozenset({
     "title", "description", "default", "examples", "$comment", "$schema", "$id", "deprecated", "readOnly",
@@ -100,6 +102,7 @@ class Automaton:
     cmax: np.ndarray  # int32 [states]: maxLength (UNBOUNDED if none)
     plain_loop: np.ndarray  # bool [states]: every plain string character keeps us here
     loop_bits: np.ndarray  # uint64 [states, 5]: bytes looping on the state (4 words), word 4 = any
+    free_string: np.ndarray  # bool [states]: exactly the body of a free string (any escape form)
     counted: np.ndarray  # bool [states]: inside a string with length bounds
     start: int
 
@@ -119,6 +122,7 @@ class _Nfa:
         self.edges: list[list[tuple[int, int, int, int]]] = []
         self.calls: list[list[tuple[str, int]]] = []
         self.seg: list[tuple[int, int] | None] = []
+        self.free_bodies: set[int] = set()  # body states of free strings (any escape form)
         self.max_states = max_states
 
     def state(self, seg: tuple[int, int] | None = None) -> int:
@@ -194,11 +198,12 @@ class _Compiler:
     def resolve(self, ref: str, path: str) -> Any:
         if ref == "#any":
             return _ANY_SCHEMA
-        if not ref.startswith("#"):
-            raise UnsupportedSchemaError("$ref", path, f"only local references are supported, got {ref!r}")
+        if ref != "#" and not ref.startswith("#/"):
+            raise UnsupportedSchemaError(
+                "$ref", path, f"only local JSON-pointer references ('#' or '#/...') are supported, got {ref!r}")
         node = self.root
-        for part in ref[1:].split("/")[1:] if ref != "#" else []:
-            part = part.replace("~1", "/").replace("~0", "~")
+        for part in ref[2:].split("/") if ref != "#" else []:
+            part = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
             if isinstance(node, dict) and part in node:
                 node = node[part]
             elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
@@ -244,6 +249,8 @@ class _Compiler:
         for key in schema:
             if key not in SUPPORTED:
                 raise UnsupportedSchemaError(key, path)
+        if "$id" in schema and schema is not self.root:
+            raise UnsupportedSchemaError("$id", path, "a nested $id changes how references resolve")
         if "$ref" in schema:
             rest = {k: v for k, v in schema.items() if k not in ANNOTATIONS and k not in ("$ref", "$defs", "definitions")}
             ref = schema["$ref"]
@@ -497,6 +504,7 @@ class _Compiler:
     def free_string_body(self, body: int, seg: tuple[int, int] | None) -> None:
         """Any JSON string content (any escape form), looping on ``body``."""
         nfa = self.nfa
+        nfa.free_bodies.add(body)
         inc = INC if seg else 0
         for lo, hi in PLAIN_ASCII:
             nfa.edge(body, lo, hi, body, inc)
@@ -514,9 +522,9 @@ class _Compiler:
         h = [nfa.state(seg) for _ in range(4)]
         hd = nfa.state(seg)
         nfa.edge(esc, ord("u"), ord("u"), h[0])
-        for lo, hi in HEX:  # no surrogate escapes (\uD800-\uDFFF): they are not characters
+        # no surrogate escapes (\uD800-\uDFFF): they are not characters
+        for lo, hi in [(0x30, 0x39), (0x41, 0x43), (0x45, 0x46), (0x61, 0x63), (0x65, 0x66)]:
             nfa.edge(h[0], lo, hi, h[1])
-        nfa.edges[h[0]] = [(a, b, t, f) for a, b, t, f in nfa.edges[h[0]] if not (a <= ord("d") <= b or a <= ord("D") <= b)]
         for byte in (ord("d"), ord("D")):
             nfa.edge(h[0], byte, byte, hd)
         nfa.edge(hd, 0x30, 0x37, h[2])
@@ -719,6 +727,10 @@ class _Compiler:
         hi = None if hi is None else int(hi)
         if hi is not None and lo > hi:
             return None
+        for key, count in (("minItems", lo), ("maxItems", hi)):
+            if count is not None and count > MAX_ITEM_POSITIONS:
+                raise UnsupportedSchemaError(key, path, f"{key} above {MAX_ITEM_POSITIONS} is not supported "
+                                                        "(each counted position is a copy of the item grammar)")
         s, e = nfa.state(), nfa.state()
         after_open = self.ws_frag(self.lit(s, b"["))
         positions = [after_open]  # state after j items
@@ -729,6 +741,7 @@ class _Compiler:
             return prefix[j] if j < len(prefix) else items
 
         j = 0
+        last = (-1, -1)
         while j < explicit:
             if j >= len(prefix) and not rest_ok:
                 break
@@ -740,8 +753,12 @@ class _Compiler:
                 a = self.ws_frag(self.lit(a, b","))
             nfa.eps[a].append(frag[0])
             positions.append(self.ws_frag(frag[1]))
+            last = frag
             j += 1
-        if hi is None and rest_ok and j == explicit:
+        if hi is None and rest_ok and j == explicit and j > len(prefix):
+            # more of the same item: loop back into the last explicit copy instead of building another
+            nfa.eps[self.ws_frag(self.lit(positions[j], b","))].append(last[0])
+        elif hi is None and rest_ok and j == explicit:
             frag = self.frag(items, f"{path}/items", stack)
             if frag is not None:
                 if j == 0:
@@ -1080,6 +1097,19 @@ def _determinise(comp: _Compiler, max_states: int) -> Automaton:
             final_nfa = rule_final[q]
             row = trans_buf[q]
             frow = flags_buf[q]
+            while len(finals) <= q:
+                finals.append(False)
+                segs.append(None)
+            if len(members) == 1:  # fast path: a lone NFA state with one byte edge (literal text)
+                (m,) = members
+                one = nfa.edges[m]
+                if len(one) == 1 and one[0][0] == one[0][1] and not nfa.calls[m]:
+                    byte, _, t, f = one[0]
+                    row[byte] = dfa_id(closure1(t), final_nfa)
+                    frow[byte] = f
+                    finals[q] = m == final_nfa
+                    segs[q] = nfa.seg[m]
+                    continue
             edges = [edge for m in members for edge in nfa.edges[m]] if len(members) > 1 else nfa.edges[next(iter(members))]
             edges = sorted(edges)
             disjoint = all(edges[i][1] < edges[i + 1][0] for i in range(len(edges) - 1))
@@ -1104,9 +1134,6 @@ def _determinise(comp: _Compiler, max_states: int) -> Automaton:
                             "maxLength", "#", "alternatives overlap with different string length bounds")
                     row[a:b] = dfa_id(frozenset(targets), final_nfa)
                     frow[a:b] = flag_set.pop()
-            while len(finals) <= q:
-                finals.append(False)
-                segs.append(None)
             finals[q] = final_nfa in members
             seg_set = {nfa.seg[m] for m in members if nfa.edges[m]}
             if len(seg_set) > 1:
@@ -1141,8 +1168,13 @@ def _determinise(comp: _Compiler, max_states: int) -> Automaton:
     loop_bits = np.zeros((n, 5), dtype=np.uint64)
     loop_bits[:, :4] = np.packbits(loops, axis=1, bitorder="little").view(np.uint64)
     loop_bits[:, 4] = loops.any(axis=1)
+    free = np.zeros(n, dtype=bool)
+    for q, members in enumerate(order):
+        if len(members) == 1 and next(iter(members)) in nfa.free_bodies:
+            free[q] = True
+    free &= plain
     return Automaton(trans, flags, np.asarray(finals, dtype=bool), call_start, call_ret, cmin, cmax, plain,
-                     loop_bits, counted, rule_start[comp.rule_keys[0]])
+                     loop_bits, free, counted, rule_start[comp.rule_keys[0]])
 
 
 def _plain_loops(trans: np.ndarray, flags: np.ndarray, counted: np.ndarray) -> np.ndarray:

@@ -75,7 +75,7 @@ def test_special_tokens_never_allowed_inside_json(vocab, hf):
 
 def force(grammar, ids):
     m = grammar.matcher()
-    mask = allocate_token_bitmask(MODEL_VOCAB)
+    mask = allocate_token_bitmask(grammar.vocab.vocab_size)
     for i, tid in enumerate(ids):
         m.fill_next_token_bitmask(mask)
         assert (mask.view(np.uint32)[tid >> 5] >> np.uint32(tid & 31)) & 1, f"token {i} ({tid}) rejected"
@@ -139,3 +139,22 @@ def test_random_sampling_on_real_vocab_validates(vocab, seed):
     assert m.is_terminated(), f"did not finish: {out[-200:]!r}"
     jsonschema.validate(json.loads(out.decode("utf-8")), schema,
                         format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def test_smollm2_vocabulary_and_tool_call(smollm2_dir):
+    """The same machinery on SmolLM2's GPT-2 style byte-level BPE (49,152 ids, stops from the manifest)."""
+    from realizar_ort.manifest import load_manifest
+
+    manifest = load_manifest(smollm2_dir)
+    spec = manifest.llm
+    vocab = TokenVocabulary.from_tokenizer_file(smollm2_dir / manifest.tokenizer_file, spec.vocab_size,
+                                                tuple(spec.eos_token_ids))
+    hf = Tokenizer.from_file(str(smollm2_dir / manifest.tokenizer_file))
+    text = json.dumps(CALL, ensure_ascii=False, separators=(",", ":"))
+    ids = hf.encode(text, add_special_tokens=False).ids
+    assert b"".join(vocab.token_bytes(i) for i in ids).decode("utf-8") == text
+    m = force(compile_json_schema(TOOLS, vocab), ids)
+    special = set(manifest.special_tokens.values())
+    assert set(m.allowed_token_ids().tolist()) == set(spec.eos_token_ids)
+    m.rollback(3)
+    assert not special & set(m.allowed_token_ids().tolist())

@@ -182,6 +182,36 @@ def instances(schema, root=None):
     raise AssertionError(f"no strategy for {schema}")
 
 
+def longest_whitespace_outside_strings(text: bytes) -> int:
+    longest = run = 0
+    in_string = escaped = False
+    for b in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:
+                escaped = True
+            elif b == 0x22:
+                in_string = False
+            continue
+        run = run + 1 if b in b" \t\n" else 0
+        longest = max(longest, run)
+        in_string = b == 0x22
+    return longest
+
+
+@pytest.mark.parametrize("name", ["tool_call", "any_json"])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_sampling_with_bounded_whitespace_validates(name, seed):
+    schema = SCHEMAS[name]
+    grammar = compile_json_schema(schema, VOCAB, whitespace=2)
+    text = sample(grammar, np.random.default_rng(seed))
+    assert text is not None, "did not finish within 300 tokens"
+    assert longest_whitespace_outside_strings(text) <= 2
+    jsonschema.validate(json.loads(text.decode("utf-8")), schema)
+
+
 def order_like_schema(value, schema):
     """Known properties in schema order, then the rest (our grammar's order)."""
     if isinstance(value, dict) and isinstance(schema, dict):

@@ -23,7 +23,7 @@ def accepts(schema, text: str, **kw) -> bool:
     if key not in _compiled:
         _compiled[key] = compile_schema_automaton(schema, **kw)
     a = _compiled[key]
-    arrays = (*a.arrays, a.plain_loop)
+    arrays = (*a.arrays, a.plain_loop, a.loop_bits, a.free_string)
     r = advance_token_bytes_reference(arrays, text.encode("utf-8"), a.start, 0, [], 64)
     return r is not None and not r[2] and bool(a.final[r[0]])
 
@@ -39,6 +39,8 @@ REFUSED = [
     ("patternProperties", {"type": "object", "patternProperties": {"^a": {}}}),
     ("propertyNames", {"type": "object", "propertyNames": {"maxLength": 3}}),
     ("contains", {"type": "array", "contains": {"type": "integer"}}),
+    ("maxItems", {"type": "array", "items": {"type": "integer"}, "maxItems": 1000}),
+    ("minItems", {"type": "array", "items": {"type": "integer"}, "minItems": 500}),
     ("uniqueItems", {"type": "array", "uniqueItems": True}),
     ("if", {"if": {"type": "string"}, "then": {"maxLength": 3}}),
     ("not", {"not": {"type": "string"}}),
@@ -48,6 +50,8 @@ REFUSED = [
     ("pattern", {"type": "string", "pattern": r"\bfoo"}),
     ("pattern", {"type": "string", "pattern": r"(a)\1"}),
     ("$ref", {"$ref": "https://example.com/schema.json"}),
+    ("$ref", {"$defs": {"a": {"$anchor": "foo", "type": "integer"}}, "$ref": "#foo"}),
+    ("$id", {"$defs": {"a": {"$id": "http://x/a", "type": "integer"}}, "$ref": "#/$defs/a"}),
     ("oneOf", {"oneOf": [{"type": "integer"}, {"type": "number"}]}),
     ("allOf", {"allOf": [{"pattern": "^a"}, {"pattern": "^b"}]}),
     ("maximum", {"type": "number", "maximum": 10}),
@@ -89,7 +93,7 @@ def test_unsatisfiable_and_bad_schemas():
 
 def test_compilation_is_bounded():
     with pytest.raises(GrammarTooLargeError):
-        compile_schema_automaton({"type": "array", "items": {"type": "string", "format": "uuid"}, "maxItems": 5000},
+        compile_schema_automaton({"type": "array", "items": {"type": "string", "format": "uuid"}, "maxItems": 100},
                                  max_states=2_000)
 
 
@@ -160,7 +164,8 @@ def test_string_lengths_count_characters_and_escapes():
     schema = {"type": "string", "minLength": 2, "maxLength": 3}
     for s in ["ab", "abc", "\u00e9\u00e9", "a\n", "\U0001F600\U0001F600\U0001F600", 'a"b']:
         assert accepts(schema, compact(s)), s
-    assert accepts(schema, '"\\u0041b"')
+    assert accepts(schema, '"\\u0041b"') and accepts(schema, '"\\uC0ffb"') and accepts(schema, '"\\ud7ffb"')
+    assert not accepts(schema, '"\\ud800b"')
     for s in ["a", "abcd", "\u00e9\u00e9\u00e9\u00e9", "\n"]:
         assert not accepts(schema, compact(s)), s
 
@@ -207,6 +212,12 @@ def test_arrays_items_prefix_and_counts():
     assert accepts(loop, "[1,2,3,4,5,6]") and not accepts(loop, "[1]")
     assert accepts({"type": "array", "items": [{"type": "integer"}], "additionalItems": False}, "[1]")
     assert not accepts({"type": "array", "items": [{"type": "integer"}], "additionalItems": False}, "[1,2]")
+
+
+def test_json_pointer_escapes_in_refs():
+    schema = {"$defs": {"a/b": {"type": "integer"}, "c%d": {"type": "boolean"}},
+              "anyOf": [{"$ref": "#/$defs/a~1b"}, {"$ref": "#/$defs/c%25d"}]}
+    assert accepts(schema, "12") and accepts(schema, "true") and not accepts(schema, '"x"')
 
 
 def test_recursive_ref_tree():

@@ -20,7 +20,8 @@ STOP = 1
 MULTI = [b'{"', b'":', b'",', b'"}', b'"]', b'["', b'[{', b'}]', b']}', b'},{', b'abc', b'ab', b'12', b'-1',
          b'.5', b'e+', b'true', b'null', b'false', b'\\n', b'\\"', b'\\u00', b'\\u', b'00', b'1f', b'"a"',
          b'name', b'"name":"', b'":"', b'":[', b'":{', b'  ', b'\n', b' "', b'\xc3\xa9', b'\xc3', b'\xa9',
-         b'\xe2\x98', b'\x83', b'\xf0\x9f\x98\x80', b'caf\xc3\xa9', b'x"}', b'1,', b'0]', b'"}]', b'}}']
+         b'\xe2\x98', b'\x83', b'\xf0\x9f\x98\x80', b'caf\xc3\xa9', b'x"}', b'1,', b'0]', b'"}]', b'}}',
+         b'\\uC', b'\\uD7', b'\\ud8', b'\\', b'\\u00e9"', b'\\/', b'\\x', b'a\\n"}']
 
 
 def hand_vocab() -> list[bytes | None]:
@@ -47,12 +48,16 @@ def test_allocate_shape_and_dtype():
 def test_apply_matches_reference():
     rng = np.random.default_rng(0)
     for vocab_size in (1, 31, 32, 33, 1000, 128256):
-        mask = rng.integers(-(2**31), 2**31, size=(vocab_size + 31) // 32, dtype=np.int64).astype(np.int32)
-        logits = rng.standard_normal(vocab_size).astype(np.float32)
-        expect = logits.copy()
-        apply_token_bitmask_inplace_reference(expect, mask)
-        apply_token_bitmask_inplace(logits, mask)
-        np.testing.assert_array_equal(logits, expect)
+        words = (vocab_size + 31) // 32
+        random_bits = rng.integers(-(2**31), 2**31, size=words, dtype=np.int64).astype(np.int32)
+        # grammar-like masks: runs of all-clear and all-set words around a few mixed ones
+        runs = rng.choice(np.array([0, -1, 0x00F0F0F1], dtype=np.int64), size=words, p=[0.7, 0.2, 0.1]).astype(np.int32)
+        for mask in (random_bits, runs, np.zeros(words, np.int32), np.full(words, -1, np.int32)):
+            logits = rng.standard_normal(vocab_size).astype(np.float32)
+            expect = logits.copy()
+            apply_token_bitmask_inplace_reference(expect, mask)
+            apply_token_bitmask_inplace(logits, mask)
+            np.testing.assert_array_equal(logits, expect)
 
 
 def test_apply_batch_matches_reference_and_respects_indices():
