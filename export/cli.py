@@ -46,13 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .llm import export_llm
+    from .sources import resolve_source
 
     if args.export_kind == "llm":
         export_llm(args.source, args.out, chat_format=args.chat_format, quantize=args.quantize, force=args.force)
     elif args.export_kind == "embedding":
         from .embedding import export_embedding
 
-        export_embedding(args.source, args.out, force=args.force)
+        export_embedding(resolve_source(args.source).path, args.out, force=args.force)
     else:
         from realizar_ort.config import load_config
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if config.embedding is not None:
             if not config.embedding.source:
                 raise SystemExit("[models.embedding] has no `source` to export from")
-            export_embedding(config.embedding.source, config.embedding.path)
+            export_embedding(resolve_source(config.embedding.source).path, config.embedding.path)
         if args.test_models:
             for name, (_, source) in DEFAULT_TEST_MODELS.items():
                 export_llm(source, args.models_dir / name)

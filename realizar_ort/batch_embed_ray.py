@@ -104,8 +104,11 @@ def run_ray_job(spec: JobSpec, model_config: EmbeddingModelConfig, *, concurrenc
     if bad_rows:
         bad.select_columns(["id", "error"]).write_json(str(spec.output / BAD_ROWS_DIR))
     good = parsed.filter(lambda row: row["error"] is None).select_columns(["id", "text"])
+    # Actors must leave a CPU for the read/parse tasks, or the pipeline starves (Ray schedules by CPU count).
+    actor_cpus = min(1.0, max(0.25, (ray.cluster_resources().get("CPU", 1.0) - 1.0) / concurrency))
     embedded = good.map_batches(
         EmbedderActor, batch_format="pyarrow", batch_size=spec.chunk_rows, concurrency=concurrency,
+        num_cpus=actor_cpus,
         fn_constructor_kwargs={"model_config": model_config, "batch_size": spec.batch_size},
     )
     embedded.write_parquet(str(spec.output))

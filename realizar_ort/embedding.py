@@ -21,10 +21,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Self
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -34,12 +35,12 @@ from .manifest import EmbeddingSpec, Manifest, ManifestError, load_manifest
 from .onnx_session import create_session
 
 __all__ = [
+    "MAX_BATCH_TOKENS",
     "EmbeddingEngine",
     "EmbeddingError",
     "EmbeddingResult",
     "EmbeddingStats",
     "InputTooLongError",
-    "MAX_BATCH_TOKENS",
     "TokenIdOutOfRangeError",
     "plan_batches",
     "pool",
@@ -170,6 +171,9 @@ class EmbeddingEngine:
 
         self._session = create_session(folder / manifest.onnx_file, self.config.session)
         declared = {i.name for i in self._session.get_inputs()}
+        if declared != set(manifest.input_names()):
+            raise ManifestError(f"{folder}: the graph's inputs {sorted(declared)} differ from the manifest's "
+                                f"{sorted(manifest.input_names())}; re-export the model")
         known = {"input_ids", "attention_mask", "token_type_ids"}
         if not {"input_ids", "attention_mask"} <= declared or declared - known:
             raise ManifestError(f"{folder / manifest.onnx_file}: unsupported graph inputs {sorted(declared)}")
@@ -251,7 +255,7 @@ class EmbeddingEngine:
         if worker is not None:
             worker.join()
 
-    def __enter__(self) -> EmbeddingEngine:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

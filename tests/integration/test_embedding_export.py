@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from realizar_ort.export.embedding import DEFAULT_SOURCE, PARITY_CORPUS, export_embedding, source_sha256
+
 from realizar_ort.manifest import load_manifest
 
 

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from realizar_ort.export.embedding import (
     EmbeddingExportError,
     SentenceTransformersConfig,
+    export_embedding,
     read_sentence_transformers_config,
     source_sha256,
 )
@@ -68,3 +68,8 @@ def test_source_checksum_changes_with_any_file(tmp_path: Path) -> None:
     assert source_sha256(folder) == before
     (folder / "1_Pooling" / "config.json").write_text("{}")
     assert source_sha256(folder) != before
+
+
+def test_unknown_pypi_source_is_named() -> None:
+    with pytest.raises(EmbeddingExportError, match=r"unknown model package 'pypi:no-such-model'"):
+        export_embedding("pypi:no-such-model", Path("unused"))

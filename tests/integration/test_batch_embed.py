@@ -1,0 +1,201 @@
+"""`realizar-ort embed` on the real MiniLM: every input format round-trips, bad rows are reported, an
+interrupted job resumes without losing or duplicating rows, and the Ray Data job writes the same rows."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from realizar_ort import batch_embed
+from realizar_ort.batch_embed import BatchJobError, JobSpec, run_local_job
+from realizar_ort.config import EmbeddingModelConfig, SessionConfig
+from realizar_ort.embedding import EmbeddingEngine
+
+TEXTS = [
+    "The cat sat on the mat.", "", "Zürich, São Paulo, 東京 and 🚀", 'quotes "inside", commas, too',
+    "a much longer sentence " * 30, "tabs\tand  spaces", "short", "Ελληνικά και русский",
+] * 5  # 40 rows
+
+
+@pytest.fixture(scope="module")
+def engine(minilm_dir: Path):
+    config = EmbeddingModelConfig(path=minilm_dir, session=SessionConfig(intra_op_threads=2))
+    with EmbeddingEngine.from_folder(minilm_dir, config) as eng:
+        yield eng
+
+
+def _spec(tmp_path: Path, path: Path, fmt: str, **kw: object) -> JobSpec:
+    base = {"input": path, "output": tmp_path / "out", "format": fmt, "text_field": "text", "id_field": None,
+            "on_bad_row": "skip", "batch_size": 8, "chunk_rows": 16}
+    return JobSpec(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def _read_output(folder: Path) -> tuple[list, np.ndarray]:
+    table = pads.dataset(folder, format="parquet").to_table().sort_by("id")
+    assert pa.types.is_fixed_size_list(table.schema.field("vector").type)
+    assert table.schema.field("vector").type.list_size == 384
+    vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 384)
+    return table.column("id").to_pylist(), vectors
+
+
+def _write_input(tmp_path: Path, fmt: str, rows: list[str]) -> Path:
+    path = tmp_path / f"input.{ {'jsonl': 'jsonl', 'csv': 'csv', 'parquet': 'parquet', 'text': 'txt'}[fmt] }"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps({"text": t, "n": i}, ensure_ascii=False) + "\n" for i, t in enumerate(rows)), encoding="utf-8")
+    elif fmt == "csv":
+        with path.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["n", "text"])
+            writer.writerows([i, t] for i, t in enumerate(rows))
+    elif fmt == "parquet":
+        pq.write_table(pa.table({"n": list(range(len(rows))), "text": rows}), path, row_group_size=7)
+    else:
+        path.write_text("".join(t + "\n" for t in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "text"])
+def test_round_trip_each_format(tmp_path: Path, engine: EmbeddingEngine, fmt: str) -> None:
+    rows = [t.replace("\t", " ") for t in TEXTS] if fmt == "text" else TEXTS
+    summary = run_local_job(_spec(tmp_path, _write_input(tmp_path, fmt, rows), fmt), engine, progress_bar=False)
+    assert (summary.rows_read, summary.rows_embedded, summary.bad_rows, summary.parts) == (40, 40, 0, 3)
+    assert summary.tokens == sum(engine.count_tokens(rows))
+    ids, vectors = _read_output(tmp_path / "out")
+    assert ids == list(range(40))
+    np.testing.assert_allclose(vectors, engine.embed_numpy(rows), atol=1e-5)
+
+
+def test_id_field_is_written_as_string(tmp_path: Path, engine: EmbeddingEngine) -> None:
+    path = _write_input(tmp_path, "jsonl", TEXTS[:10])
+    run_local_job(_spec(tmp_path, path, "jsonl", id_field="n"), engine, progress_bar=False)
+    ids, _ = _read_output(tmp_path / "out")
+    assert sorted(ids, key=int) == [str(i) for i in range(10)]
+
+
+def _bad_input(tmp_path: Path) -> Path:
+    lines = ['{"text": "fine 0"}', '{"text": 5}', "not json", "", '{"body": "no text"}', '{"text": "fine 5"}',
+             '{"text": null}', '{"text": "fine 7"}']
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_bad_rows_are_skipped_and_listed(tmp_path: Path, engine: EmbeddingEngine) -> None:
+    summary = run_local_job(_spec(tmp_path, _bad_input(tmp_path), "jsonl", chunk_rows=3), engine, progress_bar=False)
+    assert (summary.rows_read, summary.rows_embedded, summary.bad_rows) == (8, 3, 5)
+    ids, _ = _read_output(tmp_path / "out")
+    assert ids == [0, 5, 7]
+    listed = [json.loads(line) for f in sorted((tmp_path / "out" / "_bad_rows").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert [b["row"] for b in listed] == [1, 2, 3, 4, 6]
+    assert [b["reason"].split(":")[0] for b in listed] == [
+        "field 'text' is int, expected a string", "invalid JSON", "blank line", "missing field 'text'",
+        "field 'text' is null, expected a string"]
+
+
+def test_bad_row_fails_the_job_when_asked(tmp_path: Path, engine: EmbeddingEngine) -> None:
+    with pytest.raises(BatchJobError, match=r"row 1 of .*bad.jsonl: field 'text' is int, expected a string \(pass --on-bad-row skip"):
+        run_local_job(_spec(tmp_path, _bad_input(tmp_path), "jsonl", on_bad_row="fail"), engine, progress_bar=False)
+
+
+def test_parquet_schema_errors_name_the_column(tmp_path: Path, engine: EmbeddingEngine) -> None:
+    path = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"text": [1, 2]}), path)
+    with pytest.raises(BatchJobError, match="column 'text' has type int64, expected a string column"):
+        run_local_job(_spec(tmp_path, path, "parquet"), engine, progress_bar=False)
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    batch_embed.add_arguments(parser)
+    return batch_embed.run(parser.parse_args(argv))
+
+
+def test_cli_summary_and_refusal_of_a_different_job(tmp_path: Path, minilm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = _write_input(tmp_path, "jsonl", TEXTS[:12])
+    args = ["--input", str(first), "--output", str(tmp_path / "out"), "--model", str(minilm_dir), "--no-progress"]
+    assert _cli(args) == 0
+    assert "done: 12 rows embedded, 0 bad rows" in capsys.readouterr().err
+    assert _cli(args) == 0  # rerun of a finished job: nothing to do
+    assert "already complete" in capsys.readouterr().err
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"text": "x"}\n')
+    assert _cli(["--input", str(other)] + args[2:]) == 1
+    assert "holds a different job (input, input_mtime_ns, input_size changed); pass --overwrite" in capsys.readouterr().err
+    assert _cli(["--input", str(other)] + args[2:] + ["--overwrite"]) == 0
+    assert _read_output(tmp_path / "out")[0] == [0]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path: Path, minilm_dir: Path, engine: EmbeddingEngine) -> None:
+    rows = [f"row {i}: {TEXTS[i % len(TEXTS)][:60]}" for i in range(3000)]
+    path = _write_input(tmp_path, "jsonl", rows)
+    out = tmp_path / "out"
+    args = ["--input", str(path), "--output", str(out), "--model", str(minilm_dir), "--chunk-rows", "100",
+            "--batch-size", "16", "--no-progress"]
+    script = ("import argparse, sys; from realizar_ort import batch_embed as b; p = argparse.ArgumentParser(); "
+              "b.add_arguments(p); sys.exit(b.run(p.parse_args(sys.argv[1:])))")
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    progress = out / "_progress.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if progress.is_file() and json.loads(progress.read_text())["parts_done"] >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = json.loads(progress.read_text())
+    assert not state["summary"]["complete"] and 3 <= state["parts_done"] < 30
+    # As if the kill had landed between a part's rename and the progress update: a stray, uncommitted part.
+    pq.write_table(pa.table({"id": [999999], "vector": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * 384, pa.float32()), 384)}),
+                   out / f"part-{state['parts_done']:05d}.parquet")
+
+    assert _cli(args) == 0
+    ids, vectors = _read_output(out)
+    assert ids == list(range(3000))  # every row exactly once
+    final = json.loads(progress.read_text())["summary"]
+    assert final["resumed_from_row"] == state["parts_done"] * 100 and final["rows_embedded"] == 3000
+    np.testing.assert_allclose(vectors, engine.embed_numpy(rows), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'realizar-ort[ray]')")
+def test_ray_job_writes_the_same_rows_as_the_local_job(tmp_path: Path, minilm_dir: Path, engine: EmbeddingEngine) -> None:
+    path = tmp_path / "mixed.jsonl"
+    lines = [json.dumps({"id": f"doc-{i}", "text": TEXTS[i % len(TEXTS)] + f" #{i}"}, ensure_ascii=False) for i in range(200)]
+    lines[17] = '{"id": "doc-17", "text": 3.5}'
+    lines[40] = "{broken"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    local = run_local_job(_spec(tmp_path, path, "jsonl", id_field="id", chunk_rows=64, output=tmp_path / "local"),
+                          engine, progress_bar=False)
+    script = (
+        "import argparse, sys, ray; ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False); "
+        "from realizar_ort import batch_embed as b; p = argparse.ArgumentParser(); b.add_arguments(p); "
+        "sys.exit(b.run(p.parse_args(sys.argv[1:])))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "--input", str(path), "--output", str(tmp_path / "ray"), "--model", str(minilm_dir),
+         "--engine", "ray", "--id-field", "id", "--concurrency", "2", "--chunk-rows", "64", "--batch-size", "8"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done: 198 rows embedded, 2 bad rows" in proc.stderr
+    local_ids, local_vectors = _read_output(tmp_path / "local")
+    ray_ids, ray_vectors = _read_output(tmp_path / "ray")
+    assert local.bad_rows == 2 and ray_ids == local_ids and len(ray_ids) == 198
+    np.testing.assert_allclose(ray_vectors, local_vectors, atol=1e-5)
