@@ -11,7 +11,8 @@ same workload straight on ``ModelEngine`` from N threads (no HTTP) gives the eng
 the ratio server/engine is what HTTP, JSON and SSE cost.
 
 The server runs in a child process (``realizar-ort serve``) so the load generator does not share its GIL.
-Keep runs short on a shared machine; figures are medians of nothing: one run per cell.
+Keep runs short on a shared machine; ``--repeat`` alternates the HTTP and engine runs of each cell and
+reports medians (and the median of the per-pair ratios), which tames a noisy machine.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Cell:
     itl: list[float] = field(default_factory=list)
 
     def row(self) -> dict[str, float]:
-        pct = lambda xs, q: float(np.percentile(xs, q)) * 1000 if xs else float("nan")  # noqa: E731
+        pct = lambda xs, q: float(np.percentile(xs, q)) * 1000 if xs else float("nan")
         return {"req/s": self.requests / self.wall, "tok/s": self.tokens / self.wall,
                 "ttft_p50_ms": pct(self.ttft, 50), "ttft_p99_ms": pct(self.ttft, 99),
                 "itl_p50_ms": pct(self.itl, 50), "itl_p99_ms": pct(self.itl, 99)}
@@ -104,9 +105,10 @@ async def http_cell(url: str, model: str, clients: int, per_client: int, max_tok
 # ---- straight on the engine ---------------------------------------------------------------------------------
 
 
-def engine_cell(engine, clients: int, per_client: int, max_tokens: int, share: float, json_mode) -> Cell:  # noqa: ANN001
-    from realizar_ort.sampling import SamplingParams
+def engine_cell(engine, clients: int, per_client: int, max_tokens: int, share: float, json_mode) -> Cell:
     from realizar_ort.server.protocol import JsonSchemaFormat
+
+    from realizar_ort.sampling import SamplingParams
 
     cell = Cell()
     lock = threading.Lock()
@@ -176,17 +178,22 @@ def start_server(model: Path, max_batch: int, threads: int) -> tuple[subprocess.
     return proc, url, model.name
 
 
-def print_table(rows: list[tuple[str, int, float, Cell]], engine_rows: dict[tuple[int, float], Cell]) -> None:
-    head = ("path", "clients", "json", "req/s", "tok/s", "ttft p50 ms", "ttft p99 ms", "itl p50 ms", "itl p99 ms",
-            "vs engine")
+def print_table(pairs: dict[tuple[int, float], list[tuple[Cell, Cell | None]]]) -> None:
+    """One row per (clients, json share): medians over the repeats of the HTTP run and of the engine run
+    that followed it, and the median of the per-pair throughput ratios."""
+    head = ("clients", "json", "http req/s", "http tok/s", "engine tok/s", "http/engine", "ttft p50 ms",
+            "ttft p99 ms", "itl p50 ms", "itl p99 ms", "engine itl p50 ms")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for path, clients, share, cell in rows:
-        r = cell.row()
-        ref = engine_rows.get((clients, share))
-        ratio = f"{cell.tokens / cell.wall / (ref.tokens / ref.wall):.2f}x" if ref and path == "http" else ""
-        print(f"| {path} | {clients} | {share:.0%} | {r['req/s']:.2f} | {r['tok/s']:.1f} | {r['ttft_p50_ms']:.0f} | "
-              f"{r['ttft_p99_ms']:.0f} | {r['itl_p50_ms']:.1f} | {r['itl_p99_ms']:.1f} | {ratio} |")
+    med = lambda xs: float(np.median(xs)) if xs else float("nan")  # noqa: E731
+    for (clients, share), runs in pairs.items():
+        http = [h.row() for h, _ in runs]
+        eng = [e.row() for _, e in runs if e is not None]
+        ratios = [h.tokens / h.wall / (e.tokens / e.wall) for h, e in runs if e is not None]
+        print(f"| {clients} | {share:.0%} | {med([r['req/s'] for r in http]):.2f} | {med([r['tok/s'] for r in http]):.1f} | "
+              f"{med([r['tok/s'] for r in eng]):.1f} | {med(ratios):.2f}x | {med([r['ttft_p50_ms'] for r in http]):.0f} | "
+              f"{med([r['ttft_p99_ms'] for r in http]):.0f} | {med([r['itl_p50_ms'] for r in http]):.1f} | "
+              f"{med([r['itl_p99_ms'] for r in http]):.1f} | {med([r['itl_p50_ms'] for r in eng]):.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate HTTP and engine runs this many times")
     parser.add_argument("--skip-engine", action="store_true")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
@@ -205,40 +213,42 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# server_load: {args.model.name}, {args.requests} request(s)/client, max_tokens {args.max_tokens}, "
           f"max_batch_size {max_batch}, {os.cpu_count()} CPUs", flush=True)
 
-    rows: list[tuple[str, int, float, Cell]] = []
+    from realizar_ort.server.json_mode import JsonModeService
+    from realizar_ort.server.metrics import ServerMetrics
+
+    from realizar_ort.config import LlmModelConfig, SessionConfig
+    from realizar_ort.engine import ModelEngine
+
+    pairs: dict[tuple[int, float], list[tuple[Cell, Cell | None]]] = {}
     proc, url, model = start_server(args.model, max_batch, args.threads)
+    cfg = LlmModelConfig(path=args.model, max_batch_size=max_batch, max_context=1024, max_queued=512,
+                         session=SessionConfig(intra_op_threads=args.threads))
+    engine = None if args.skip_engine else ModelEngine.from_config(cfg)
     try:
         asyncio.run(http_cell(url, model, 1, 1, 4, 0.5))  # warm-up (and compile the schema once)
-        for share in shares:
-            for n in clients:
-                cell = asyncio.run(http_cell(url, model, n, args.requests, args.max_tokens, share))
-                rows.append(("http", n, share, cell))
-                print(f"http clients={n} json={share:.0%}: {cell.row()}", flush=True)
+        if engine is not None:
+            spec = engine.manifest.llm
+            json_mode = JsonModeService(args.model, spec.vocab_size, spec.eos_token_ids, ServerMetrics())
+            engine_cell(engine, 1, 1, 4, 0.5, json_mode)
+        # Each HTTP cell runs right before the same cell on the engine (idle while the other runs), so
+        # both see the same machine load.
+        for _ in range(args.repeat):
+            for share in shares:
+                for n in clients:
+                    http = asyncio.run(http_cell(url, model, n, args.requests, args.max_tokens, share))
+                    print(f"http clients={n} json={share:.0%}: {http.row()}", flush=True)
+                    eng = None
+                    if engine is not None:
+                        eng = engine_cell(engine, n, args.requests, args.max_tokens, share, json_mode)
+                        print(f"engine clients={n} json={share:.0%}: {eng.row()}", flush=True)
+                    pairs.setdefault((n, share), []).append((http, eng))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-    engine_rows: dict[tuple[int, float], Cell] = {}
-    if not args.skip_engine:
-        from realizar_ort.config import LlmModelConfig, SessionConfig
-        from realizar_ort.engine import ModelEngine
-        from realizar_ort.server.json_mode import JsonModeService
-        from realizar_ort.server.metrics import ServerMetrics
-
-        cfg = LlmModelConfig(path=args.model, max_batch_size=max_batch, max_context=1024, max_queued=512,
-                             session=SessionConfig(intra_op_threads=args.threads))
-        with ModelEngine.from_config(cfg) as engine:
-            spec = engine.manifest.llm
-            json_mode = JsonModeService(args.model, spec.vocab_size, spec.eos_token_ids, ServerMetrics())
-            engine_cell(engine, 1, 1, 4, 0.5, json_mode)  # warm-up
-            for share in shares:
-                for n in clients:
-                    cell = engine_cell(engine, n, args.requests, args.max_tokens, share, json_mode)
-                    engine_rows[(n, share)] = cell
-                    rows.append(("engine", n, share, cell))
-                    print(f"engine clients={n} json={share:.0%}: {cell.row()}", flush=True)
+        if engine is not None:
+            engine.close()
     print()
-    print_table(rows, engine_rows)
+    print_table(pairs)
     return 0
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import orjson
@@ -51,17 +52,12 @@ _ROUTE_LABELS = {
 
 def create_app(config: Config, *, llm: Any = None, embedder: Any = None) -> Starlette:
     """The ASGI app serving ``config``'s models (or the given engines, which the caller keeps owning)."""
-    state_box: list[ServerState] = []
-
-    def engine_stats() -> dict[str, Any] | None:
-        state = state_box[0]
+    def engine_stats() -> dict[str, Any] | None:  # read at scrape time, once `state` exists
         if state.llm is None or not hasattr(state.llm.engine, "stats"):
             return None
         return state.llm.engine.stats()  # type: ignore[no-any-return]
 
-    metrics = ServerMetrics(engine_stats)
-    state = ServerState(config=config, metrics=metrics)
-    state_box.append(state)
+    state = ServerState(config=config, metrics=ServerMetrics(engine_stats))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -137,7 +133,7 @@ def _json_mode(engine: Any, config: Config, metrics: ServerMetrics) -> JsonModeS
         return None
     model_dir = Path(folder)
     service = JsonModeService(model_dir, spec.vocab_size, spec.eos_token_ids, metrics)
-    service.vocabulary()  # build (or load the cached) token tables now, not on the first JSON request
+    service.warm_up()  # token tables and mask kernels ready now, not on the first JSON request
     return service
 
 

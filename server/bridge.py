@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 __all__ = ["ThreadedIterator"]
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any
 
 import anyio
 import orjson
@@ -44,17 +45,27 @@ async def chat_completions(request: Request) -> Response:
         raise APIError(400, f"max_tokens is too large: {req.max_tokens}. This model's context is "
                        f"{llm.max_context} tokens (prompt + completion).", "invalid_request_error",
                        "max_tokens", "context_length_exceeded")
+    if req.uses_tools and req.logprobs:
+        raise invalid("logprobs are not available for requests with tools or tool messages.", "logprobs")
     params = await _params_with_grammar(req, llm, state)
     source = ThreadedIterator(_open_source(llm, req, params))
     run = _Run(state, llm, req, source, arrived)
     chunks = run.chunks()
-    try:
-        first = await chunks.__anext__()  # errors up to here are plain HTTP errors
+
+    def cancel() -> None:  # the client hung up: drop the engine request at its next step
+        source.cancel()
+        state.metrics.cancelled.inc()
+
+    try:  # errors up to the first chunk are plain HTTP errors; a hang-up while queued cancels at once
+        first = await run_unless_disconnected(request, chunks.__anext__, cancel)
     except StopAsyncIteration:  # pragma: no cover - the engine always sends a final delta
         raise APIError(500, "The model produced no output.", "internal_error") from None
     except BaseException:
         await chunks.aclose()
         raise
+    if first is None:
+        await chunks.aclose()
+        return Response(status_code=499)
     if req.stream:
         return SSEResponse(_sse(first, chunks, run), on_disconnect=run.disconnected)
 
@@ -64,10 +75,6 @@ async def chat_completions(request: Request) -> Response:
             collected.append(chunk)
         completion = fold_chunks(collected, usage_dict(run.usage) if run.usage else _no_usage())
         return Response(orjson.dumps(completion), media_type="application/json")
-
-    def cancel() -> None:
-        source.cancel()
-        state.metrics.cancelled.inc()
 
     response = await run_unless_disconnected(request, fold, cancel)
     return response if response is not None else Response(status_code=499)

@@ -69,7 +69,16 @@ class ChunkBuilder:
 
     def delta(self, content: str = "", tool_calls: list[ToolCallFragment] | tuple[ToolCallFragment, ...] = (),
               logprobs: Any = None, finish_reason: str | None = None) -> dict[str, Any] | None:
-        """One chunk for this step, or None when it would carry nothing (no text, call, logprob or end)."""
+        """One chunk for this step, or None when it would carry nothing (no text, call, logprob or end).
+
+        The role rides on the first chunk that carries something, so a reply that opens with a tool call
+        starts with ``content: null`` next to the call, as OpenAI's does.
+        """
+        lp = None
+        if self.want_logprobs and logprobs:
+            lp = {"content": logprobs_content(logprobs), "refusal": None}
+        if not content and not tool_calls and lp is None and finish_reason is None:
+            return None
         delta: dict[str, Any] = {}
         if not self._role_sent:
             delta["role"] = "assistant"
@@ -79,11 +88,6 @@ class ChunkBuilder:
             delta["content"] = content
         if tool_calls:
             delta["tool_calls"] = [_tool_delta(f) for f in tool_calls]
-        lp = None
-        if self.want_logprobs and logprobs:
-            lp = {"content": logprobs_content(logprobs), "refusal": None}
-        if len(delta) == 0 and lp is None and finish_reason is None:
-            return None
         return self._chunk([{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}])
 
     def usage_chunk(self, usage: Any) -> dict[str, Any]:

@@ -41,7 +41,18 @@ def build_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     app = create_app(config)
     uv_config = uvicorn.Config(app, host=server_cfg.host, port=server_cfg.port, log_level=server_cfg.log_level,
                                access_log=server_cfg.log_level == "debug", lifespan="on", timeout_graceful_shutdown=5)
-    return uvicorn.Server(uv_config)
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+            await super().startup(sockets)
+            if self.started:  # after the lifespan loaded the models, with the real port
+                for listener in self.servers:
+                    for sock in listener.sockets:
+                        host, port = sock.getsockname()[:2]
+                        log.info("listening on http://%s:%d (/v1/chat/completions, /v1/embeddings, /v1/models, "
+                                 "/health, /ready, /metrics)", host, port)
+
+    return _Server(uv_config)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +63,5 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    log.info("serving the OpenAI-compatible API on http://%s:%d (/v1/chat/completions, /v1/embeddings, "
-             "/v1/models, /health, /ready, /metrics)", server.config.host, server.config.port)
     server.run()
     return 0 if server.started else 1

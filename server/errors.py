@@ -23,8 +23,8 @@ from realizar_ort.errors import (
 )
 
 __all__ = [
-    "APIError",
     "INTERNAL_ERROR_MESSAGE",
+    "APIError",
     "error_body",
     "error_response",
     "to_api_error",

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .errors import APIError, invalid
+from .errors import invalid
 
 __all__ = [
     "MAX_SCHEMA_DEPTH",
@@ -30,6 +30,7 @@ __all__ = [
 
 MAX_TOOLS = 128  # OpenAI's limit
 MAX_STOP = 16
+MAX_STOP_LENGTH = 1024  # characters per stop string (they are matched on every step)
 MAX_SCHEMA_DEPTH = 32  # nesting of a JSON Schema (response_format / tool parameters)
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -65,7 +66,7 @@ class ChatCompletionRequest:
     messages: tuple[dict[str, Any], ...]  # OpenAI message dicts; content normalised to str | None
     tools: tuple[dict[str, Any], ...] = ()  # {"type": "function", "function": {...}} as sent
     tool_choice: str | dict[str, Any] = "auto"  # "none" | "auto" | "required" | {"type":"function",...}
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: bool | None = None  # None: not sent (the tool format decides)
     response_format: JsonSchemaFormat | None = None  # None = text
     max_tokens: int | None = None
     temperature: float = 1.0
@@ -85,7 +86,9 @@ class ChatCompletionRequest:
 
     @property
     def uses_tools(self) -> bool:
-        return bool(self.tools) and self.tool_choice != "none"
+        """Whether the turn goes through tool calling: tools were given, or the history holds tool calls or
+        tool results (which only the tool prompt strategy knows how to render)."""
+        return bool(self.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in self.messages)
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ def validate_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
     messages = _messages(data.get("messages"))
     tools = _tools(data.get("tools"))
     tool_choice = _tool_choice(data.get("tool_choice"), tools)
-    parallel = _bool(data, "parallel_tool_calls", default=True)
+    parallel = _bool(data, "parallel_tool_calls", default=None)
     response_format = _response_format(data.get("response_format"))
     if response_format is not None and tools and tool_choice != "none":
         raise invalid("response_format json_object/json_schema cannot be combined with tools; "
@@ -421,6 +424,8 @@ def _stop(value: Any) -> tuple[str, ...]:
     for i, s in enumerate(items):
         if not isinstance(s, str) or not s:
             raise invalid(f"stop[{i}] must be a non-empty string, got {_short(s)}.", "stop")
+        if len(s) > MAX_STOP_LENGTH:
+            raise invalid(f"stop[{i}] is {len(s)} characters long; at most {MAX_STOP_LENGTH} are allowed.", "stop")
     return tuple(items)
 
 
@@ -494,7 +499,7 @@ def _string(obj: dict[str, Any], key: str, *, required: bool = False) -> str:
     return value
 
 
-def _bool(obj: dict[str, Any], key: str, *, default: bool, prefix: str = "") -> bool:
+def _bool(obj: dict[str, Any], key: str, *, default: Any, prefix: str = "") -> Any:
     value = obj.get(key)
     param = f"{prefix}.{key}" if prefix else key
     if value is None:

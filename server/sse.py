@@ -11,7 +11,8 @@ away the producer is cancelled at once (even while it waits for the next token),
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import orjson

@@ -7,11 +7,9 @@ import base64
 import numpy as np
 import orjson
 import pytest
-
-from realizar_ort.errors import ContextLengthError, EngineClosedError, InvalidRequestError, QueueFullError
 from realizar_ort.server.chat_format import ChunkBuilder, ToolCallFragment, fold_chunks
 from realizar_ort.server.embeddings import encode_embedding
-from realizar_ort.server.errors import APIError, INTERNAL_ERROR_MESSAGE, to_api_error
+from realizar_ort.server.errors import INTERNAL_ERROR_MESSAGE, APIError, to_api_error
 from realizar_ort.server.protocol import (
     MAX_SCHEMA_DEPTH,
     parse_json_body,
@@ -19,6 +17,8 @@ from realizar_ort.server.protocol import (
     validate_embedding_request,
 )
 from realizar_ort.server.sse import SSE_DONE, sse_error, sse_event
+
+from realizar_ort.errors import ContextLengthError, EngineClosedError, InvalidRequestError, QueueFullError
 
 MSG = [{"role": "user", "content": "hi"}]
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -55,6 +55,7 @@ def test_minimal_chat_request_gets_defaults():
     assert req.model == "m" and req.messages == ({"role": "user", "content": "hi"},)
     assert (req.temperature, req.top_p, req.max_tokens, req.stream, req.tools) == (1.0, 1.0, None, False, ())
     assert req.tool_choice == "auto" and not req.uses_tools
+    assert validate_chat_request(chat(tools=[TOOL], tool_choice="none")).uses_tools  # rendered, never called
 
 
 def test_full_chat_request_is_parsed():
@@ -127,6 +128,7 @@ def test_response_formats():
     (chat(stop=5), "stop"),
     (chat(stop=[""]), "stop"),
     (chat(stop=["a"] * 17), "stop"),
+    (chat(stop="x" * 5000), "stop"),
     (chat(presence_penalty=9), "presence_penalty"),
     (chat(repetition_penalty=0), "repetition_penalty"),
     (chat(logprobs="yes"), "logprobs"),
@@ -266,6 +268,7 @@ def test_sse_framing():
 
 def test_chunks_fold_into_a_completion_with_tool_calls():
     b = ChunkBuilder(model="m", include_usage=True)
+    assert b.delta(content="") is None  # the call's opening token: nothing to send yet, role waits
     chunks = [
         b.delta(tool_calls=[ToolCallFragment(0, "", id="call_a", name="get_weather")]),
         b.delta(tool_calls=[ToolCallFragment(0, '{"city": ')]),

@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import orjson
 import pytest
+from realizar_ort.server.app import create_app
 from starlette.testclient import TestClient
 
 from realizar_ort.config import Config, ServerConfig
 from realizar_ort.errors import ContextLengthError, QueueFullError
 from realizar_ort.generation import GenerationDelta, Usage
-from realizar_ort.server.app import create_app
 
 LLM = "fake-llm"
 EMB = "fake-emb"
