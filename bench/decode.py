@@ -55,72 +55,156 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-# ---- worker: our engine -----------------------------------------------------------------------------------
-def worker_ours(args: argparse.Namespace) -> dict:
-    sys.path.insert(0, str(REPO))
-    from realizar_ort.config import LlmModelConfig, SessionConfig
-    from realizar_ort.engine import ModelEngine
-    from realizar_ort.sampling import SamplingParams
+# ---- engines under test: one measuring interface -----------------------------------------------------------
+class OursRunner:
+    """Our ModelEngine, driven through its public streaming API."""
 
-    config = LlmModelConfig(
-        path=Path(args.model),
-        max_batch_size=16,
-        max_context=2048,
-        max_queued=64,
-        session=SessionConfig(intra_op_threads=args.threads),
-    )
-    engine = ModelEngine.from_config(config)
-    encode = engine.tokenizer.encode
-    out: dict = {"engine": "realizar-ort"}
+    def __init__(self, args: argparse.Namespace) -> None:
+        sys.path.insert(0, str(REPO))
+        from realizar_ort.config import LlmModelConfig, SessionConfig
+        from realizar_ort.engine import ModelEngine
 
-    def first_token_seconds(ids: list[int]) -> float:
+        config = LlmModelConfig(
+            path=Path(args.model),
+            max_batch_size=16,
+            max_context=2048,
+            max_queued=64,
+            session=SessionConfig(intra_op_threads=args.threads),
+        )
+        self.engine = ModelEngine.from_config(config)
+        self.label = "realizar-ort"
+        self.extra: dict[str, list[float]] = {"outside_run_share": [], "step_ms": []}
+
+    def prefill_ms(self, ids: list[int]) -> float:
+        from realizar_ort.sampling import SamplingParams
+
         started = time.perf_counter()
-        stream = engine.generate_stream(ids, SamplingParams(max_tokens=1, temperature=0.0))
-        next(stream)
-        return time.perf_counter() - started
+        next(self.engine.generate_stream(ids, SamplingParams(max_tokens=1, temperature=0.0)))
+        return 1e3 * (time.perf_counter() - started)
 
-    first_token_seconds(_prompt_ids(encode, 8))  # warm-up
-    out["prefill_30_ms"] = 1e3 * _median(
-        [first_token_seconds(_prompt_ids(encode, 30, i)) for i in range(args.reps)]
-    )
-    out["prefill_500_ms"] = 1e3 * _median(
-        [first_token_seconds(_prompt_ids(encode, 500, i)) for i in range(2)]
-    )
+    def decode_tok_s(self, prompts: list[list[int]], tokens: int) -> float:
+        """Decode tok/s summed over concurrent requests, counted once all of them are decoding."""
+        from realizar_ort.sampling import SamplingParams
 
-    before = engine.stats()
-    out["batch1_tok_s"] = _aggregate(engine, encode, 1, args.tokens)
-    after = engine.stats()
-    step = after["decode_step_seconds"] - before["decode_step_seconds"]
-    run = after["session_run_seconds"] - before["session_run_seconds"]
-    out["outside_run_share"] = (step - run) / step if step > 0 else float("nan")
-    out["step_ms"] = 1e3 * step / max(1, after["decode_steps"] - before["decode_steps"])
-    for n in (4, 16):
-        out[f"agg{n}_tok_s"] = _aggregate(engine, encode, n, args.tokens)
-    engine.close()
+        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+        before = self.engine.stats()
+        handles = [self.engine.generate_stream(p, params) for p in prompts]
+        stamps: list[list[float]] = [[] for _ in handles]
+
+        def consume(i: int) -> None:
+            for _ in handles[i]:
+                stamps[i].append(time.perf_counter())
+
+        threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(handles))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if len(prompts) == 1:
+            after = self.engine.stats()
+            step = after["decode_step_seconds"] - before["decode_step_seconds"]
+            run = after["session_run_seconds"] - before["session_run_seconds"]
+            self.extra["outside_run_share"].append((step - run) / step)
+            self.extra["step_ms"].append(1e3 * step / max(1, after["decode_steps"] - before["decode_steps"]))
+        t0 = max(s[0] for s in stamps)  # every stream has been prefilled
+        t1 = max(s[-1] for s in stamps)
+        return sum(1 for s in stamps for t in s if t > t0) / (t1 - t0)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class GenaiRunner:
+    """onnxruntime-genai's Generator on a genai model folder (batch = left-padded prompts)."""
+
+    def __init__(self, folder: str, label: str) -> None:
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.model = og.Model(folder)
+        self.label = f"onnxruntime-genai {og.__version__} ({label})"
+        self.extra: dict[str, list[float]] = {}
+        pad = json.loads((Path(folder) / "genai_config.json").read_text())["model"].get("pad_token_id", 0)
+        self.pad = pad[0] if isinstance(pad, list) else pad
+
+    def _run(self, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
+        import numpy as np
+
+        width = max(len(p) for p in prompts)
+        batch = np.array([[self.pad] * (width - len(p)) + p for p in prompts], dtype=np.int32)
+        params = self.og.GeneratorParams(self.model)
+        total = width + new_tokens
+        params.set_search_options(
+            max_length=total, min_length=total, batch_size=len(prompts), do_sample=False
+        )
+        generator = self.og.Generator(self.model, params)
+        started = time.perf_counter()
+        generator.append_tokens(batch)
+        stamps = []
+        for _ in range(new_tokens):
+            generator.generate_next_token()
+            stamps.append(time.perf_counter())
+            if generator.is_done():
+                break
+        return started, stamps
+
+    def prefill_ms(self, ids: list[int]) -> float:
+        started, stamps = self._run([ids], 1)
+        return 1e3 * (stamps[0] - started)
+
+    def decode_tok_s(self, prompts: list[list[int]], tokens: int) -> float:
+        _, stamps = self._run(prompts, tokens)
+        return len(prompts) * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+    def close(self) -> None:
+        del self.model
+
+
+def _measure_rounds(engines: dict, prompts: dict, args: argparse.Namespace) -> dict[str, dict]:
+    """Every metric for every engine, engines interleaved metric by metric and round by round (so all
+    see the same machine load); medians over rounds."""
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
+    metrics = [
+        ("prefill_30_ms", lambda e, r: _median([e.prefill_ms(p) for p in prompts["30"]])),
+        ("prefill_500_ms", lambda e, r: e.prefill_ms(prompts["500"][r % len(prompts["500"])])),
+        ("batch1_tok_s", lambda e, r: e.decode_tok_s(prompts["agg"][:1], args.tokens)),
+        ("agg4_tok_s", lambda e, r: e.decode_tok_s(prompts["agg"][:4], args.tokens)),
+        ("agg16_tok_s", lambda e, r: e.decode_tok_s(prompts["agg"][:16], args.tokens)),
+    ]
+    for engine in engines.values():  # warm-up
+        engine.prefill_ms(prompts["8"][0])
+        engine.decode_tok_s(prompts["agg"][:2], 4)
+    names = list(engines)
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
+        for key, measure in metrics:
+            for name in order:
+                samples[name].setdefault(key, []).append(measure(engines[name], r))
+    out: dict[str, dict] = {}
+    for name, engine in engines.items():
+        out[name] = {
+            "engine": engine.label,
+            **{k: _median(v) for k, v in {**samples[name], **engine.extra}.items()},
+        }
+        engine.close()
     return out
 
 
-def _aggregate(engine, encode, streams: int, tokens: int) -> float:
-    """Decode tok/s summed over `streams` concurrent requests, counted once all of them are decoding."""
-    from realizar_ort.sampling import SamplingParams
+# ---- workers (this file re-invoked in a subprocess) ---------------------------------------------------------
+def worker_ours(args: argparse.Namespace) -> dict:
+    prompts = json.loads(Path(args.prompts_json).read_text())
+    return _measure_rounds({"ours": OursRunner(args)}, prompts, args)
 
-    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
-    handles = [engine.generate_stream(_prompt_ids(encode, 30, 100 + i), params) for i in range(streams)]
-    stamps: list[list[float]] = [[] for _ in handles]
 
-    def consume(i: int) -> None:
-        for _ in handles[i]:
-            stamps[i].append(time.perf_counter())
-
-    threads = [threading.Thread(target=consume, args=(i,)) for i in range(streams)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    t0 = max(s[0] for s in stamps)  # every stream has been prefilled
-    t1 = max(s[-1] for s in stamps)
-    counted = sum(1 for s in stamps for t in s if t > t0)
-    return counted / (t1 - t0)
+def worker_paired(args: argparse.Namespace) -> dict:
+    """Ours and onnxruntime-genai in one process (the genai venv's python, with the project's packages
+    appended to sys.path), interleaved so that they share the same machine conditions."""
+    sys.path.append(args.project_site)
+    prompts = json.loads(Path(args.prompts_json).read_text())
+    engines: dict = {"ours": OursRunner(args)}
+    for name, folder, label in json.loads(args.genai_dirs):
+        engines[name] = GenaiRunner(folder, label)
+    return _measure_rounds(engines, prompts, args)
 
 
 def worker_memory(args: argparse.Namespace) -> dict:
@@ -158,7 +242,7 @@ def worker_memory(args: argparse.Namespace) -> dict:
     }
 
 
-# ---- worker: onnxruntime-genai (runs under the genai venv's python) ---------------------------------------
+# ---- onnxruntime-genai model folders ------------------------------------------------------------------------
 def _genai_config(model_dir: Path, threads: int) -> dict:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     llm = manifest["llm"]
@@ -223,45 +307,6 @@ def _genai_threads_copy(folder: Path, dest: Path, threads: int) -> Path:
     return dest
 
 
-def worker_genai(args: argparse.Namespace) -> dict:
-    import numpy as np
-    import onnxruntime_genai as og
-
-    model = og.Model(args.genai_dir)
-    ids_by_len = json.loads(Path(args.prompts_json).read_text())
-    out: dict = {"engine": f"onnxruntime-genai {og.__version__}"}
-
-    pad = json.loads((Path(args.genai_dir) / "genai_config.json").read_text())["model"].get("pad_token_id", 0)
-    pad = pad[0] if isinstance(pad, list) else pad
-
-    def run(prompts: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
-        width = max(len(p) for p in prompts)
-        batch = np.array([[pad] * (width - len(p)) + p for p in prompts], dtype=np.int32)  # left padding
-        params = og.GeneratorParams(model)
-        total = width + new_tokens
-        params.set_search_options(
-            max_length=total, min_length=total, batch_size=len(prompts), do_sample=False
-        )
-        generator = og.Generator(model, params)
-        started = time.perf_counter()
-        generator.append_tokens(batch)
-        stamps = []
-        for _ in range(new_tokens):
-            generator.generate_next_token()
-            stamps.append(time.perf_counter())
-            if generator.is_done():
-                break
-        return started, stamps
-
-    run([ids_by_len["8"][0]], 2)  # warm-up
-    out["prefill_30_ms"] = 1e3 * _median([_first_token(*run([p], 1)) for p in ids_by_len["30"]])
-    out["prefill_500_ms"] = 1e3 * _median([_first_token(*run([p], 1)) for p in ids_by_len["500"]])
-    for n, key in ((1, "batch1_tok_s"), (4, "agg4_tok_s"), (16, "agg16_tok_s")):
-        _, stamps = run(ids_by_len["agg"][:n], args.tokens)
-        out[key] = n * (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    return out
-
-
 # ---- worker: llama.cpp ------------------------------------------------------------------------------------
 def worker_llamacpp(args: argparse.Namespace) -> dict:
     from llama_cpp import Llama
@@ -298,8 +343,8 @@ def _run_worker(python: str, mode: str, args: argparse.Namespace, extra: list[st
         str(args.threads),
         "--tokens",
         str(args.tokens),
-        "--reps",
-        str(args.reps),
+        "--rounds",
+        str(args.rounds),
         "--mem-tokens",
         str(args.mem_tokens),
         *extra,
@@ -336,132 +381,104 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=REPO / "models" / "smollm2-135m-instruct")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--tokens", type=int, default=64, help="decode tokens per stream")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--mem-tokens", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved runs per engine; the best is kept")
     parser.add_argument("--quick", action="store_true", help="fewer tokens, one round, no memory run")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--genai-python", default="/tmp/genai-venv/bin/python")
     parser.add_argument("--genai-model", type=Path, help="a folder made by onnxruntime-genai's model builder")
-    parser.add_argument("--worker", choices=["ours", "memory", "genai", "llamacpp"], help=argparse.SUPPRESS)
-    parser.add_argument("--genai-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ours", "paired", "memory", "llamacpp"], help=argparse.SUPPRESS)
+    parser.add_argument("--genai-dirs", help=argparse.SUPPRESS)
+    parser.add_argument("--project-site", help=argparse.SUPPRESS)
     parser.add_argument("--prompts-json", help=argparse.SUPPRESS)
     parser.add_argument("--gguf", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = {
+        workers = {
             "ours": worker_ours,
+            "paired": worker_paired,
             "memory": worker_memory,
-            "genai": worker_genai,
             "llamacpp": worker_llamacpp,
-        }[args.worker](args)
-        print(json.dumps(result))
+        }
+        print(json.dumps(workers[args.worker](args)))
         return
     if args.quick:
-        args.tokens, args.reps, args.rounds, args.no_memory = 32, 2, 1, True
+        args.tokens, args.rounds, args.no_memory = 32, 1, True
 
     model_dir = args.model.resolve()
     print(
-        f"model {model_dir.name}, {args.threads} threads, {args.tokens} decode tokens per stream, {args.rounds} round(s)"
+        f"model {model_dir.name}, {args.threads} threads, {args.tokens} decode tokens per stream, "
+        f"{args.rounds} interleaved round(s), load average {os.getloadavg()[0]:.1f}"
     )
+    skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp_name:
         tmp = Path(tmp_name)
-        jobs, skipped = _plan(args, model_dir, tmp)
-        results: dict[str, dict] = {}
-        for _ in range(args.rounds):  # engines interleaved, best figure per engine kept (shared machine)
-            for name, python, mode, extra, label in jobs:
-                if name in skipped:
-                    continue
-                try:
-                    run = _run_worker(python, mode, args, extra)
-                except Exception as exc:
-                    if name == "ours":
-                        raise
+        prompts = str(_prompts_file(model_dir, tmp))
+        genai_dirs = _genai_folders(args, model_dir, tmp, skipped)
+        if genai_dirs:
+            import site
+
+            extra = ["--prompts-json", prompts, "--genai-dirs", json.dumps(genai_dirs)]
+            extra += ["--project-site", site.getsitepackages()[0]]
+            try:
+                results = _run_worker(args.genai_python, "paired", args, extra)
+            except Exception as exc:  # noqa: BLE001 - fall back to ours alone, saying why
+                for name, _, _ in genai_dirs:
                     skipped[name] = f"failed: {exc}"
-                    continue
-                run["engine"] += label
-                results[name] = _best(results.get(name), run)
-    memory = None
-    if not args.no_memory:
-        memory = _run_worker(sys.executable, "memory", args, [])
+                genai_dirs = []
+        if not genai_dirs:
+            results = _run_worker(sys.executable, "ours", args, ["--prompts-json", prompts])
+        reason = _llamacpp_unavailable(model_dir)
+        if reason:
+            skipped["llama.cpp"] = reason
+        else:
+            gguf = json.loads((model_dir / "manifest.json").read_text())["source"]["path"]
+            try:
+                results["llama.cpp"] = _run_worker(
+                    sys.executable, "llamacpp", args, ["--gguf", gguf, "--prompts-json", prompts]
+                )
+            except Exception as exc:  # noqa: BLE001
+                skipped["llama.cpp"] = f"failed: {exc}"
+    print(
+        f"load average after the runs: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (>1 per CPU: contended)"
+    )
+    memory = None if args.no_memory else _run_worker(sys.executable, "memory", args, [])
     _report(results, skipped, memory, args)
 
 
-def _best(old: dict | None, new: dict) -> dict:
-    if old is None:
-        return new
-    merged = dict(old)
-    for key, value in new.items():
-        if isinstance(value, float) and key in old:
-            lower_is_better = key.endswith("_ms") or key == "outside_run_share"
-            merged[key] = min(old[key], value) if lower_is_better else max(old[key], value)
-    return merged
-
-
-def _plan(args: argparse.Namespace, model_dir: Path, tmp: Path) -> tuple[list[tuple], dict[str, str]]:
-    """Which engines run (name, python, worker mode, extra args, label) and which are skipped, and why."""
-    prompts = str(_prompts_file(model_dir, tmp))
-    jobs: list[tuple] = [("ours", sys.executable, "ours", [], "")]
-    skipped: dict[str, str] = {}
-    # onnxruntime-genai, in its own venv: on our graph, and on its model builder's graph if given
+def _genai_folders(args: argparse.Namespace, model_dir: Path, tmp: Path, skipped: dict[str, str]) -> list:
+    """[name, folder, label] for each onnxruntime-genai variant that can run; reasons for the others."""
     if not Path(args.genai_python).is_file():
-        skipped["genai"] = (
-            f"{args.genai_python} not found (python -m venv /tmp/genai-venv; /tmp/genai-venv/bin/pip install onnxruntime-genai)"
+        skipped["onnxruntime-genai"] = (
+            f"{args.genai_python} not found (python -m venv /tmp/genai-venv; "
+            "/tmp/genai-venv/bin/pip install onnxruntime-genai; never into the project venv)"
+        )
+        return []
+    ours_dir = tmp / "genai-ours"
+    ours_dir.mkdir()
+    (ours_dir / "model.onnx").symlink_to(model_dir / "model.onnx")
+    (ours_dir / "genai_config.json").write_text(json.dumps(_genai_config(model_dir, args.threads), indent=1))
+    folders = [["genai-ourgraph", str(ours_dir), "on our exported graph"]]
+    if args.genai_model is None:
+        skipped["genai-builder"] = (
+            "no --genai-model folder (make one with `python -m onnxruntime_genai.models.builder -i HF_DIR -o OUT "
+            "-p fp32 -e cpu` in the genai venv; it needs transformers 5.x and torch there)"
         )
     else:
-        ours_dir = tmp / "genai-ours"
-        ours_dir.mkdir()
-        (ours_dir / "model.onnx").symlink_to(model_dir / "model.onnx")
-        (ours_dir / "genai_config.json").write_text(
-            json.dumps(_genai_config(model_dir, args.threads), indent=1)
-        )
-        jobs.append(
-            (
-                "genai-ourgraph",
-                args.genai_python,
-                "genai",
-                ["--genai-dir", str(ours_dir), "--prompts-json", prompts],
-                " (on our exported graph)",
-            )
-        )
-        if args.genai_model is None:
-            skipped["genai-builder"] = (
-                "no --genai-model folder (build one with onnxruntime_genai.models.builder -p fp32 -e cpu in the "
-                "genai venv; it needs transformers 5.x and torch there)"
-            )
-        else:
-            folder = _genai_threads_copy(args.genai_model, tmp / "genai-builder", args.threads)
-            jobs.append(
-                (
-                    "genai-builder",
-                    args.genai_python,
-                    "genai",
-                    ["--genai-dir", str(folder), "--prompts-json", prompts],
-                    " (its model builder's fp32 graph)",
-                )
-            )
-    # llama.cpp, on the source GGUF
+        folder = _genai_threads_copy(args.genai_model, tmp / "genai-builder", args.threads)
+        folders.append(["genai-builder", str(folder), "its model builder's fp32 graph"])
+    return folders
+
+
+def _llamacpp_unavailable(model_dir: Path) -> str | None:
     source = json.loads((model_dir / "manifest.json").read_text())["source"]
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        skipped["llama.cpp"] = (
-            "llama-cpp-python is not installed (it compiles llama.cpp from source, ~9 minutes)"
-        )
-    else:
-        if source.get("kind") != "gguf":
-            skipped["llama.cpp"] = f"the model's source is {source.get('kind')!r}, not a GGUF"
-        else:
-            jobs.append(
-                (
-                    "llama.cpp",
-                    sys.executable,
-                    "llamacpp",
-                    ["--gguf", source["path"], "--prompts-json", prompts],
-                    "",
-                )
-            )
-    return jobs, skipped
+        return "llama-cpp-python is not installed (it compiles llama.cpp from source, ~9 minutes)"
+    if source.get("kind") != "gguf":
+        return f"the model's source is {source.get('kind')!r}, not a GGUF"
+    return None
 
 
 def _report(
@@ -476,9 +493,9 @@ def _report(
     ]
     names = list(results)
     print()
-    print(f"{'':28}" + "".join(f"{n:>14}" for n in names))
+    print(f"{'':28}" + "".join(f"{n:>16}" for n in names))
     for label, key in rows:
-        print(f"{label:28}" + "".join(f"{results[n].get(key, float('nan')):>14.1f}" for n in names))
+        print(f"{label:28}" + "".join(f"{results[n].get(key, float('nan')):>16.1f}" for n in names))
     ours = results["ours"]
     print()
     for name in names[1:]:

@@ -13,6 +13,7 @@ Threading: owned by the scheduler thread. Timing counters feed `ModelEngine.stat
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -65,9 +66,13 @@ class Decoder:
         return logits[0, -1], presents  # [V], [1, kv_heads, p, head_dim] each
 
     # ---- stage 2: one decode step for the whole running batch ----------------------------------------
-    def decode_step(self, next_tokens: np.ndarray, seq_lengths: np.ndarray) -> np.ndarray:
+    def decode_step(
+        self, next_tokens: np.ndarray, seq_lengths: np.ndarray, before_run: Callable[[], None] | None = None
+    ) -> np.ndarray:
         """Feed each row's last sampled token. `next_tokens`, `seq_lengths`: ``[b]`` (tokens already in
-        each row's KV). Returns logits ``[b, V]`` (a view into scratch, valid until the next step)."""
+        each row's KV). `before_run` is called just before the graph runs (the scheduler hands out the
+        previous step's deltas there, so woken callers use the GIL while the graph holds none).
+        Returns logits ``[b, V]`` (a view into scratch, valid until the next step)."""
         kv, spec, binding = self.kv, self.spec, self._binding
         b, length = kv.batch, kv.length  # b rows, past length L (left-padded)
         # 1. inputs: the new token [b, 1] at position = the row's own length [b, 1]
@@ -91,6 +96,8 @@ class Decoder:
         logits = self._logits[:b]  # [b, 1, V]
         _bind(binding.bind_output, spec.logits_name, logits)
         # 4. run the graph; present becomes next step's past
+        if before_run is not None:
+            before_run()
         started = time.perf_counter()
         self.session.run_with_iobinding(binding)
         self.session_run_seconds += time.perf_counter() - started

@@ -17,7 +17,7 @@ import dataclasses
 import queue
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from .chat_template import ChatTemplate
 from .config import LlmModelConfig
@@ -31,7 +31,12 @@ from .sampling import RequestSampler, SampledToken, SamplingParams
 from .scheduler import Request, Scheduler
 from .tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from .tool_generation import ToolGenerationResult, ToolGenerationStream
+
 __all__ = ["GenerationStream", "ModelEngine"]
+
+_WAKE = object()  # put on a request's queue by cancel(): wakes a reader blocked in __next__
 
 
 class GenerationStream(Iterator[GenerationDelta]):
@@ -63,9 +68,14 @@ class GenerationStream(Iterator[GenerationDelta]):
                 item = self._request.out.get(timeout=1.0)
                 break
             except queue.Empty:
+                if self._done or self._request.cancelled:  # cancelled from another thread
+                    raise StopIteration from None
                 if not self._scheduler.alive:
                     self._done = True
                     raise EngineClosedError("the engine stopped before this request finished") from None
+        if item is _WAKE or self._done:
+            self._done = True
+            raise StopIteration
         if isinstance(item, BaseException):
             self._done = True
             raise item
@@ -74,9 +84,11 @@ class GenerationStream(Iterator[GenerationDelta]):
         return item
 
     def cancel(self) -> None:
+        """Abandon the request (from any thread); a reader blocked in `__next__` stops at once."""
         if not self._done:
             self._done = True
             self._request.cancel()
+            self._request.out.put(_WAKE)
 
     close = cancel
 
@@ -98,6 +110,7 @@ class ModelEngine:
             raise ManifestError(f"{config.path} holds a {manifest.kind!r} model, not an llm")
         folder = Path(config.path)
         self.config = config
+        self.model_dir = folder
         self.manifest = manifest
         self.spec: LlmSpec = manifest.llm
         self.name = config.name or folder.name
@@ -219,6 +232,37 @@ class ModelEngine:
         **template_kwargs: Any,
     ) -> GenerationResult:
         return self.generate(self.render_chat(messages, **template_kwargs), params)
+
+    # ---- tool calling (realizar_ort.tool_generation does the work) -----------------------------------
+    def generate_with_tools(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Any],
+        tool_choice: Any = "auto",
+        parallel_tool_calls: bool | None = None,
+        params: SamplingParams | None = None,
+    ) -> ToolGenerationResult:
+        """A chat turn that ends in text and/or tool calls; every call is valid against its tool's schema.
+
+        `tools`: OpenAI `tools` dicts or `ToolDefinition`s; `tool_choice`: "auto" | "required" | "none" |
+        {"type": "function", "function": {"name": ...}} (OpenAI's shapes); `parallel_tool_calls`: None lets the model's tool format
+        decide (Llama 3's JSON format holds one call per turn)."""
+        from .tool_generation import generate_with_tools
+
+        return generate_with_tools(self, messages, tools, tool_choice, parallel_tool_calls, params)
+
+    def generate_with_tools_stream(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Any],
+        tool_choice: Any = "auto",
+        parallel_tool_calls: bool | None = None,
+        params: SamplingParams | None = None,
+    ) -> ToolGenerationStream:
+        """The streaming form of `generate_with_tools`: deltas carry content and tool-call fragments."""
+        from .tool_generation import generate_with_tools_stream
+
+        return generate_with_tools_stream(self, messages, tools, tool_choice, parallel_tool_calls, params)
 
     def _check_params(self, params: SamplingParams | None) -> SamplingParams:
         if params is None:

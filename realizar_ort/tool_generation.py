@@ -145,8 +145,7 @@ class _ToolRequest:
 
 
 def _model_dir(engine: Any) -> Path:
-    folder = getattr(engine, "model_dir", None) or engine.config.path
-    return Path(folder)
+    return Path(engine.model_dir)
 
 
 def _call_grammar(engine: Any, call_format: CallFormat, tools: Sequence[ToolDefinition], stop_ids: Sequence[int],

@@ -201,7 +201,5 @@ def test_hanging_up_while_queued_cancels_before_prefill(queued_hang_up):
     assert queued_hang_up["prompt_tokens_after"] == queued_hang_up["prompt_tokens_before"]
 
 
-@pytest.mark.xfail(strict=True, reason="engine: GenerationStream.__next__ keeps waiting on a request cancelled "
-                   "while queued (the scheduler drops it without a final item and __next__ never checks _done)")
 def test_no_thread_is_left_waiting_on_a_request_cancelled_while_queued(queued_hang_up):
     assert queued_hang_up["stream_threads"] == []

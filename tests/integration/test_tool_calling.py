@@ -211,3 +211,22 @@ def test_unenforceable_tool_schema_is_refused_naming_the_tool(tiny: ModelEngine)
         generate_with_tools(tiny, ask("Hi"), [WEATHER, bad], "auto", params=GREEDY)
     assert info.value.param == "tools[1].function.parameters"
     assert "dependentSchemas" in str(info.value)
+
+
+def test_engine_methods_are_the_tool_generation_functions(smollm2_dir: Path) -> None:
+    """`ModelEngine.generate_with_tools` (and its stream) give what the module functions give."""
+    from realizar_ort.engine import ModelEngine
+    from realizar_ort.sampling import SamplingParams
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    params = SamplingParams(max_tokens=40, temperature=0.0)
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    with ModelEngine.from_folder(smollm2_dir) as engine:
+        method = engine.generate_with_tools(messages, tools, tool_choice=named, params=params)
+        function = generate_with_tools(engine, messages, tools, named, None, params)
+        streamed = list(engine.generate_with_tools_stream(messages, tools, tool_choice=named, params=params))
+    assert method.tool_calls and method.tool_calls[0].name == "get_weather"
+    assert [(c.name, c.arguments) for c in method.tool_calls] == [(c.name, c.arguments) for c in function.tool_calls]
+    assert streamed and streamed[-1].finish_reason == method.finish_reason == "tool_calls"
