@@ -22,6 +22,12 @@ _EXPORTS: dict[str, str] = {
     "GenerationDelta": "generation",
     "Usage": "generation",
     "LogitProcessor": "logits",
+    "FinishReason": "generation",
+    "TokenLogprob": "generation",
+    "TopLogprob": "generation",
+    "Tokenizer": "tokenizer",
+    "ChatTemplate": "chat_template",
+    "ChatTemplateError": "chat_template",
     # enforcement
     "JsonGrammar": "grammar",
     "TokenVocabulary": "grammar",
@@ -56,6 +62,14 @@ _EXPORTS: dict[str, str] = {
     "InvalidRequestError": "errors",
     "ContextLengthError": "errors",
     "QueueFullError": "errors",
+    "EngineClosedError": "errors",
+    "ToolChoice": "tools",
+    "ToolGenerationResult": "tool_generation",
+    "ToolGenerationDelta": "tool_generation",
+    "ToolCallDelta": "tool_generation",
+    "ToolGenerationStream": "tool_generation",
+    "strategy_for": "tool_prompts",
+    "parse_tool_calls": "tool_parsing",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -78,8 +92,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .config import Config, ConfigError, load_config
     from .embedding import EmbeddingEngine, EmbeddingError, EmbeddingResult, InputTooLongError, TokenIdOutOfRangeError
     from .engine import GenerationStream, ModelEngine
-    from .errors import ContextLengthError, InvalidRequestError, QueueFullError, RealizarError
-    from .generation import GenerationDelta, GenerationResult, Usage
+    from .chat_template import ChatTemplate, ChatTemplateError
+    from .errors import ContextLengthError, EngineClosedError, InvalidRequestError, QueueFullError, RealizarError
+    from .generation import FinishReason, GenerationDelta, GenerationResult, TokenLogprob, TopLogprob, Usage
     from .grammar import (
         CompiledGrammar, GrammarError, GrammarMatcher, JsonGrammar, TokenVocabulary, UnsupportedSchemaError,
         compile_json_schema,
@@ -88,6 +103,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .logits import LogitProcessor
     from .manifest import Manifest, ManifestError, load_manifest
     from .sampling import SamplingParams
-    from .tool_generation import generate_with_tools, generate_with_tools_stream
-    from .tool_prompts import ChatMLToolStrategy, Llama3ToolStrategy, ToolPromptTemplate
-    from .tools import ToolCall, ToolDefinition
+    from .tokenizer import Tokenizer
+    from .tool_generation import (
+        ToolCallDelta, ToolGenerationDelta, ToolGenerationResult, ToolGenerationStream, generate_with_tools,
+        generate_with_tools_stream,
+    )
+    from .tool_parsing import parse_tool_calls
+    from .tool_prompts import ChatMLToolStrategy, Llama3ToolStrategy, ToolPromptTemplate, strategy_for
+    from .tools import ToolCall, ToolChoice, ToolDefinition
