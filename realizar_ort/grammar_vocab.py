@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tokenizer import byte_level_decoder_table
+
 __all__ = [
     "TokenTrie",
     "VocabTables",
@@ -35,19 +37,6 @@ __all__ = [
 
 _CACHE_FORMAT = 5
 _TRIE_FIELDS = ("byte", "skip", "depth", "token_ptr", "token_ids", "sub_bytes")
-
-
-def _gpt2_unicode_to_byte() -> dict[str, int]:
-    """The inverse of GPT-2's ``bytes_to_unicode``: printable stand-in character -> byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
 
 
 def _components(node: dict | None) -> list[dict]:
@@ -88,7 +77,7 @@ def token_bytes_from_tokenizer_json(data: dict) -> list[bytes | None]:
     size = max([*pieces, *added, -1]) + 1
     out: list[bytes | None] = [None] * size
     if byte_level:
-        table = _gpt2_unicode_to_byte()
+        table = byte_level_decoder_table()
         for i, piece in pieces.items():
             try:
                 out[i] = bytes(table[ch] for ch in piece)

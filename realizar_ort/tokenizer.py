@@ -25,7 +25,7 @@ class UnsupportedDecoderError(ValueError):
     """The tokenizer's decoder is not one whose token bytes we can reproduce exactly."""
 
 
-def _byte_level_decoder_table() -> dict[str, int]:
+def byte_level_decoder_table() -> dict[str, int]:
     """GPT-2's bytes_to_unicode, inverted: the printable character that stands for each byte."""
     printable = (
         list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
@@ -90,7 +90,7 @@ class Tokenizer:
         """(bytes of every id, whether the decoder strips one leading space from the whole text)."""
         kind, strip_leading_space = self._decoder_kind()
         table: list[bytes] = []
-        byte_of = _byte_level_decoder_table() if kind == "byte_level" else {}
+        byte_of = byte_level_decoder_table() if kind == "byte_level" else {}
         for token_id in range(self.vocab_size):
             token = self._tok.id_to_token(token_id)
             if token is None:
