@@ -72,7 +72,60 @@ _EXPORTS: dict[str, str] = {
     "parse_tool_calls": "tool_parsing",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "ChatMLToolStrategy",
+    "ChatTemplate",
+    "ChatTemplateError",
+    "CompiledGrammar",
+    "Config",
+    "ConfigError",
+    "ContextLengthError",
+    "EmbeddingEngine",
+    "EmbeddingError",
+    "EmbeddingResult",
+    "EngineClosedError",
+    "FinishReason",
+    "GenerationDelta",
+    "GenerationResult",
+    "GenerationStream",
+    "GrammarError",
+    "GrammarMatcher",
+    "HybridSampler",
+    "InputTooLongError",
+    "InvalidRequestError",
+    "JsonGrammar",
+    "Llama3ToolStrategy",
+    "LogitProcessor",
+    "Manifest",
+    "ManifestError",
+    "ModelEngine",
+    "QueueFullError",
+    "RealizarError",
+    "SamplingParams",
+    "TokenIdOutOfRangeError",
+    "TokenLogprob",
+    "TokenVocabulary",
+    "Tokenizer",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolChoice",
+    "ToolDefinition",
+    "ToolGenerationDelta",
+    "ToolGenerationResult",
+    "ToolGenerationStream",
+    "ToolPromptTemplate",
+    "TopLogprob",
+    "UnsupportedSchemaError",
+    "Usage",
+    "compile_json_schema",
+    "generate_with_tools",
+    "generate_with_tools_stream",
+    "load_config",
+    "load_manifest",
+    "parse_tool_calls",
+    "strategy_for",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -89,14 +142,31 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from .config import Config, ConfigError, load_config
-    from .embedding import EmbeddingEngine, EmbeddingError, EmbeddingResult, InputTooLongError, TokenIdOutOfRangeError
-    from .engine import GenerationStream, ModelEngine
     from .chat_template import ChatTemplate, ChatTemplateError
-    from .errors import ContextLengthError, EngineClosedError, InvalidRequestError, QueueFullError, RealizarError
+    from .config import Config, ConfigError, load_config
+    from .embedding import (
+        EmbeddingEngine,
+        EmbeddingError,
+        EmbeddingResult,
+        InputTooLongError,
+        TokenIdOutOfRangeError,
+    )
+    from .engine import GenerationStream, ModelEngine
+    from .errors import (
+        ContextLengthError,
+        EngineClosedError,
+        InvalidRequestError,
+        QueueFullError,
+        RealizarError,
+    )
     from .generation import FinishReason, GenerationDelta, GenerationResult, TokenLogprob, TopLogprob, Usage
     from .grammar import (
-        CompiledGrammar, GrammarError, GrammarMatcher, JsonGrammar, TokenVocabulary, UnsupportedSchemaError,
+        CompiledGrammar,
+        GrammarError,
+        GrammarMatcher,
+        JsonGrammar,
+        TokenVocabulary,
+        UnsupportedSchemaError,
         compile_json_schema,
     )
     from .hybrid_sampler import HybridSampler
@@ -105,7 +175,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .sampling import SamplingParams
     from .tokenizer import Tokenizer
     from .tool_generation import (
-        ToolCallDelta, ToolGenerationDelta, ToolGenerationResult, ToolGenerationStream, generate_with_tools,
+        ToolCallDelta,
+        ToolGenerationDelta,
+        ToolGenerationResult,
+        ToolGenerationStream,
+        generate_with_tools,
         generate_with_tools_stream,
     )
     from .tool_parsing import parse_tool_calls

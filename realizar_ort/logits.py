@@ -6,7 +6,8 @@ sampling (mask first, then penalties, then sample). A processor is created per r
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

@@ -35,7 +35,7 @@ from .generation import FinishReason, GenerationDelta, Usage
 from .grammar import GrammarError, TokenVocabulary, UnsupportedSchemaError, compile_json_schema
 from .hybrid_sampler import CallTokenTables, HybridSampler, call_token_tables
 from .sampling import SamplingParams
-from .tool_parsing import CallEvent, CallScanner, parse_tool_calls
+from .tool_parsing import CallEvent, CallScanner
 from .tool_prompts import CallFormat, ToolPromptTemplate, strategy_for
 from .tools import (
     ToolCall,

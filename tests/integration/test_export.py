@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from realizar_ort.export.verify import ort_greedy
 from tokenizers import Tokenizer
 
-from realizar_ort.export.verify import ort_greedy
 from realizar_ort.manifest import load_manifest
 from realizar_ort.onnx_session import create_session
 

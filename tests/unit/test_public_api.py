@@ -15,3 +15,7 @@ def test_importing_the_package_is_cheap() -> None:
     code = "import sys, realizar_ort; print(sorted(m for m in ('onnxruntime', 'numba', 'starlette') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_all_lists_exactly_the_lazy_exports() -> None:
+    assert sorted(realizar_ort.__all__) == sorted([*realizar_ort._EXPORTS, "__version__"])
