@@ -24,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     llm.add_argument("--out", required=True, type=Path, help="output model folder, e.g. models/llama3-8b")
     llm.add_argument("--chat-format", choices=["llama3", "chatml"], help="override the format read from the tokenizer")
     llm.add_argument("--quantize", choices=["int8"], help="dynamic int8 weights (lossy; prints a quality report)")
+    llm.add_argument(
+        "--optimize-graph", action="store_true",
+        help="fuse RMSNorm and rotary embeddings with onnxruntime's tools (same greedy tokens; ~3-9%% faster "
+        "batch-1 decode measured on SmolLM2)",
+    )
     llm.add_argument("--force", action="store_true", help="export even if an up-to-date export exists")
     emb = kinds.add_parser(
         "embedding",
@@ -49,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from .sources import resolve_source
 
     if args.export_kind == "llm":
-        export_llm(args.source, args.out, chat_format=args.chat_format, quantize=args.quantize, force=args.force)
+        export_llm(
+            args.source, args.out, chat_format=args.chat_format, quantize=args.quantize,
+            optimize_graph=args.optimize_graph, force=args.force,
+        )
     elif args.export_kind == "embedding":
         from .embedding import export_embedding
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from realizar_ort.manifest import MANIFEST_FILE, LlmSpec, Manifest
 
-from . import cache, onnx_graph, verify
+from . import cache, graph_fusion, onnx_graph, verify
 from .progress import Stages
 from .sources import ResolvedSource, resolve_source
 
@@ -34,11 +34,12 @@ def export_llm(
     *,
     chat_format: ChatFormat | None = None,
     quantize: Literal["int8"] | None = None,
+    optimize_graph: bool = False,
     force: bool = False,
 ) -> Manifest:
     stages = Stages(f"export llm {source} -> {out}")
     resolved = resolve_source(source)
-    key = cache.key(resolved.sha256, quantize or "fp32")
+    key = cache.key(resolved.sha256, (quantize or "fp32") + ("+fused" if optimize_graph else ""))
     if not force:
         done = cache.up_to_date(out, key) or cache.restore(out, key)
         if done is not None:
@@ -56,6 +57,12 @@ def export_llm(
         staging.mkdir()
         with stages("write model folder"):
             spec = _write_folder(hf_dir, work / "onnx", staging, fmt)
+        fused_ops = None
+        if optimize_graph:
+            with stages("onnxruntime graph fusion (skip-RMSNorm, rotary)"):
+                fused_ops = graph_fusion.fuse_llm_graph(
+                    staging / "model.onnx", num_heads=spec["num_heads"], hidden_size=spec["hidden_size"]
+                )
         with stages("parity: onnxruntime greedy == transformers greedy"):
             parity = verify.llm_greedy_parity(hf_dir, staging, spec)
         quant_note = None
@@ -75,7 +82,11 @@ def export_llm(
             special_tokens=spec.pop("special_tokens"),
             source={"kind": resolved.kind, "spec": resolved.spec, "path": str(resolved.path), "sha256": resolved.sha256},
             exporter=verify.exporter_versions(),
-            verification={"passed": parity["passed"], "cache_key": key, **parity, **({"int8": quant_note} if quant_note else {})},
+            verification={
+                "passed": parity["passed"], "cache_key": key, **parity,
+                **({"int8": quant_note} if quant_note else {}),
+                **({"graph_fusion": fused_ops} if fused_ops else {}),
+            },
             llm=LlmSpec(**spec),
             quantization=quantize,
         )
