@@ -17,9 +17,9 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from .schema_automaton import INC, ROOM, Nfa, utf8_multibyte_paths
+from .schema_automaton import INC, ROOM, Nfa
 from .schema_errors import UnsupportedSchemaError
-from .schema_strings import ASCII_CANONICAL, byte_ranges, canonical
+from .schema_strings import ASCII_CANONICAL, byte_ranges, canonical, multibyte_char_edges
 
 __all__ = ["FORMAT_PATTERNS", "regex_body"]
 
@@ -76,13 +76,7 @@ def regex_body(nfa: Nfa, body: int, pattern: str, anchored: bool, seg: tuple[int
                     if non_ascii:
                         raise UnsupportedSchemaError(keyword, path, "negated classes mixed with non-ASCII characters")
                     encodings += [ASCII_CANONICAL[o] for o in range(0x80) if chr(o) not in explicit]
-                    for mb in utf8_multibyte_paths():
-                        cur = src
-                        for i, (lo, hi) in enumerate(mb):
-                            last = i == len(mb) - 1
-                            nxt = target if last else nfa.state(seg)
-                            nfa.edge(cur, lo, hi, nxt, inc if last else (ROOM if seg and i == 0 else 0))
-                            cur = nxt
+                    multibyte_char_edges(nfa, src, target, seg, inc)
                 else:
                     encodings.append(canonical(c))
             singles = sorted(enc[0] for enc in encodings if len(enc) == 1)

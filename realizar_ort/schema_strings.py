@@ -26,6 +26,7 @@ __all__ = [
     "canonical_text",
     "free_string_body",
     "json_text",
+    "multibyte_char_edges",
     "property_key_frag",
 ]
 
@@ -92,6 +93,18 @@ def _completions(prefix: bytes) -> list[list[tuple[int, int]]]:
         if len(path) > len(part) and all(lo <= part[k] <= hi for k, (lo, hi) in enumerate(path[: len(part)])):
             out.append(path[len(part):])
     return out
+
+
+def multibyte_char_edges(nfa: Nfa, src: int, target: int, seg: tuple[int, int] | None, inc: int) -> None:
+    """Edges ``src`` -> ``target`` for every multi-byte UTF-8 character: fresh states between the bytes,
+    room for one more character checked on the first byte, the length counter moved (``inc``) on the last."""
+    for path in utf8_multibyte_paths():
+        cur = src
+        for i, (lo, hi) in enumerate(path):
+            last = i == len(path) - 1
+            nxt = target if last else nfa.state(seg)
+            nfa.edge(cur, lo, hi, nxt, inc if last else (ROOM if seg and i == 0 else 0))
+            cur = nxt
 
 
 def byte_ranges(values: list[int]) -> list[tuple[int, int]]:
@@ -168,13 +181,7 @@ def canonical_any_loop(nfa: Nfa, a: int, back: int | None, ascii_plain: bool = T
     if ascii_plain:
         for lo, hi in PLAIN_ASCII:
             nfa.edge(a, lo, hi, back, inc)
-    for path in utf8_multibyte_paths():
-        cur = a
-        for i, (lo, hi) in enumerate(path):
-            last = i == len(path) - 1
-            nxt = back if last else nfa.state(seg)
-            nfa.edge(cur, lo, hi, nxt, inc if last else (ROOM if seg and i == 0 else 0))
-            cur = nxt
+    multibyte_char_edges(nfa, a, back, seg, inc)
     esc = nfa.state(seg)
     nfa.edge(a, 0x5C, 0x5C, esc, ROOM if seg else 0)
     for byte in b'"\\bfnrt':
@@ -196,13 +203,7 @@ def free_string_body(nfa: Nfa, body: int, seg: tuple[int, int] | None) -> None:
     inc = INC if seg else 0
     for lo, hi in PLAIN_ASCII:
         nfa.edge(body, lo, hi, body, inc)
-    for path in utf8_multibyte_paths():
-        cur = body
-        for i, (lo, hi) in enumerate(path):
-            last = i == len(path) - 1
-            nxt = body if last else nfa.state(seg)
-            nfa.edge(cur, lo, hi, nxt, inc if last else (ROOM if seg and i == 0 else 0))
-            cur = nxt
+    multibyte_char_edges(nfa, body, body, seg, inc)
     esc = nfa.state(seg)
     nfa.edge(body, 0x5C, 0x5C, esc, ROOM if seg else 0)
     for byte in b'"\\/bfnrt':
