@@ -454,11 +454,19 @@ def _genai_folders(args: argparse.Namespace, model_dir: Path, tmp: Path, skipped
             "/tmp/genai-venv/bin/pip install onnxruntime-genai; never into the project venv)"
         )
         return []
-    ours_dir = tmp / "genai-ours"
-    ours_dir.mkdir()
-    (ours_dir / "model.onnx").symlink_to(model_dir / "model.onnx")
-    (ours_dir / "genai_config.json").write_text(json.dumps(_genai_config(model_dir, args.threads), indent=1))
-    folders = [["genai-ourgraph", str(ours_dir), "on our exported graph"]]
+    folders = []
+    if json.loads((model_dir / "manifest.json").read_text())["llm"].get("kv_layout") == "shared_buffer":
+        skipped["genai-ourgraph"] = (
+            "our fused graph takes seqlens_k / total_sequence_length directly, which a genai_config cannot feed "
+            "(genai derives them from attention_mask); the like-for-like graph comparison is --genai-model"
+        )
+    else:
+        ours_dir = tmp / "genai-ours"
+        ours_dir.mkdir()
+        for item in model_dir.glob("model.onnx*"):
+            (ours_dir / item.name).symlink_to(item)
+        (ours_dir / "genai_config.json").write_text(json.dumps(_genai_config(model_dir, args.threads), indent=1))
+        folders.append(["genai-ourgraph", str(ours_dir), "on our exported graph"])
     if args.genai_model is None:
         skipped["genai-builder"] = (
             "no --genai-model folder (make one with `python -m onnxruntime_genai.models.builder -i HF_DIR -o OUT "

@@ -7,7 +7,8 @@ from pathlib import Path
 
 __all__ = ["add_arguments", "run"]
 
-DEFAULT_TEST_MODELS = {"tiny-llama3": ("llm", "builtin:tiny-llama3")}
+# name -> (source, graph): the concat-layout twin keeps the Optimum path tested.
+DEFAULT_TEST_MODELS = {"tiny-llama3": ("builtin:tiny-llama3", "fused"), "tiny-llama3-optimum": ("builtin:tiny-llama3", "optimum")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     llm.add_argument("--chat-format", choices=["llama3", "chatml"], help="override the format read from the tokenizer")
     llm.add_argument("--quantize", choices=["int8"], help="dynamic int8 weights (lossy; prints a quality report)")
     llm.add_argument(
+        "--graph", choices=["fused", "optimum"], default="fused",
+        help="fused (default): onnxruntime's GroupQueryAttention graph built from the weights, KV cache written "
+        "in place; optimum: Optimum's text-generation-with-past graph (any model Optimum exports)",
+    )
+    llm.add_argument(
         "--optimize-graph", action="store_true",
-        help="fuse RMSNorm and rotary embeddings with onnxruntime's tools (same greedy tokens; ~3-9%% faster "
-        "batch-1 decode measured on SmolLM2)",
+        help="with --graph optimum: fuse RMSNorm and rotary embeddings with onnxruntime's tools (same greedy "
+        "tokens; ~3-9%% faster batch-1 decode measured on SmolLM2)",
     )
     llm.add_argument("--force", action="store_true", help="export even if an up-to-date export exists")
     emb = kinds.add_parser(
@@ -56,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export_kind == "llm":
         export_llm(
             args.source, args.out, chat_format=args.chat_format, quantize=args.quantize,
-            optimize_graph=args.optimize_graph, force=args.force,
+            graph=args.graph, optimize_graph=args.optimize_graph, force=args.force,
         )
     elif args.export_kind == "embedding":
         from .embedding import export_embedding
@@ -77,6 +83,6 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit("[models.embedding] has no `source` to export from")
             export_embedding(resolve_source(config.embedding.source).path, config.embedding.path)
         if args.test_models:
-            for name, (_, source) in DEFAULT_TEST_MODELS.items():
-                export_llm(source, args.models_dir / name)
+            for name, (source, graph) in DEFAULT_TEST_MODELS.items():
+                export_llm(source, args.models_dir / name, graph=graph)
     return 0

@@ -1,8 +1,14 @@
 """Export a Llama-architecture chat model to ONNX with KV-cache inputs/outputs, plus its manifest.
 
-Stages: load (HF folder, GGUF, or the built-in tiny Llama 3) -> fix special tokens -> Optimum export
-(``text-generation-with-past``) -> keep only last-position logits -> parity with transformers' greedy
-tokens -> (optional) int8 with a quality report -> manifest.
+Stages: load (HF folder, GGUF, or the built-in tiny Llama 3) -> fix special tokens -> ONNX graph ->
+parity with transformers' greedy tokens -> (optional) int8 with a quality report -> manifest.
+
+Two graphs (``graph=``):
+- ``"fused"`` (default): built from the weights by :mod:`.llama_graph` with onnxruntime's fused ops
+  (GroupQueryAttention writing the KV cache in place, skip-RMSNorm); ``kv_layout = "shared_buffer"``.
+  Llama architecture only; a model it cannot build (e.g. attention biases) falls back to Optimum, said so.
+- ``"optimum"``: Optimum's ``text-generation-with-past`` export, rewritten to last-position logits
+  (``kv_layout = "concat"``); optionally with onnxruntime's skip-RMSNorm/rotary fusion (``optimize_graph``).
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from typing import Any, Literal
 
 from realizar_ort.manifest import MANIFEST_FILE, LlmSpec, Manifest
 
-from . import cache, graph_fusion, onnx_graph, verify
+from . import cache, graph_fusion, llama_graph, onnx_graph, verify
 from .progress import Stages
 from .sources import ResolvedSource, resolve_source
 
 __all__ = ["export_llm"]
 
 ChatFormat = Literal["llama3", "chatml"]
+GraphKind = Literal["fused", "optimum"]
 _TEMPLATES = Path(__file__).resolve().parent.parent / "realizar_ort" / "templates"
 
 # The tokens that end an assistant turn, per chat format (looked up in the tokenizer, never as ids).
@@ -34,12 +41,15 @@ def export_llm(
     *,
     chat_format: ChatFormat | None = None,
     quantize: Literal["int8"] | None = None,
+    graph: GraphKind = "fused",
     optimize_graph: bool = False,
     force: bool = False,
 ) -> Manifest:
+    if optimize_graph and graph != "optimum":
+        raise ValueError("--optimize-graph applies to --graph optimum only (the fused graph is fused already)")
     stages = Stages(f"export llm {source} -> {out}")
     resolved = resolve_source(source)
-    key = cache.key(resolved.sha256, (quantize or "fp32") + ("+fused" if optimize_graph else ""))
+    key = cache.key(resolved.sha256, f"{quantize or 'fp32'}|{graph}" + ("+fused" if optimize_graph else ""))
     if not force:
         done = cache.up_to_date(out, key) or cache.restore(out, key)
         if done is not None:
@@ -49,14 +59,23 @@ def export_llm(
         work = Path(tmp)
         with stages("load weights and tokenizer"):
             hf_dir, fmt = _prepare_hf_folder(resolved, work / "hf", chat_format)
-        with stages("optimum onnx export (text-generation-with-past)"):
-            _optimum_export(hf_dir, work / "onnx")
-        with stages("keep last-position logits only"):
-            onnx_graph.keep_last_position_logits(work / "onnx" / "model.onnx")
+        graph_note = None
+        if graph == "fused":
+            with stages("fused onnx graph (GroupQueryAttention, KV written in place)"):
+                graph_note = _fused_export(hf_dir, work / "onnx")
+            if graph_note is not None:
+                stages.note(f"fused graph refused ({graph_note}); falling back to the Optimum graph")
+                graph = "optimum"
+        if graph == "optimum":
+            with stages("optimum onnx export (text-generation-with-past)"):
+                _optimum_export(hf_dir, work / "onnx")
+            with stages("keep last-position logits only"):
+                onnx_graph.keep_last_position_logits(work / "onnx" / "model.onnx")
         staging = work / "out"
         staging.mkdir()
         with stages("write model folder"):
             spec = _write_folder(hf_dir, work / "onnx", staging, fmt)
+            spec.update(_GRAPH_IO[graph])
         fused_ops = None
         if optimize_graph:
             with stages("onnxruntime graph fusion (skip-RMSNorm, rotary)"):
@@ -83,7 +102,8 @@ def export_llm(
             source={"kind": resolved.kind, "spec": resolved.spec, "path": str(resolved.path), "sha256": resolved.sha256},
             exporter=verify.exporter_versions(),
             verification={
-                "passed": parity["passed"], "cache_key": key, **parity,
+                "passed": parity["passed"], "cache_key": key, **parity, "graph": graph,
+                **({"fused_graph_refused": graph_note} if graph_note else {}),
                 **({"int8": quant_note} if quant_note else {}),
                 **({"graph_fusion": fused_ops} if fused_ops else {}),
             },
@@ -189,6 +209,31 @@ def _tiny_llama3(tokenizer_dir: Path) -> tuple[Any, Any]:
     torch.manual_seed(1234)
     model = LlamaForCausalLM(config).eval()
     return tokenizer, model
+
+
+# The LlmSpec fields that differ between the two graphs.
+_GRAPH_IO: dict[str, dict[str, Any]] = {
+    "fused": {
+        "kv_layout": "shared_buffer", "attention_mask_name": None, "position_ids_name": None,
+        "seqlens_k_name": "seqlens_k", "total_sequence_length_name": "total_sequence_length",
+    },
+    "optimum": {"kv_layout": "concat"},
+}
+
+
+def _fused_export(hf_dir: Path, out: Path) -> str | None:
+    """Build the fused graph into ``out/model.onnx``; returns why not when the model needs the Optimum graph."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    try:
+        weights = llama_graph.llama_weights_from_model(model)
+    except llama_graph.FusedGraphError as exc:
+        return str(exc)
+    out.mkdir(parents=True)
+    llama_graph.build_fused_llama_graph(weights, out / "model.onnx")
+    return None
 
 
 def _optimum_export(hf_dir: Path, out: Path) -> None:

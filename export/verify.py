@@ -60,6 +60,8 @@ def _prompt_ids(tokenizer: Any, prompt: dict[str, Any], add_bos: bool) -> tuple[
 
 def ort_greedy(session: Any, spec: dict[str, Any], prompt_ids: list[int], max_new: int) -> list[int]:
     """A plain batch-1 greedy loop over the exported graph (independent of the runtime's engine)."""
+    if spec.get("kv_layout") == "shared_buffer":
+        return _ort_greedy_shared_buffer(session, spec, prompt_ids, max_new)
     kv_shape = (1, spec["num_kv_heads"], 0, spec["head_dim"])
     past = {}
     for layer in range(spec["num_layers"]):
@@ -85,6 +87,35 @@ def ort_greedy(session: Any, spec: dict[str, Any], prompt_ids: list[int], max_ne
         ids = np.array([[token]], dtype=np.int64)
         positions = np.array([[total]], dtype=np.int64)
         total += 1
+    return generated
+
+
+def _ort_greedy_shared_buffer(session: Any, spec: dict[str, Any], prompt_ids: list[int], max_new: int) -> list[int]:
+    """The same loop for a fused graph: one KV buffer per tensor bound as both past and present."""
+    capacity = len(prompt_ids) + max_new
+    kv_shape = (1, spec["num_kv_heads"], capacity, spec["head_dim"])
+    buffers = {}
+    for layer in range(spec["num_layers"]):
+        for kind in ("key", "value"):
+            buffers[(f"past_key_values.{layer}.{kind}", f"present.{layer}.{kind}")] = np.zeros(kv_shape, np.float32)
+    logits = np.zeros((1, 1, spec["vocab_size"]), np.float32)
+    ids, total = np.array([prompt_ids], dtype=np.int64), len(prompt_ids)
+    generated: list[int] = []
+    for _ in range(max_new):
+        binding = session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        for (past, present), buffer in buffers.items():
+            binding.bind_input(past, "cpu", 0, np.float32, buffer.shape, buffer.ctypes.data)
+            binding.bind_output(present, "cpu", 0, np.float32, buffer.shape, buffer.ctypes.data)
+        binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
+        session.run_with_iobinding(binding)
+        token = int(np.argmax(logits[0, 0, : spec["vocab_size"]]))
+        generated.append(token)
+        if token in spec["eos_token_ids"]:
+            break
+        ids, total = np.array([[token]], dtype=np.int64), total + 1
     return generated
 
 

@@ -1,109 +1,62 @@
-"""The two forward passes of the decode loop, over the exported graph: `prefill` and `decode_step`.
+"""The forward passes of the decode loop, over whichever KV layout the exported graph has.
 
-`prefill` runs one new sequence's whole prompt with an empty past (alone, so its numbers never depend on
-other requests) and hands back the last position's logits and its KV. `decode_step` runs one token for
-every row of the running batch, reading past KV from and writing present KV to the preallocated
-`KVCache` buffers through I/O binding, so no KV tensor passes through Python.
+Two stages, the same for every graph: `prefill` runs one new sequence's whole prompt alone (so its numbers
+never depend on other requests) and returns its last position's logits; `decode_step` runs one token for
+every row of the running batch. Between them the scheduler samples, `admit`s prefilled sequences into
+the batch and `keep_rows` when rows retire.
 
-Batching rule (exact batch invariance in fp32): rows are left-padded to the common length L; the
-attention mask hides the padding; each row's position id is its own length (= cumsum(mask) - 1).
-Threading: owned by the scheduler thread. Timing counters feed `ModelEngine.stats()`.
+Which decoder runs depends on the manifest's ``kv_layout``:
+- ``"shared_buffer"`` (the default export: fused GroupQueryAttention graph) -> :class:`InPlaceDecoder`:
+  one preallocated KV slot per row, written in place by the graph; rows have their own lengths.
+- ``"concat"`` (the Optimum graph, ``--graph optimum``) -> :class:`PaddedDecoder`: ping-pong KV buffers,
+  rows left-padded to one length, attention mask + position ids.
+Both bind every tensor by pointer (I/O binding), so no KV tensor passes through Python per step.
+Threading: a decoder is owned by the scheduler thread.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
 
-from .kv_cache import KVCache
+from .decoder_inplace import InPlaceDecoder
+from .decoder_padded import PaddedDecoder
 from .manifest import LlmSpec
 
-__all__ = ["Decoder"]
+__all__ = ["Decoder", "InPlaceDecoder", "PaddedDecoder", "create_decoder"]
 
 
-class Decoder:
-    def __init__(
-        self, session: ort.InferenceSession, spec: LlmSpec, max_batch: int, max_context: int
-    ) -> None:
-        self.session = session
-        self.spec = spec
-        self.vocab_size = spec.vocab_size
-        self.kv = KVCache(spec, max_batch, max_context)
-        self._binding = session.io_binding()
-        self._input_names = {i.name for i in session.get_inputs()}
-        self._has_position_ids = (
-            spec.position_ids_name is not None and spec.position_ids_name in self._input_names
-        )
-        # Step scratch, allocated once: token ids [B, 1], positions [B, 1], mask [B * (C + 1)], logits [B, 1, V].
-        self._token_ids = np.zeros((max_batch, 1), np.int64)
-        self._positions = np.zeros((max_batch, 1), np.int64)
-        self._mask = np.zeros(max_batch * (max_context + 1), np.int64)
-        self._slots = np.arange(max_context + 1, dtype=np.int64)
-        self._logits = np.zeros((max_batch, 1, spec.vocab_size), np.float32)
-        self._empty_past = np.zeros((1, spec.num_kv_heads, 0, spec.head_dim), np.float32)
-        self.session_run_seconds = 0.0  # cumulative time inside session.run for decode steps
-        self.prefill_seconds = 0.0
+class Decoder(Protocol):
+    session_run_seconds: float  # cumulative time inside session.run for decode steps
+    prefill_seconds: float
 
-    # ---- stage 1: prefill one new sequence ----------------------------------------------------------
-    def prefill(self, prompt_ids: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Run a whole prompt alone. Returns (logits ``[V]`` of its last position, presents
-        ``[1, kv_heads, p, head_dim]`` per KV tensor, in `KVCache` order)."""
-        spec, p = self.spec, len(prompt_ids)
-        feed: dict[str, np.ndarray] = {
-            spec.input_ids_name: np.asarray([prompt_ids], np.int64),  # [1, p]
-            spec.attention_mask_name: np.ones((1, p), np.int64),  # [1, 0 + p]
-        }
-        if self._has_position_ids:
-            feed[spec.position_ids_name] = np.arange(p, dtype=np.int64)[None, :]  # [1, p]
-        for name in self.kv.past_names:
-            feed[name] = self._empty_past  # [1, kv_heads, 0, head_dim]
-        started = time.perf_counter()
-        logits, *presents = self.session.run([spec.logits_name, *self.kv.present_names], feed)
-        self.prefill_seconds += time.perf_counter() - started
-        return logits[0, -1], presents  # [V], [1, kv_heads, p, head_dim] each
+    def prefill(self, prompt_ids: list[int]) -> np.ndarray:
+        """Run one prompt alone; returns its last position's logits ``[V]`` (valid until the next call)."""
+        ...
 
-    # ---- stage 2: one decode step for the whole running batch ----------------------------------------
+    def admit(self) -> int:
+        """The sequence just prefilled becomes the batch's last row; returns its row index."""
+        ...
+
     def decode_step(
         self, next_tokens: np.ndarray, seq_lengths: np.ndarray, before_run: Callable[[], None] | None = None
     ) -> np.ndarray:
-        """Feed each row's last sampled token. `next_tokens`, `seq_lengths`: ``[b]`` (tokens already in
-        each row's KV). `before_run` is called just before the graph runs (the scheduler hands out the
-        previous step's deltas there, so woken callers use the GIL while the graph holds none).
-        Returns logits ``[b, V]`` (a view into scratch, valid until the next step)."""
-        kv, spec, binding = self.kv, self.spec, self._binding
-        b, length = kv.batch, kv.length  # b rows, past length L (left-padded)
-        # 1. inputs: the new token [b, 1] at position = the row's own length [b, 1]
-        token_ids = self._token_ids[:b]
-        token_ids[:, 0] = next_tokens
-        positions = self._positions[:b]
-        positions[:, 0] = seq_lengths
-        # 2. mask [b, L + 1]: slot j is visible iff j >= padding (L - length) of that row
-        mask = self._mask[: b * (length + 1)].reshape(b, length + 1)
-        np.greater_equal(
-            self._slots[None, : length + 1], (length - seq_lengths)[:, None], out=mask, casting="unsafe"
-        )
-        # 3. bind inputs, past KV (front buffers) and outputs (back buffers, logits scratch) by pointer
-        _bind(binding.bind_input, spec.input_ids_name, token_ids)
-        _bind(binding.bind_input, spec.attention_mask_name, mask)
-        if self._has_position_ids:
-            _bind(binding.bind_input, spec.position_ids_name, positions)
-        for t in range(kv.num_tensors):
-            _bind(binding.bind_input, kv.past_names[t], kv.past(t))  # [b, kv_heads, L, head_dim]
-            _bind(binding.bind_output, kv.present_names[t], kv.present_target(t))  # [b, kv_heads, L+1, hd]
-        logits = self._logits[:b]  # [b, 1, V]
-        _bind(binding.bind_output, spec.logits_name, logits)
-        # 4. run the graph; present becomes next step's past
-        if before_run is not None:
-            before_run()
-        started = time.perf_counter()
-        self.session.run_with_iobinding(binding)
-        self.session_run_seconds += time.perf_counter() - started
-        kv.advance(1)
-        return logits[:, 0, :]  # [b, V]
+        """One token per row (`seq_lengths`: tokens already in each row's KV); logits ``[b, V]``."""
+        ...
+
+    def keep_rows(self, rows: Sequence[int], lengths: Sequence[int]) -> None:
+        """Keep only `rows` (old indices, new order, ``rows[j] >= j``) holding `lengths` tokens each."""
+        ...
+
+    def clear(self) -> None: ...
+
+    def kv_bytes_in_use(self, lengths: Sequence[int]) -> int: ...
 
 
-def _bind(bind, name: str, array: np.ndarray) -> None:
-    bind(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+def create_decoder(session: ort.InferenceSession, spec: LlmSpec, max_batch: int, max_context: int) -> Decoder:
+    if spec.kv_layout == "shared_buffer":
+        return InPlaceDecoder(session, spec, max_batch, max_context)
+    return PaddedDecoder(session, spec, max_batch, max_context)

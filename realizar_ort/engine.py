@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .chat_template import ChatTemplate
 from .config import LlmModelConfig
-from .decoder import Decoder
+from .decoder import create_decoder
 from .detokenizer import TextStream
 from .errors import ContextLengthError, EngineClosedError, InvalidRequestError
 from .generation import GenerationDelta, GenerationResult, TokenLogprob, TopLogprob
@@ -122,7 +122,7 @@ class ModelEngine:
         self.chat_template = self._load_template(folder)
         session = create_session(folder / manifest.onnx_file, config.session)
         self.provider = session.get_providers()[0]
-        decoder = Decoder(session, self.spec, config.max_batch_size, self.max_context)
+        decoder = create_decoder(session, self.spec, config.max_batch_size, self.max_context)
         self._scheduler = Scheduler(decoder, config.max_batch_size, config.max_queued)
 
     @classmethod

@@ -57,10 +57,19 @@ class LlmSpec:
     pad_token_id: int | None
     add_bos_token: bool  # whether the chat template / prompt needs bos prepended by the tokenizer step
     chat_format: Literal["llama3", "chatml"]  # selects the tool prompt strategy; never guessed from the name
+    # How the graph keeps the KV cache:
+    # - "concat" (the Optimum export): present = concat(past, new); rows are left-padded to one length and
+    #   the graph takes attention_mask + position_ids.
+    # - "shared_buffer" (the fused GroupQueryAttention graph): past and present are one preallocated buffer
+    #   [batch, kv_heads, max_context, head_dim] written in place; each row has its own length, given as
+    #   seqlens_k (row length - 1) and total_sequence_length (max row length).
+    kv_layout: Literal["concat", "shared_buffer"] = "concat"
     # ONNX I/O names; the per-layer ones are templates with "{layer}".
     input_ids_name: str = "input_ids"
-    attention_mask_name: str = "attention_mask"
+    attention_mask_name: str | None = "attention_mask"
     position_ids_name: str | None = "position_ids"
+    seqlens_k_name: str | None = None
+    total_sequence_length_name: str | None = None
     past_key_name: str = "past_key_values.{layer}.key"
     past_value_name: str = "past_key_values.{layer}.value"
     present_key_name: str = "present.{layer}.key"

@@ -101,8 +101,8 @@ class Scheduler:
             "running": len(self._running),
             "waiting": len(self._waiting),
             "max_batch_size": self.max_batch,
-            "kv_length": self.decoder.kv.length,
-            "kv_bytes_in_use": self.decoder.kv.nbytes_in_use(),
+            "kv_length": max((r.seq_length for r in self._running), default=0),
+            "kv_bytes_in_use": self.decoder.kv_bytes_in_use([r.seq_length for r in self._running]),
             **self._counters,
             "decode_step_seconds": self._decode_step_seconds,
             "session_run_seconds": self.decoder.session_run_seconds,
@@ -160,7 +160,7 @@ class Scheduler:
             return
         self._counters["prompt_tokens"] += len(request.prompt_ids)
         try:
-            logits, presents = self.decoder.prefill(request.prompt_ids)  # [V], [1, kv, p, hd] each
+            logits = self.decoder.prefill(request.prompt_ids)  # [V]
             (sampled,) = sample_batch(logits[None, :], [request.sampler], [request.generated])
             if isinstance(sampled, BaseException):
                 raise sampled
@@ -170,7 +170,7 @@ class Scheduler:
             return
         if self._accept(request, sampled):
             return
-        self.decoder.kv.append_row(presents)  # row index == len(self._running)
+        self.decoder.admit()  # row index == len(self._running)
         request.seq_length = len(request.prompt_ids)
         self._running.append(request)
 
@@ -226,15 +226,17 @@ class Scheduler:
         return request.finished
 
     def _retire(self, cancelled_only: bool) -> None:
-        """Drop finished (and cancelled) rows from the batch and trim padding they leave behind."""
-        keep = [
-            i for i, r in enumerate(self._running) if not (r.cancelled or (r.finished and not cancelled_only))
-        ]
-        if len(keep) == len(self._running):
+        """Drop finished (and cancelled) rows from the batch: the last rows move into the holes they
+        leave, so the decoder copies only the rows that move."""
+        running = self._running
+        alive = [not (r.cancelled or (r.finished and not cancelled_only)) for r in running]
+        if all(alive):
             return
-        self._running = [self._running[i] for i in keep]
-        new_length = max((r.seq_length for r in self._running), default=0)
-        self.decoder.kv.keep_rows(keep, new_length)
+        kept = sum(alive)
+        movers = [i for i in range(kept, len(running)) if alive[i]]  # kept rows past the new end
+        rows = [i if alive[i] else movers.pop() for i in range(kept)]  # rows[j] >= j
+        self._running = [running[i] for i in rows]
+        self.decoder.keep_rows(rows, [r.seq_length for r in self._running])
 
     def _emit(self, request: Request, item: GenerationDelta | Exception) -> None:
         """Queue an item for a request's caller; `_deliver` hands it over (before the next graph run)."""
@@ -259,7 +261,7 @@ class Scheduler:
             self._emit(request, error)
         self._deliver()
         self._running = []
-        self.decoder.kv.clear()
+        self.decoder.clear()
 
     def _fail_all(self, error: Exception) -> None:
         with self._cond:

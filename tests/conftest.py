@@ -17,6 +17,7 @@ MODELS_DIR = Path(os.environ.get("REALIZAR_MODELS_DIR", REPO / "models"))
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_LLAMA3 = "tiny-llama3"
+TINY_LLAMA3_OPTIMUM = "tiny-llama3-optimum"  # the same weights through Optimum's concat-KV graph
 MINILM = "all-minilm-l6-v2"
 
 
@@ -48,6 +49,11 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama3_dir() -> Path:
     return _model(TINY_LLAMA3)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_optimum_dir() -> Path:
+    return _model(TINY_LLAMA3_OPTIMUM)
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,13 @@ def tiny(tiny_llama3_dir: Path):
         yield engine
 
 
+@pytest.fixture(scope="module")
+def tiny_optimum(tiny_llama3_optimum_dir: Path):
+    """The same tiny Llama 3 through Optimum's concat-KV graph (PaddedDecoder: left padding, ping-pong KV)."""
+    with ModelEngine.from_folder(tiny_llama3_optimum_dir) as engine:
+        yield engine
+
+
 def _golden(folder: Path) -> dict:
     return json.loads((folder / "golden.json").read_text(encoding="utf-8"))
 
@@ -62,6 +69,17 @@ def test_golden_greedy_tokens_tiny_llama3(tiny: ModelEngine, tiny_llama3_dir: Pa
     _check_golden(tiny, tiny_llama3_dir)
 
 
+def test_golden_greedy_tokens_tiny_llama3_optimum_graph(tiny_optimum: ModelEngine, tiny_llama3_optimum_dir: Path) -> None:
+    _check_golden(tiny_optimum, tiny_llama3_optimum_dir)
+
+
+def test_both_graphs_generate_the_same_tokens(tiny: ModelEngine, tiny_optimum: ModelEngine) -> None:
+    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    assert [tiny.generate(p, params).token_ids for p in PROMPTS] == [
+        tiny_optimum.generate(p, params).token_ids for p in PROMPTS
+    ]
+
+
 def _alone_then_together(engine: ModelEngine, jobs: list[tuple[str, SamplingParams]]) -> None:
     alone = [engine.generate(prompt, params).token_ids for prompt, params in jobs]
     streams = [engine.generate_stream(prompt, params) for prompt, params in jobs]  # all queued at once
@@ -76,6 +94,14 @@ def test_batch_invariance_tiny_llama3(tiny: ModelEngine) -> None:
         for i, p in enumerate(PROMPTS)
     ]
     _alone_then_together(tiny, jobs)
+
+
+def test_batch_invariance_tiny_llama3_optimum_graph(tiny_optimum: ModelEngine) -> None:
+    jobs = [
+        (p, SamplingParams(max_tokens=12 + 3 * i, temperature=0.0 if i % 2 else 0.9, seed=i, ignore_eos=True))
+        for i, p in enumerate(PROMPTS)
+    ]
+    _alone_then_together(tiny_optimum, jobs)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from realizar_ort.manifest import load_manifest
 from realizar_ort.onnx_session import create_session
 
-LLMS = ["smollm2_dir", "tiny_llama3_dir"]
+LLMS = ["smollm2_dir", "tiny_llama3_dir", "tiny_llama3_optimum_dir"]
 TURN_END = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
 
 
@@ -57,7 +57,8 @@ def test_last_position_logits_keep_transformers_greedy_tokens(fixture: str, requ
     golden = json.loads((folder / "golden.json").read_text())
     assert max(len(r["prompt_ids"]) for r in golden["prompts"]) > 500  # one long prompt
     session = create_session(folder / manifest.onnx_file)
-    spec = {f: getattr(manifest.llm, f) for f in ("num_layers", "num_kv_heads", "head_dim", "vocab_size", "eos_token_ids")}
+    fields = ("num_layers", "num_kv_heads", "head_dim", "vocab_size", "eos_token_ids", "kv_layout")
+    spec = {f: getattr(manifest.llm, f) for f in fields}
     for record in golden["prompts"]:
         assert ort_greedy(session, spec, record["prompt_ids"], golden["max_new_tokens"]) == record["greedy_ids"]
 
@@ -77,14 +78,40 @@ def test_export_is_idempotent_and_cached(tmp_path: Path) -> None:
     assert "parity" in log and load_manifest(first).verification["passed"]
     stamp = (first / "model.onnx").stat().st_mtime_ns
     log = export(first)
-    assert "up to date (existing export matches)" in log and "optimum onnx export" not in log
+    assert "up to date (existing export matches)" in log and "fused onnx graph" not in log
     assert (first / "model.onnx").stat().st_mtime_ns == stamp
     second = tmp_path / "b"
     log = export(second)
-    assert "restored from cache" in log and "optimum onnx export" not in log
-    assert (second / "model.onnx").read_bytes() == (first / "model.onnx").read_bytes()
+    assert "restored from cache" in log and "fused onnx graph" not in log
+    for name in ("model.onnx", "model.onnx_data"):
+        assert (second / name).read_bytes() == (first / name).read_bytes()
     log = export(second, "--force")
-    assert "optimum onnx export" in log
+    assert "fused onnx graph" in log and "parity" in log
+
+
+def test_default_graph_is_fused_and_writes_kv_in_place(tiny_llama3_dir: Path, tiny_llama3_optimum_dir: Path) -> None:
+    import onnx
+
+    fused = load_manifest(tiny_llama3_dir)
+    assert fused.llm.kv_layout == "shared_buffer" and fused.verification["graph"] == "fused"
+    assert {"seqlens_k", "total_sequence_length"} <= set(fused.input_names())
+    assert "attention_mask" not in fused.input_names()
+    ops = [n.op_type for n in onnx.load(str(tiny_llama3_dir / "model.onnx"), load_external_data=False).graph.node]
+    assert ops.count("GroupQueryAttention") == fused.llm.num_layers
+    past = next(t for t in fused.inputs if t.name == "past_key_values.0.key")
+    present = next(t for t in fused.outputs if t.name == "present.0.key")
+    assert past.shape == present.shape  # one buffer serves as both
+    optimum = load_manifest(tiny_llama3_optimum_dir)
+    assert optimum.llm.kv_layout == "concat" and optimum.verification["graph"] == "optimum"
+
+
+def test_optimize_graph_needs_the_optimum_graph(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "realizar_ort", "export", "llm", "--source", "builtin:tiny-llama3", "--out",
+         str(tmp_path / "o"), "--optimize-graph"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and "--graph optimum" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_unknown_source_is_a_clear_error(tmp_path: Path) -> None:

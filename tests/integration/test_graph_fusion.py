@@ -1,4 +1,5 @@
-"""Opt-in graph fusion (--optimize-graph): fused ops appear, I/O is unchanged, greedy tokens are unchanged."""
+"""Opt-in graph fusion of the Optimum graph (--graph optimum --optimize-graph): fused ops appear, I/O is
+unchanged, greedy tokens are unchanged."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ def _io_names(path: Path) -> tuple[list[str], list[str]]:
     return [v.name for v in model.graph.input], [v.name for v in model.graph.output]
 
 
-def test_fused_tiny_llama3_keeps_golden_greedy_tokens(tiny_llama3_dir: Path, tmp_path: Path) -> None:
+def test_fused_tiny_llama3_keeps_golden_greedy_tokens(tiny_llama3_optimum_dir: Path, tmp_path: Path) -> None:
     folder = tmp_path / "tiny-llama3"
-    shutil.copytree(tiny_llama3_dir, folder)
+    shutil.copytree(tiny_llama3_optimum_dir, folder)
     manifest = load_manifest(folder)
     spec = manifest.llm
     model_path = folder / manifest.onnx_file
@@ -78,7 +79,7 @@ def test_export_cli_optimize_graph_keeps_parity(tmp_path: Path) -> None:
     out = tmp_path / "fused"
     proc = subprocess.run(
         [sys.executable, "-m", "realizar_ort", "export", "llm", "--source", "builtin:tiny-llama3", "--out", str(out),
-         "--optimize-graph"],
+         "--graph", "optimum", "--optimize-graph"],
         env={**os.environ, "REALIZAR_CACHE_DIR": str(tmp_path / "cache")}, capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,205 @@
+"""Build a fused ONNX decoder graph for a Llama-architecture model straight from its transformers weights.
+
+Why not only the Optimum export: its graph spells attention out in ~100 small ops per layer and returns
+``present = concat(past, new)``, so every decode step copies the whole KV cache. This graph uses
+onnxruntime's contrib ops instead, one node per job, the layout onnxruntime-genai's model builder uses:
+
+    Gather(embed) -> per layer:
+        [Skip]SimplifiedLayerNormalization (RMSNorm; the Skip form also adds the residual)
+        MatMul (packed q|k|v) -> GroupQueryAttention (rotary inside, KV cache written in place)
+        MatMul (o_proj) -> SkipSimplifiedLayerNormalization -> MatMul gate, MatMul up, x*sigmoid(x)*up,
+        MatMul down
+    -> SkipSimplifiedLayerNormalization (final norm) -> last position only -> MatMul (LM head)
+
+Graph I/O (the runtime reads the names from the manifest, ``kv_layout = "shared_buffer"``):
+    input_ids              int64   [batch, sequence_length]
+    seqlens_k              int32   [batch]                  each row's total length (past + new) - 1
+    total_sequence_length  int32   []                       max over rows of (past + new)
+    past_key_values.{i}.key / .value  float32 [batch, kv_heads, max_sequence_length, head_dim]
+    logits                 float32 [batch, 1, vocab]        the last position of each row
+    present.{i}.key / .value: the same shape as past. Bind present to the past buffer and
+        GroupQueryAttention writes the new positions in place (``past_present_share_buffer``): a decode step
+        copies nothing. Row b's cache holds its tokens at positions [0, seqlens_k[b]]: rows need no padding.
+
+Rows of one call must either all be decode steps (sequence_length 1) or one prompt alone (batch 1); a
+batch of prompts would need right padding and per-row last positions, which the runtime never asks for.
+Export time only (torch/transformers are imported by the caller, weights come in as numpy arrays).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["FusedGraphError", "LlamaWeights", "build_fused_llama_graph", "llama_weights_from_model"]
+
+OPSET = 21
+MAX_ROTARY_POSITIONS = 131072
+
+
+class FusedGraphError(RuntimeError):
+    """The model has a feature the fused graph does not implement (the Optimum graph still works)."""
+
+
+@dataclass
+class LlamaWeights:
+    """Everything the graph needs, as float32 numpy arrays in transformers' own layout ([out, in])."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    embed_tokens: np.ndarray  # [V, H]
+    lm_head: np.ndarray  # [V, H]
+    final_norm: np.ndarray  # [H]
+    layers: list[dict[str, np.ndarray]]  # q, k, v, o, gate, up, down, input_norm, post_norm
+    cos_cache: np.ndarray  # [positions, head_dim / 2]
+    sin_cache: np.ndarray
+
+
+def llama_weights_from_model(model: Any) -> LlamaWeights:
+    """Read a transformers ``LlamaForCausalLM`` (float32, eval) into `LlamaWeights`; refuse what we cannot build."""
+    import torch
+
+    config = model.config
+    if getattr(config, "model_type", "llama") != "llama":
+        raise FusedGraphError(f"the fused graph builds Llama models only, not {config.model_type!r}")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        raise FusedGraphError("attention_bias / mlp_bias are not supported by the fused graph")
+    if getattr(config, "hidden_act", "silu") != "silu":
+        raise FusedGraphError(f"hidden_act {config.hidden_act!r} is not supported by the fused graph")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    def arr(t: Any) -> np.ndarray:
+        return t.detach().to(torch.float32).cpu().numpy()
+
+    layers = []
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        layers.append({
+            "q": arr(attn.q_proj.weight), "k": arr(attn.k_proj.weight), "v": arr(attn.v_proj.weight),
+            "o": arr(attn.o_proj.weight), "gate": arr(mlp.gate_proj.weight), "up": arr(mlp.up_proj.weight),
+            "down": arr(mlp.down_proj.weight), "input_norm": arr(layer.input_layernorm.weight),
+            "post_norm": arr(layer.post_attention_layernorm.weight),
+        })
+    # Rotary tables from the model's own rotary module (covers rope scaling such as Llama 3's "llama3" type),
+    # computed exactly as transformers does (float32 outer product, attention_scaling applied).
+    positions = min(config.max_position_embeddings, MAX_ROTARY_POSITIONS)
+    with torch.no_grad():
+        probe = torch.zeros(1, 1, head_dim, dtype=torch.float32)
+        cos, sin = model.model.rotary_emb(probe, torch.arange(positions)[None, :])
+    half = head_dim // 2
+    return LlamaWeights(
+        num_layers=config.num_hidden_layers,
+        num_heads=config.num_attention_heads,
+        num_kv_heads=config.num_key_value_heads,
+        head_dim=head_dim,
+        hidden_size=config.hidden_size,
+        vocab_size=config.vocab_size,
+        rms_norm_eps=float(config.rms_norm_eps),
+        embed_tokens=arr(model.model.embed_tokens.weight),
+        lm_head=arr(model.lm_head.weight),
+        final_norm=arr(model.model.norm.weight),
+        layers=layers,
+        cos_cache=np.ascontiguousarray(arr(cos[0, :, :half])),
+        sin_cache=np.ascontiguousarray(arr(sin[0, :, :half])),
+    )
+
+
+class _Graph:
+    """Accumulates nodes and initializers with readable names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=array.dtype), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, outputs: int = 1, domain: str = "", **attrs: Any) -> list[str]:
+        names = [f"{name}/output_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, names, name=name, domain=domain, **attrs))
+        return names
+
+
+def build_fused_llama_graph(weights: LlamaWeights, path: Path) -> None:
+    """Write the fused decoder graph (``model.onnx`` + ``model.onnx_data``) to `path`."""
+    w, g = weights, _Graph()
+    eps = w.rms_norm_eps
+    embed = g.weight("model.embed_tokens.weight", w.embed_tokens)  # [V, H]
+    cos = g.weight("cos_cache", w.cos_cache)
+    sin = g.weight("sin_cache", w.sin_cache)
+
+    (hidden,) = g.node("Gather", [embed, "input_ids"], "/model/embed_tokens")  # [B, S, H]
+    residual = hidden
+    for i, layer in enumerate(w.layers):
+        p = f"/model/layers.{i}"
+        norm_in = g.weight(f"model.layers.{i}.input_layernorm.weight", layer["input_norm"])
+        if i == 0:
+            (normed,) = g.node("SimplifiedLayerNormalization", [hidden, norm_in], f"{p}/input_layernorm",
+                               epsilon=eps, axis=-1, stash_type=1)
+        else:  # residual + previous MLP output, then RMSNorm
+            normed, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [residual, hidden, norm_in],
+                                            f"{p}/input_layernorm", outputs=4, domain="com.microsoft", epsilon=eps)
+        qkv_w = np.concatenate([layer["q"], layer["k"], layer["v"]], axis=0).T  # [H, (N + 2 Kv) * hd]
+        (qkv,) = g.node("MatMul", [normed, g.weight(f"model.layers.{i}.attn.qkv_proj.weight", qkv_w)], f"{p}/attn/qkv_proj")
+        attn, _, _ = g.node(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
+             "total_sequence_length", cos, sin],
+            f"{p}/attn/GroupQueryAttention", outputs=3, domain="com.microsoft",
+            num_heads=w.num_heads, kv_num_heads=w.num_kv_heads, scale=float(w.head_dim**-0.5),
+            do_rotary=1, rotary_interleaved=0, local_window_size=-1,
+        )
+        g.nodes[-1].output[1:] = [f"present.{i}.key", f"present.{i}.value"]
+        (attn_out,) = g.node("MatMul", [attn, g.weight(f"model.layers.{i}.attn.o_proj.weight", layer["o"].T)], f"{p}/attn/o_proj")
+        norm_post = g.weight(f"model.layers.{i}.post_attention_layernorm.weight", layer["post_norm"])
+        normed, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [residual, attn_out, norm_post],
+                                        f"{p}/post_attention_layernorm", outputs=4, domain="com.microsoft", epsilon=eps)
+        (gate,) = g.node("MatMul", [normed, g.weight(f"model.layers.{i}.mlp.gate_proj.weight", layer["gate"].T)], f"{p}/mlp/gate_proj")
+        (up,) = g.node("MatMul", [normed, g.weight(f"model.layers.{i}.mlp.up_proj.weight", layer["up"].T)], f"{p}/mlp/up_proj")
+        (sig,) = g.node("Sigmoid", [gate], f"{p}/mlp/act_fn/Sigmoid")
+        (silu,) = g.node("Mul", [gate, sig], f"{p}/mlp/act_fn/Mul")
+        (gated,) = g.node("Mul", [silu, up], f"{p}/mlp/Mul")
+        (hidden,) = g.node("MatMul", [gated, g.weight(f"model.layers.{i}.mlp.down_proj.weight", layer["down"].T)], f"{p}/mlp/down_proj")
+
+    final = g.weight("model.norm.weight", w.final_norm)
+    normed, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [residual, hidden, final], "/model/norm",
+                             outputs=4, domain="com.microsoft", epsilon=eps)
+    # Only the last position feeds the LM head: [B, S, H] -> [B, 1, H].
+    starts = g.weight("/model/last_position/starts", np.array([-1], np.int64))
+    ends = g.weight("/model/last_position/ends", np.array([2**62], np.int64))
+    axes = g.weight("/model/last_position/axes", np.array([1], np.int64))
+    (last,) = g.node("Slice", [normed, starts, ends, axes], "/model/last_position")
+    lm_head = g.weight("lm_head.weight", w.lm_head.T)  # [H, V]
+    g.nodes.append(helper.make_node("MatMul", [last, lm_head], ["logits"], name="/lm_head/MatMul"))
+
+    kv_shape = ["batch_size", w.num_kv_heads, "max_sequence_length", w.head_dim]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch_size"]),
+        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", 1, w.vocab_size])]
+    for i in range(w.num_layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv_shape))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, kv_shape))
+    graph = helper.make_graph(g.nodes, "realizar_fused_llama", inputs, outputs, g.initializers)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="realizar-ort",
+    )
+    model.ir_version = 10
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=path.name + "_data", size_threshold=1024)
+    (path.parent / (path.name + "_data")).chmod(0o644)  # onnx creates it owner-only
