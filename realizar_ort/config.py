@@ -49,6 +49,7 @@ class LlmModelConfig:
     max_context: int = 2048  # prompt + generated tokens per sequence
     max_queued: int = 256
     default_max_tokens: int = 512
+    prefill_chunk_tokens: int = 256  # prompt tokens prefilled per decode step while other streams run
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,10 @@ def _convert(hint: Any, value: Any, key: str, base_dir: Path) -> Any:
     raise ConfigError(f"config key '{key}' has an unsupported type")  # pragma: no cover
 
 
-_POSITIVE = {"max_batch_size", "max_context", "max_queued", "default_max_tokens", "batch_size", "max_body_bytes"}
+_POSITIVE = {
+    "max_batch_size", "max_context", "max_queued", "default_max_tokens", "prefill_chunk_tokens", "batch_size",
+    "max_body_bytes",
+}
 
 
 def _check_ranges(obj: Any, where: str) -> None:

@@ -32,6 +32,7 @@ __all__ = ["Decoder", "InPlaceDecoder", "PaddedDecoder", "create_decoder"]
 class Decoder(Protocol):
     session_run_seconds: float  # cumulative time inside session.run for decode steps
     prefill_seconds: float
+    chunked_prefill: bool  # whether prefill_chunk / admit_staged exist (InPlaceDecoder)
 
     def prefill(self, prompt_ids: list[int]) -> np.ndarray:
         """Run one prompt alone; returns its last position's logits ``[V]`` (valid until the next call)."""

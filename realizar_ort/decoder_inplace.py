@@ -8,6 +8,10 @@ mask and no position ids: the graph takes ``seqlens_k = length`` (the new token'
 
 Per step, Python only writes b token ids, b lengths and one scalar into preallocated scratch that is
 already bound by pointer; the bindings are redone only when the batch size changes.
+
+Chunked prefill: GroupQueryAttention also runs a prompt piece by piece on top of its own past
+(``seqlens_k = done + n - 1``), with the same tokens as one pass, so the scheduler can feed a long prompt
+a chunk per step boundary (`prefill_chunk`, into the staging slot) without stalling the running rows.
 Threading: owned by the scheduler thread.
 """
 
@@ -27,6 +31,8 @@ __all__ = ["InPlaceDecoder"]
 
 
 class InPlaceDecoder:
+    chunked_prefill = True
+
     def __init__(self, session: ort.InferenceSession, spec: LlmSpec, max_batch: int, max_context: int) -> None:
         if spec.seqlens_k_name is None or spec.total_sequence_length_name is None:
             raise ValueError("a shared_buffer graph needs seqlens_k and total_sequence_length inputs in its manifest")
@@ -47,19 +53,31 @@ class InPlaceDecoder:
 
     # ---- stage 1: prefill one new sequence into the next free slot ---------------------------------------
     def prefill(self, prompt_ids: list[int]) -> np.ndarray:
-        spec, kv, p = self.spec, self.kv, len(prompt_ids)
-        if p > self.max_context:
-            raise ContextLengthError(f"the prompt has {p} tokens; the context holds {self.max_context}")
-        slot = kv.batch  # becomes the new row if the scheduler admits it
+        """The whole prompt in one pass, into slot b (the new row if the scheduler admits it)."""
+        return self._run_prompt(prompt_ids, 0, self.kv.batch)
+
+    def prefill_chunk(self, chunk_ids: list[int], done: int) -> np.ndarray:
+        """The prompt's tokens ``[done, done + n)`` into the staging slot, on top of the `done` already there.
+        Returns the chunk's last position's logits ``[V]`` (the prompt's, once the last chunk ran)."""
+        return self._run_prompt(chunk_ids, done, self.kv.staging_slot)
+
+    def admit_staged(self, length: int) -> int:
+        """The fully prefilled staging slot (`length` tokens) becomes the batch's last row."""
+        return self.kv.admit_staged(length)
+
+    def _run_prompt(self, ids_list: list[int], done: int, slot: int) -> np.ndarray:
+        spec, kv, n = self.spec, self.kv, len(ids_list)
+        if done + n > self.max_context:
+            raise ContextLengthError(f"the prompt has {done + n} tokens; the context holds {self.max_context}")
         binding = self.session.io_binding()
-        ids = np.asarray([prompt_ids], np.int64)  # [1, p]
-        seqlens = np.array([p - 1], np.int32)  # [1]
-        total = np.array(p, np.int32)  # []
+        ids = np.asarray([ids_list], np.int64)  # [1, n]
+        seqlens = np.array([done + n - 1], np.int32)  # [1]
+        total = np.array(done + n, np.int32)  # []
         _bind(binding.bind_input, spec.input_ids_name, ids)
         _bind(binding.bind_input, spec.seqlens_k_name, seqlens)
         _bind(binding.bind_input, spec.total_sequence_length_name, total)
         for t in range(kv.num_tensors):
-            target = kv.slots(t, slot, slot + 1)  # [1, kv_heads, C, head_dim]: positions 0..p-1 get written
+            target = kv.slots(t, slot, slot + 1)  # [1, kv_heads, C, head_dim]: positions done..done+n-1 written
             _bind(binding.bind_input, kv.past_names[t], target)
             _bind(binding.bind_output, kv.present_names[t], target)
         _bind(binding.bind_output, spec.logits_name, self._prefill_logits)

@@ -26,6 +26,8 @@ __all__ = ["PaddedDecoder"]
 
 
 class PaddedDecoder:
+    chunked_prefill = False  # the concat graph's prefill needs the whole prompt at once
+
     def __init__(
         self, session: ort.InferenceSession, spec: LlmSpec, max_batch: int, max_context: int
     ) -> None:

@@ -123,7 +123,7 @@ class ModelEngine:
         session = create_session(folder / manifest.onnx_file, config.session)
         self.provider = session.get_providers()[0]
         decoder = create_decoder(session, self.spec, config.max_batch_size, self.max_context)
-        self._scheduler = Scheduler(decoder, config.max_batch_size, config.max_queued)
+        self._scheduler = Scheduler(decoder, config.max_batch_size, config.max_queued, config.prefill_chunk_tokens)
 
     @classmethod
     def from_folder(cls, path: str | Path, config: LlmModelConfig | None = None) -> ModelEngine:

@@ -6,10 +6,12 @@ head_dim]``; row r of the running batch owns slot r and keeps its tokens at posi
 Rows need no padding and nothing moves when a row grows: the graph writes each new position where it
 belongs. Rows of the batch are the first b slots, so the graph sees a contiguous ``[b, ...]`` view.
 
-Admitting a sequence prefills straight into slot b. Retiring rows moves the last rows into the holes they
-leave (one copy of each moved row's used positions; the scheduler orders rows to match).
+Admitting a sequence prefills straight into slot b. A long prompt prefilled in chunks across several steps
+(while rows come and go) builds up in a separate staging slot and is copied into slot b when complete.
+Retiring rows moves the last rows into the holes they leave (one copy of each moved row's used positions;
+the scheduler orders rows to match).
 
-Memory: ``layers x 2 x max_batch x kv_heads x max_context x head_dim x 4`` bytes reserved up front with
+Memory: ``layers x 2 x (max_batch + 1) x kv_heads x max_context x head_dim x 4`` bytes reserved up front with
 ``np.zeros`` (pages are mapped lazily, so resident memory follows the positions actually written); half
 of what the concat layout's ping-pong buffers reserve. Threading: owned by the scheduler thread.
 """
@@ -37,10 +39,11 @@ class SlotKVCache:
                 spec.present_key_name.format(layer=layer),
                 spec.present_value_name.format(layer=layer),
             ]
-        shape = (max_batch, spec.num_kv_heads, max_context, spec.head_dim)
+        shape = (max_batch + 1, spec.num_kv_heads, max_context, spec.head_dim)  # + the staging slot
         self._buffers = [np.zeros(shape, np.float32) for _ in self.past_names]
         self.bytes_per_position = len(self._buffers) * spec.num_kv_heads * spec.head_dim * 4
         self.batch = 0  # b: slots in use (rows 0 .. b-1)
+        self.staging_slot = max_batch  # where a chunked prefill builds up
 
     @property
     def num_tensors(self) -> int:
@@ -57,6 +60,15 @@ class SlotKVCache:
             raise RuntimeError("KV cache is full: the scheduler admitted more rows than max_batch")
         self.batch += 1
         return self.batch - 1
+
+    def admit_staged(self, length: int) -> int:
+        """Copy the staging slot's first `length` positions into slot b and admit it; returns its row."""
+        if self.batch >= self.max_batch:
+            raise RuntimeError("KV cache is full: the scheduler admitted more rows than max_batch")
+        slot = self.batch
+        for buffer in self._buffers:
+            buffer[slot, :, :length, :] = buffer[self.staging_slot, :, :length, :]
+        return self.admit()
 
     def keep_rows(self, rows: Sequence[int], lengths: Sequence[int]) -> None:
         """Keep only `rows` (old indices, in their new order) whose used lengths are `lengths`.

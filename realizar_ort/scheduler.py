@@ -5,6 +5,11 @@ Each loop iteration is a step boundary: retire cancelled rows, admit waiting req
 one `decode_step` for the whole batch, sample one token per row, push each row's delta to its request's
 queue, and retire rows that finished. Callers block on their own queue, never on the batch.
 
+Prefill is bounded per boundary so running streams keep flowing: short prompts are prefilled whole, up
+to `prefill_chunk` tokens per boundary (always at least one prompt); with a decoder that supports it, a
+longer prompt is prefilled `prefill_chunk` tokens per boundary (one such prompt at a time, its row
+reserved) and joins the batch when its last chunk has run. Tokens are the same either way.
+
 Threading: `submit` and `Request.cancel` may be called from any thread; everything else runs on the
 scheduler thread. A failure inside one request's logit processors fails that request only; a failure
 of the graph fails the requests in the batch and the loop carries on.
@@ -33,7 +38,7 @@ __all__ = ["Request", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
-PREFILL_TOKEN_BUDGET = 2048  # prompt tokens prefilled per step boundary (a longer single prompt still goes)
+PREFILL_CHUNK_TOKENS = 256  # default prompt tokens prefilled per step boundary (see the module docstring)
 _ids = itertools.count(1)
 
 
@@ -62,12 +67,17 @@ class Request:
 
 
 class Scheduler:
-    def __init__(self, decoder: Decoder, max_batch: int, max_queued: int) -> None:
+    def __init__(
+        self, decoder: Decoder, max_batch: int, max_queued: int, prefill_chunk: int = PREFILL_CHUNK_TOKENS
+    ) -> None:
         self.decoder = decoder
         self.max_batch = max_batch
         self.max_queued = max_queued
+        self.prefill_chunk = prefill_chunk
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: list[Request] = []
+        self._chunking: Request | None = None  # a long prompt being prefilled chunk by chunk (its row reserved)
+        self._chunked_tokens = 0  # how much of its prompt is in the decoder's staging slot
         self._cond = threading.Condition()
         self._closed = False
         self._counters = {
@@ -99,7 +109,7 @@ class Scheduler:
     def stats(self) -> dict[str, float | int]:
         return {
             "running": len(self._running),
-            "waiting": len(self._waiting),
+            "waiting": len(self._waiting) + (self._chunking is not None),
             "max_batch_size": self.max_batch,
             "kv_length": max((r.seq_length for r in self._running), default=0),
             "kv_bytes_in_use": self.decoder.kv_bytes_in_use([r.seq_length for r in self._running]),
@@ -122,7 +132,7 @@ class Scheduler:
                 if not self._running:
                     self._deliver(direct=True)  # no batch is waiting on this thread: skip the courier hop
                 with self._cond:
-                    while not self._closed and not self._waiting and not self._running:
+                    while not self._closed and not self._waiting and not self._running and not self._chunking:
                         self._cond.wait()
                     if self._closed:
                         break
@@ -130,6 +140,8 @@ class Scheduler:
                 self._retire(cancelled_only=True)
                 for request in admitted:
                     self._prefill(request)
+                if self._chunking is not None:
+                    self._prefill_next_chunk()
                 if self._running:
                     self._decode_step()
             self._fail_all(EngineClosedError("the engine was closed"))
@@ -141,36 +153,77 @@ class Scheduler:
             self._courier.close()  # callers have every item before the thread counts as dead
 
     def _take_admissions(self) -> list[Request]:
-        """Waiting requests to prefill at this boundary (lock held): as many as there are free rows, but
-        at most PREFILL_TOKEN_BUDGET prompt tokens (always at least one), so that a burst of long prompts
-        delays the running streams by a bounded amount per step."""
+        """Waiting requests to start at this boundary (lock held), in arrival order, while rows are free:
+        short prompts up to `prefill_chunk` tokens in all (always at least one), and at most one long
+        prompt to prefill in chunks (when the decoder can), so a burst of prompts delays the running
+        streams by a bounded amount per step."""
         taken: list[Request] = []
-        budget = PREFILL_TOKEN_BUDGET
-        while self._waiting and len(self._running) + len(taken) < self.max_batch:
+        budget = self.prefill_chunk
+        free_rows = self.max_batch - len(self._running) - (self._chunking is not None)
+        while self._waiting and len(taken) < free_rows:
             cost = len(self._waiting[0].prompt_ids)
-            if taken and cost > budget:
+            if cost > self.prefill_chunk and self.decoder.chunked_prefill:
+                if self._chunking is not None or any(len(r.prompt_ids) > self.prefill_chunk for r in taken):
+                    break  # one chunked prompt at a time
+            elif taken and cost > budget:
                 break
+            else:
+                budget -= cost
             taken.append(self._waiting.popleft())
-            budget -= cost
         return taken
 
     def _prefill(self, request: Request) -> None:
-        """Stage 1: run the prompt alone, sample its first token, then merge it into the batch."""
+        """Stage 1: run the prompt alone, sample its first token, then merge it into the batch (or, for a
+        long prompt, start prefilling it chunk by chunk)."""
         if request.cancelled:
             return
         self._counters["prompt_tokens"] += len(request.prompt_ids)
+        if len(request.prompt_ids) > self.prefill_chunk and self.decoder.chunked_prefill:
+            self._chunking, self._chunked_tokens = request, 0
+            return
         try:
             logits = self.decoder.prefill(request.prompt_ids)  # [V]
+        except Exception as exc:  # noqa: BLE001 - a bad prompt fails this request only
+            request.finished = True
+            self._emit(request, exc)
+            return
+        self._start(request, logits, staged=False)
+
+    def _prefill_next_chunk(self) -> None:
+        """Run the next `prefill_chunk` tokens of the long prompt in flight; start it after its last chunk."""
+        request, done = self._chunking, self._chunked_tokens
+        if request.cancelled:
+            self._chunking = None
+            return
+        chunk = request.prompt_ids[done : done + self.prefill_chunk]
+        try:
+            logits = self.decoder.prefill_chunk(chunk, done)  # [V]
+        except Exception as exc:  # noqa: BLE001 - a bad prompt fails this request only
+            self._chunking = None
+            request.finished = True
+            self._emit(request, exc)
+            return
+        self._chunked_tokens = done + len(chunk)
+        if self._chunked_tokens == len(request.prompt_ids):
+            self._chunking = None
+            self._start(request, logits, staged=True)
+
+    def _start(self, request: Request, logits: np.ndarray, staged: bool) -> None:
+        """Sample a prefilled request's first token and, unless that ends it, add its row to the batch."""
+        try:
             (sampled,) = sample_batch(logits[None, :], [request.sampler], [request.generated])
             if isinstance(sampled, BaseException):
                 raise sampled
-        except Exception as exc:  # noqa: BLE001 - a bad processor or prompt fails this request only
+        except Exception as exc:  # noqa: BLE001 - a bad processor fails this request only
             request.finished = True
             self._emit(request, exc)
             return
         if self._accept(request, sampled):
             return
-        self.decoder.admit()  # row index == len(self._running)
+        if staged:
+            self.decoder.admit_staged(len(request.prompt_ids))  # row index == len(self._running)
+        else:
+            self.decoder.admit()
         request.seq_length = len(request.prompt_ids)
         self._running.append(request)
 
@@ -266,6 +319,9 @@ class Scheduler:
     def _fail_all(self, error: Exception) -> None:
         with self._cond:
             waiting, self._waiting = list(self._waiting), collections.deque()
+        if self._chunking is not None:
+            waiting.insert(0, self._chunking)
+            self._chunking = None
         for request in waiting:
             self._emit(request, error)
         self._fail_running(error)
