@@ -125,8 +125,12 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=array.dtype), name))
         return name
 
-    def node(self, op: str, inputs: list[str], name: str, outputs: int = 1, domain: str = "", **attrs: Any) -> list[str]:
-        names = [f"{name}/output_{i}" for i in range(outputs)]
+    def node(
+        self, op: str, inputs: list[str], name: str, outputs: int = 1, domain: str = "",
+        unused: tuple[int, ...] = (), **attrs: Any,
+    ) -> list[str]:
+        """Add a node; outputs listed in `unused` are left unnamed so onnxruntime never materialises them."""
+        names = ["" if i in unused else f"{name}/output_{i}" for i in range(outputs)]
         self.nodes.append(helper.make_node(op, inputs, names, name=name, domain=domain, **attrs))
         return names
 
@@ -149,7 +153,7 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path) -> None:
                                epsilon=eps, axis=-1, stash_type=1)
         else:  # residual + previous MLP output, then RMSNorm
             normed, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [residual, hidden, norm_in],
-                                            f"{p}/input_layernorm", outputs=4, domain="com.microsoft", epsilon=eps)
+                                            f"{p}/input_layernorm", outputs=4, domain="com.microsoft", unused=(1, 2), epsilon=eps)
         qkv_w = np.concatenate([layer["q"], layer["k"], layer["v"]], axis=0).T  # [H, (N + 2 Kv) * hd]
         (qkv,) = g.node("MatMul", [normed, g.weight(f"model.layers.{i}.attn.qkv_proj.weight", qkv_w)], f"{p}/attn/qkv_proj")
         attn, _, _ = g.node(
@@ -164,7 +168,7 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path) -> None:
         (attn_out,) = g.node("MatMul", [attn, g.weight(f"model.layers.{i}.attn.o_proj.weight", layer["o"].T)], f"{p}/attn/o_proj")
         norm_post = g.weight(f"model.layers.{i}.post_attention_layernorm.weight", layer["post_norm"])
         normed, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [residual, attn_out, norm_post],
-                                        f"{p}/post_attention_layernorm", outputs=4, domain="com.microsoft", epsilon=eps)
+                                        f"{p}/post_attention_layernorm", outputs=4, domain="com.microsoft", unused=(1, 2), epsilon=eps)
         (gate,) = g.node("MatMul", [normed, g.weight(f"model.layers.{i}.mlp.gate_proj.weight", layer["gate"].T)], f"{p}/mlp/gate_proj")
         (up,) = g.node("MatMul", [normed, g.weight(f"model.layers.{i}.mlp.up_proj.weight", layer["up"].T)], f"{p}/mlp/up_proj")
         (sig,) = g.node("Sigmoid", [gate], f"{p}/mlp/act_fn/Sigmoid")
@@ -173,8 +177,8 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path) -> None:
         (hidden,) = g.node("MatMul", [gated, g.weight(f"model.layers.{i}.mlp.down_proj.weight", layer["down"].T)], f"{p}/mlp/down_proj")
 
     final = g.weight("model.norm.weight", w.final_norm)
-    normed, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [residual, hidden, final], "/model/norm",
-                             outputs=4, domain="com.microsoft", epsilon=eps)
+    (normed,) = g.node("SkipSimplifiedLayerNormalization", [residual, hidden, final], "/model/norm",
+                       domain="com.microsoft", epsilon=eps)
     # Only the last position feeds the LM head: [B, S, H] -> [B, 1, H].
     starts = g.weight("/model/last_position/starts", np.array([-1], np.int64))
     ends = g.weight("/model/last_position/ends", np.array([2**62], np.int64))

@@ -38,6 +38,7 @@ __all__ = ["Request", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
+DIRECT_DELIVERY_MAX = 2  # a step with at most this many deltas skips the courier thread
 PREFILL_CHUNK_TOKENS = 256  # default prompt tokens prefilled per step boundary (see the module docstring)
 _ids = itertools.count(1)
 
@@ -297,11 +298,12 @@ class Scheduler:
 
     def _deliver(self, direct: bool = False) -> None:
         """Hand this step's items to the courier thread, which wakes the callers while the graph runs
-        (or, with `direct`, put them on the callers' queues from this thread)."""
+        (or, with `direct` or only a few items, put them on the callers' queues from this thread: one
+        wake-up fewer per step, which is what a batch of one or two streams pays for the courier)."""
         if not self._outbox:
             return
         outbox, self._outbox = self._outbox, []
-        if direct:
+        if direct or len(outbox) <= DIRECT_DELIVERY_MAX:
             self._courier.drain()  # keep each caller's items in order
             for out, item in outbox:
                 out.put(item)
