@@ -388,7 +388,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer tokens, one round, no memory run")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--genai-python", default="/tmp/genai-venv/bin/python")
-    parser.add_argument("--genai-model", type=Path, help="a folder made by onnxruntime-genai's model builder")
+    parser.add_argument(
+        "--genai-model", type=Path,
+        help="a folder made by onnxruntime-genai's model builder (default: ~/.cache/realizar-ort/genai/<model folder "
+        "name> when it exists)",
+    )
     parser.add_argument("--worker", choices=["ours", "paired", "memory", "llamacpp"], help=argparse.SUPPRESS)
     parser.add_argument("--genai-dirs", help=argparse.SUPPRESS)
     parser.add_argument("--project-site", help=argparse.SUPPRESS)
@@ -469,10 +473,14 @@ def _genai_folders(args: argparse.Namespace, model_dir: Path, tmp: Path, skipped
             (ours_dir / item.name).symlink_to(item)
         (ours_dir / "genai_config.json").write_text(json.dumps(_genai_config(model_dir, args.threads), indent=1))
         folders.append(["genai-ourgraph", str(ours_dir), "on our exported graph"])
+    default_builder = Path.home() / ".cache" / "realizar-ort" / "genai" / model_dir.name
+    if args.genai_model is None and (default_builder / "genai_config.json").is_file():
+        args.genai_model = default_builder
     if args.genai_model is None:
         skipped["genai-builder"] = (
-            "no --genai-model folder (make one with `python -m onnxruntime_genai.models.builder -i HF_DIR -o OUT "
-            "-p fp32 -e cpu` in the genai venv; it needs transformers 5.x and torch there)"
+            f"no --genai-model folder and none at {default_builder} (make one with `python -m "
+            f"onnxruntime_genai.models.builder -i HF_DIR -o {default_builder} -p fp32 -e cpu` in the genai venv; it "
+            "needs transformers 5.x and torch there)"
         )
     else:
         folder = _genai_threads_copy(args.genai_model, tmp / "genai-builder", args.threads)
