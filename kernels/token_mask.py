@@ -8,9 +8,13 @@ bit ``i % 32`` of word ``i // 32`` set = token ``i`` allowed.
 - :func:`fill_next_token_bitmask`: walks a byte trie of the vocabulary with a byte-level pushdown
   automaton (``realizar_ort.json_schema.Automaton``) from a configuration (state, string counter, stack)
   and sets the bit of every token whose bytes the automaton accepts as a continuation. A subtree is
-  skipped as soon as its prefix is rejected. States that loop on every plain string character take a
-  shortcut: the precomputed "plain tokens of at most k characters" row is OR-ed in and only the other
-  tokens are walked.
+  skipped as soon as its prefix is rejected, and a first byte the state cannot take is never read
+  (a table of first-byte nodes). Shortcuts: states that loop on every plain string character OR in the
+  precomputed "plain tokens of at most k characters" row and walk only the other tokens; under a
+  character class (``[A-Za-z0-9._%+-]+``, ``[A-Z]{3}``) the class's token row
+  (:mod:`realizar_ort.kernels.token_classes`) is OR-ed in by the caller and only subtrees holding a byte
+  that can leave the class are walked. Subtree byte sets are kept as 64 byte groups
+  (``realizar_ort.grammar_vocab.BYTE_GROUP``), exact for plain string text and the usual classes.
 - :func:`advance_token_bytes`: run one token's bytes through the automaton, updating the stack in place.
 - ``*_reference``: plain Python/numpy versions the tests compare the kernels against.
 
@@ -37,14 +41,11 @@ __all__ = [
     "apply_token_bitmask_inplace_batch",
     "apply_token_bitmask_inplace_reference",
     "fill_next_token_bitmask",
+    "fill_next_token_bitmask_prepared",
     "fill_next_token_bitmask_reference",
 ]
 
 INC, CLOSE, RESET, ROOM = 1, 2, 4, 8
-# the plain ASCII string characters (0x20-0x7F but '"' and '\\') as a 256-bit set, words 0-1 (2-3 are zero)
-_PLAIN_ASCII = np.zeros(4, dtype=np.uint64)
-for _b in [*range(0x20, 0x22), *range(0x23, 0x5C), *range(0x5D, 0x80)]:
-    _PLAIN_ASCII[_b >> 6] |= np.uint64(1) << np.uint64(_b & 63)
 MAX_STEPS_PER_BYTE = 64  # pops/calls allowed while consuming one byte
 
 
@@ -124,10 +125,18 @@ def apply_token_bitmask_inplace_reference(logits: np.ndarray, bitmask: np.ndarra
 
 
 # ----------------------------------------------------------------------------------------- step
+# columns of the per-state table ``state_info`` (int32 [states, 8])
+S_FINAL, S_CALL, S_RET, S_CMIN, S_CMAX, S_PLAIN, S_FREE = 0, 1, 2, 3, 4, 5, 6
+# columns of the per-depth scratch ``levels`` (int32 [max_token_bytes + 2, 6])
+L_Q, L_TOP, L_AT, L_DEP, L_CNT, L_CLS = 0, 1, 2, 3, 4, 5
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _step(trans, flags, final, call_start, call_ret, cmin, cmax, b, q, top, at, depth, cnt,
-          arena_ret, arena_par, max_depth):
-    """Consume byte ``b``. Returns (q, top, at, depth, cnt, popped_committed_index or -2, ok)."""
+def _step(trans, flags, info, b, q, top, at, depth, cnt, arena, max_depth):
+    """Consume byte ``b``. Returns (q, top, at, depth, cnt, popped_committed_index or -2, ok).
+
+    ``arena[k] = (return state, parent index)``: the stack as a chain, so a walk can branch without copying.
+    """
     lowest = -2
     for _ in range(MAX_STEPS_PER_BYTE):
         nq = trans[q, b]
@@ -136,162 +145,195 @@ def _step(trans, flags, final, call_start, call_ret, cmin, cmax, b, q, top, at, 
             if f & RESET:
                 cnt = 0
             if f & INC:
-                if cnt >= cmax[q]:
+                if cnt >= info[q, S_CMAX]:
                     return q, top, at, depth, cnt, lowest, False
                 cnt += 1
-            if f & CLOSE and cnt < cmin[q]:
+            if f & CLOSE and cnt < info[q, S_CMIN]:
                 return q, top, at, depth, cnt, lowest, False
-            if f & ROOM and cnt >= cmax[q]:
+            if f & ROOM and cnt >= info[q, S_CMAX]:
                 return q, top, at, depth, cnt, lowest, False
             return nq, top, at, depth, cnt, lowest, True
-        cs = call_start[q]
+        cs = info[q, S_CALL]
         if cs >= 0 and trans[cs, b] >= 0:
-            if depth >= max_depth or at >= arena_ret.shape[0]:
+            if depth >= max_depth or at >= arena.shape[0]:
                 return q, top, at, depth, cnt, lowest, False
-            arena_ret[at] = call_ret[q]
-            arena_par[at] = top
+            arena[at, 0] = info[q, S_RET]
+            arena[at, 1] = top
             top = at
             at += 1
             depth += 1
             q = cs
             continue
-        if final[q]:
+        if info[q, S_FINAL]:
             if top < 0:
                 lowest = -1
                 return q, top, at, depth, cnt, lowest, False
             lowest = top
-            q = arena_ret[top]
-            top = arena_par[top]
+            q = arena[top, 0]
+            top = arena[top, 1]
             depth -= 1
             continue
         return q, top, at, depth, cnt, lowest, False
     return q, top, at, depth, cnt, lowest, False
 
 
-@njit(cache=True, nogil=True)
-def _walk(t_byte, t_skip, t_depth, t_ptr, t_ids, t_sub, trans, flags, final, call_start, call_ret, cmin, cmax,
-          loop_bits, plain_loop, tok_len, q0, cnt0, stack_len, max_depth, arena_ret, arena_par, cq, ctop, cat, cdep, ccnt, bits):
-    """Set bits of every token in the trie accepted from the configuration; returns stack read depth.
+@njit(cache=True, nogil=True, inline="always")
+def _set_range(bits, ids, lo, hi):
+    for k in range(lo, hi):
+        tid = ids[k]
+        bits[tid >> 5] |= np.uint32(1) << np.uint32(tid & 31)
 
-    Shortcuts: if every byte in node i's subtree is a plain self-loop of the current state, all of the
-    subtree's tokens are accepted without walking it; in a string state (``plain_loop``, maybe length
-    bounded) a subtree of plain ASCII bytes is accepted token by token from its length alone.
+
+@njit(cache=True, nogil=True, inline="always")
+def _walk(nodes, ids, sub, first, last, trans, flags, info, accept_groups, max_token_bytes, plain_groups, stack_len,
+          max_depth, arena, lv, bits, class_groups, class_exit, group_bit, read):
+    """Walk nodes ``[first, last)`` (one first-byte subtree) from the configuration in ``lv[0]``.
+
+    Sets the bits of accepted tokens; returns the stack read depth (max with ``read``). Shortcuts: a
+    subtree whose bytes all lie in the current state's ``accept_groups`` is accepted whole; in a string state a subtree
+    of plain ASCII is accepted token by token from its length; under a character class ``class_groups``
+    (whose token row the caller ORs in) a subtree below a class-only prefix with no byte of the groups
+    ``class_exit`` (every byte that could leave the class on the way) is skipped.
     """
-    cq[0] = q0
-    ctop[0] = stack_len - 1
-    cat[0] = stack_len
-    cdep[0] = stack_len
-    ccnt[0] = cnt0
-    read = 0
-    n = t_byte.shape[0]
-    i = 1
-    while i < n:
-        d = t_depth[i]
-        q = cq[d - 1]
-        if loop_bits[q, 4] != 0 and (t_sub[i, 0] & ~loop_bits[q, 0]) == 0 and (t_sub[i, 1] & ~loop_bits[q, 1]) == 0 \
-                and (t_sub[i, 2] & ~loop_bits[q, 2]) == 0 and (t_sub[i, 3] & ~loop_bits[q, 3]) == 0:
-            end = t_skip[i]
-            for k in range(t_ptr[i], t_ptr[end]):
-                tid = t_ids[k]
-                bits[tid >> 5] |= np.uint32(1) << np.uint32(tid & 31)
+    i = first
+    while i < last:
+        d = nodes[i, 1]
+        q = lv[d - 1, L_Q]
+        sg = sub[i]
+        b = nodes[i, 0]
+        cls = lv[d - 1, L_CLS]
+        in_class = False
+        if cls != 0:
+            if (sg & class_exit) == 0:
+                i = nodes[i, 2]  # only class tokens (the caller's row) or rejected ones below
+                continue
+            in_class = (class_groups & group_bit[b]) != 0
+        lg = accept_groups[q]
+        if lg != 0 and (sg & ~lg) == 0:  # any string of the bytes below is accepted from q: all tokens are
+            end = nodes[i, 2]
+            _set_range(bits, ids, nodes[i, 3], nodes[end, 3])
             i = end
             continue
-        if plain_loop[q] and (t_sub[i, 0] & ~_PLAIN_ASCII[0]) == 0 and (t_sub[i, 1] & ~_PLAIN_ASCII[1]) == 0 \
-                and t_sub[i, 2] == 0 and t_sub[i, 3] == 0:
-            end = t_skip[i]
-            room = cmax[q] - ccnt[d - 1] + d - 1  # a token of this many bytes still fits
-            for k in range(t_ptr[i], t_ptr[end]):
-                tid = t_ids[k]
-                if tok_len[tid] <= room:
-                    bits[tid >> 5] |= np.uint32(1) << np.uint32(tid & 31)
+        if info[q, S_PLAIN] != 0 and (sg & ~plain_groups) == 0:
+            end = nodes[i, 2]
+            room = info[q, S_CMAX] - lv[d - 1, L_CNT] + d - 1  # a token of this many bytes still fits
+            if room >= max_token_bytes:
+                _set_range(bits, ids, nodes[i, 3], nodes[end, 3])
+            else:  # a node's depth is the byte length of the tokens ending there
+                for j in range(i, end):
+                    if nodes[j, 1] <= room:
+                        _set_range(bits, ids, nodes[j, 3], nodes[j + 1, 3])
             i = end
             continue
-        b = t_byte[i]
         nq = trans[q, b]
         if nq >= 0 and flags[q, b] == 0:  # the common case: a plain transition, stack untouched
-            cq[d] = nq
-            ctop[d] = ctop[d - 1]
-            cat[d] = cat[d - 1]
-            cdep[d] = cdep[d - 1]
-            ccnt[d] = ccnt[d - 1]
-            for k in range(t_ptr[i], t_ptr[i + 1]):
-                tid = t_ids[k]
-                bits[tid >> 5] |= np.uint32(1) << np.uint32(tid & 31)
+            lv[d, L_Q] = nq
+            lv[d, L_TOP] = lv[d - 1, L_TOP]
+            lv[d, L_AT] = lv[d - 1, L_AT]
+            lv[d, L_DEP] = lv[d - 1, L_DEP]
+            lv[d, L_CNT] = lv[d - 1, L_CNT]
+            lv[d, L_CLS] = 1 if in_class else 0
+            _set_range(bits, ids, nodes[i, 3], nodes[i + 1, 3])
             i += 1
             continue
-        if nq < 0 and call_start[q] < 0 and not final[q]:  # the other common case: a dead byte
-            i = t_skip[i]
+        if nq < 0 and info[q, S_CALL] < 0 and info[q, S_FINAL] == 0:  # the other common case: a dead byte
+            i = nodes[i, 2]
             continue
-        q, top, at, dep, cnt, low, ok = _step(
-            trans, flags, final, call_start, call_ret, cmin, cmax, b, q, ctop[d - 1],
-            cat[d - 1], cdep[d - 1], ccnt[d - 1], arena_ret, arena_par, max_depth)
+        q, top, at, dep, cnt, low, ok = _step(trans, flags, info, b, q, lv[d - 1, L_TOP], lv[d - 1, L_AT],
+                                              lv[d - 1, L_DEP], lv[d - 1, L_CNT], arena, max_depth)
         if low == -1:
             read = max(read, stack_len + 1)
         elif low >= 0 and low < stack_len:
             read = max(read, stack_len - low)
         if not ok:
-            i = t_skip[i]
+            i = nodes[i, 2]
             continue
-        cq[d] = q
-        ctop[d] = top
-        cat[d] = at
-        cdep[d] = dep
-        ccnt[d] = cnt
-        for k in range(t_ptr[i], t_ptr[i + 1]):
-            tid = t_ids[k]
-            bits[tid >> 5] |= np.uint32(1) << np.uint32(tid & 31)
+        lv[d, L_Q] = q
+        lv[d, L_TOP] = top
+        lv[d, L_AT] = at
+        lv[d, L_DEP] = dep
+        lv[d, L_CNT] = cnt
+        lv[d, L_CLS] = 0
+        _set_range(bits, ids, nodes[i, 3], nodes[i + 1, 3])
         i += 1
     return read
 
 
 @njit(cache=True, nogil=True)
-def _fill(a_byte, a_skip, a_depth, a_ptr, a_ids, a_sub, r_byte, r_skip, r_depth, r_ptr, r_ids, r_sub, plain_upto,
-          c_byte, c_skip, c_depth, c_ptr, c_ids, c_sub, open_upto, tok_len,
-          trans, flags, final, call_start, call_ret, cmin, cmax, plain_loop, loop_bits, free_string,
-          q, cnt, stack, stack_len, max_depth, arena_ret, arena_par, cq, ctop, cat, cdep, ccnt, bits,
-          include_plain):
+def _fill(nodes, ids, sub, root_children, text_upto, free_upto, max_token_bytes, plain_groups, group_bit,
+          trans, flags, info, accept_groups, q, cnt, stack, stack_len, max_depth, arena, lv, bits, include_plain,
+          class_groups, class_exit):
     for j in range(stack_len):
-        arena_ret[j] = stack[j]
-        arena_par[j] = j - 1
+        arena[j, 0] = stack[j]
+        arena[j, 1] = j - 1
     bits[:] = 0
-    if plain_loop[q]:
-        room = cmax[q] - cnt
+    tree = 0  # the full trie
+    if info[q, S_PLAIN] != 0:
+        room = info[q, S_CMAX] - cnt
         if include_plain:
-            row = plain_upto[max(0, min(room, plain_upto.shape[0] - 1))].view(np.uint32)
+            rows = free_upto if info[q, S_FREE] != 0 else text_upto
+            row = rows[max(0, min(room, rows.shape[0] - 1))].view(np.uint32)
             for w in range(bits.shape[0]):
                 bits[w] = row[w]
-            if free_string[q]:
-                row = open_upto[max(0, min(room, open_upto.shape[0] - 1))].view(np.uint32)
-                for w in range(bits.shape[0]):
-                    bits[w] |= row[w]
-        if free_string[q]:  # tokens staying inside are in open_upto: walk only those with a closing quote
-            return _walk(c_byte, c_skip, c_depth, c_ptr, c_ids, c_sub, trans, flags, final, call_start, call_ret,
-                         cmin, cmax, loop_bits, plain_loop, tok_len, q, cnt, stack_len, max_depth, arena_ret,
-                         arena_par, cq, ctop, cat, cdep, ccnt, bits)
-        return _walk(r_byte, r_skip, r_depth, r_ptr, r_ids, r_sub, trans, flags, final, call_start, call_ret,
-                     cmin, cmax, loop_bits, plain_loop, tok_len, q, cnt, stack_len, max_depth, arena_ret,
-                     arena_par, cq, ctop, cat, cdep, ccnt, bits)
-    return _walk(a_byte, a_skip, a_depth, a_ptr, a_ids, a_sub, trans, flags, final, call_start, call_ret,
-                 cmin, cmax, loop_bits, plain_loop, tok_len, q, cnt, stack_len, max_depth, arena_ret,
-                 arena_par, cq, ctop, cat, cdep, ccnt, bits)
+        # tokens staying inside a free string are in free_upto: walk only those with a closing quote
+        tree = 2 if info[q, S_FREE] != 0 else 1
+    lv[0, L_Q] = q
+    lv[0, L_TOP] = stack_len - 1
+    lv[0, L_AT] = stack_len
+    lv[0, L_DEP] = stack_len
+    lv[0, L_CNT] = cnt
+    lv[0, L_CLS] = 1 if class_groups != 0 else 0
+    final = info[q, S_FINAL] != 0
+    callee = info[q, S_CALL]
+    read = 0
+    for b in range(256):
+        c = root_children[tree, b]
+        if c < 0:
+            continue
+        if trans[q, b] < 0:
+            if not final and (callee < 0 or trans[callee, b] < 0):
+                continue  # a first byte the state cannot take: its subtree is never read
+            # a call or a return: try the first byte before reading the subtree
+            _q, _top, _at, _dep, _cnt, low, ok = _step(trans, flags, info, b, q, stack_len - 1, stack_len,
+                                                      stack_len, cnt, arena, max_depth)
+            if low == -1:
+                read = max(read, stack_len + 1)
+            elif low >= 0 and low < stack_len:
+                read = max(read, stack_len - low)
+            if not ok:
+                continue
+        read = _walk(nodes, ids, sub, c, nodes[c, 2], trans, flags, info, accept_groups, max_token_bytes, plain_groups,
+                     stack_len, max_depth, arena, lv, bits, class_groups, class_exit, group_bit, read)
+    return read
 
 
 def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state: int, counter: int,
                             stack: np.ndarray, stack_len: int, max_depth: int, scratch: tuple,
-                            bitmask: np.ndarray, include_plain: bool = True) -> int:
+                            bitmask: np.ndarray, include_plain: bool = True, class_groups: int = 0,
+                            class_exit: int = 0) -> int:
     """Fill ``bitmask`` (cleared first) with the tokens allowed from (state, counter, stack[:stack_len]).
 
-    ``vocab_arrays``: full trie (6 arrays), rest trie (6), ``plain_upto``, close trie (6), ``open_upto``,
-    token byte lengths (int32).
-    ``automaton_arrays``: trans, flags, final, call_start, call_ret, cmin, cmax, plain_loop, loop_bits
-    (``uint64 [states, 5]``: the 256-bit set of bytes that loop on the state without flags, and a
-    nonzero word 4 when that set is not empty), free_string.
-    ``scratch``: (arena_ret, arena_par, cq, ctop, cat, cdep, ccnt) from :func:`allocate_scratch`.
+    ``vocab_arrays``: the trie forest (nodes, token_ids, sub_groups, root_children; tries 0 = all tokens,
+    1 = the other tokens a string state may take, 2 = tokens closing a free string), then ``text_upto`` and
+    ``free_upto`` (row ``k``: the tokens any string state / a free string takes without a walk, needing at
+    most ``k`` characters of room), the longest token's byte length, the plain-string byte groups (uint64)
+    and each byte's group as a bit (uint64 [256]).
+    ``automaton_arrays``: trans, flags, ``state_info`` (int32 [states, 8]: final, call start, call return,
+    cmin, cmax, plain loop, free string) and ``accept_groups`` (uint64 [states]: byte groups such that every
+    string of their bytes is accepted from the state without flags or stack moves, e.g. the groups wholly
+    inside its flag-free self-loop, or the class of a class loop the state leads to; 0 = none).
+    ``scratch``: (arena, levels) from :func:`allocate_scratch`.
     Returns how many stack entries (from the top) the result depended on (``stack_len + 1`` if it
     depended on the stack being exactly this deep). Stop tokens are not touched: the caller sets them.
-    ``include_plain=False``: in a plain-loop (string) state, leave out the plain-token rows (the caller ORs
-    ``plain_upto[min(room, last)]`` and, in a free string, ``open_upto[...]`` itself, so the walk result
+    ``include_plain=False``: in a plain-loop (string) state, leave out that row (the caller ORs
+    ``text_upto[min(room, last)]`` or, in a free string, ``free_upto[...]`` itself, so the walk result
     can be cached across string lengths).
+    ``class_groups``, ``class_exit`` (from :func:`.token_classes.class_loop_entries`): a character class
+    ``L`` (whole byte groups) such that from ``state`` every token of ``L`` bytes only (up to a length for a
+    bounded run) is accepted without flags, and the groups of every byte outside ``L`` that a state on the
+    way may take.
+    Subtrees below an ``L``-only prefix holding no ``class_exit`` byte are then skipped, and the caller ORs
+    in the class's token row (:mod:`.token_classes`). 0 / 0: no class shortcut.
     """
     if bitmask.dtype != np.int32 or bitmask.ndim != 1:
         raise ValueError(f"bitmask must be a 1-D int32 array, got {bitmask.dtype} {bitmask.shape}")
@@ -300,39 +342,44 @@ def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state:
     if stack_len > stack.shape[0] or stack_len + 1 > scratch[0].shape[0]:
         raise ValueError(f"stack_len {stack_len} exceeds the stack or scratch capacity")
     return int(_fill(*vocab_arrays, *automaton_arrays, state, counter, stack, stack_len, max_depth, *scratch,
-                     bitmask.view(np.uint32), include_plain))
+                     bitmask.view(np.uint32), include_plain, np.uint64(class_groups), np.uint64(class_exit)))
+
+
+def fill_next_token_bitmask_prepared(prepared: tuple, state: int, counter: int, stack: np.ndarray,
+                                     stack_len: int, max_depth: int, scratch: tuple, bits: np.ndarray,
+                                     include_plain: bool, class_groups: np.uint64, class_exit: np.uint64) -> int:
+    """:func:`fill_next_token_bitmask` without the argument checks, for a caller that validated once:
+    ``prepared = (*vocab_arrays, *automaton_arrays)``, ``bits`` the bitmask viewed as uint32, the class
+    arguments as ``np.uint64``."""
+    return _fill(*prepared, state, counter, stack, stack_len, max_depth, scratch[0], scratch[1], bits,
+                 include_plain, class_groups, class_exit)
 
 
 def allocate_scratch(max_depth: int, max_token_bytes: int) -> tuple[np.ndarray, ...]:
-    """Per-matcher scratch for :func:`fill_next_token_bitmask` (a few KB)."""
-    arena = max_depth + max_token_bytes + 2
-    levels = max_token_bytes + 2
-    return (np.zeros(arena, np.int32), np.zeros(arena, np.int32), np.zeros(levels, np.int32),
-            np.zeros(levels, np.int32), np.zeros(levels, np.int32), np.zeros(levels, np.int32),
-            np.zeros(levels, np.int32))
+    """Per-matcher scratch for :func:`fill_next_token_bitmask` (a few KB): the stack arena and one row of
+    walk state per token byte."""
+    return (np.zeros((max_depth + max_token_bytes + 2, 2), np.int32), np.zeros((max_token_bytes + 2, 6), np.int32))
 
 
 @njit(cache=True, nogil=True)
-def _advance(trans, flags, final, call_start, call_ret, cmin, cmax, data, q, cnt, stack, stack_len, max_depth,
-             arena_ret, arena_par):
+def _advance(trans, flags, info, data, q, cnt, stack, stack_len, max_depth, arena):
     # the committed stack is a chain in the arena; pushes append, pops follow parents
     for j in range(stack_len):
-        arena_ret[j] = stack[j]
-        arena_par[j] = j - 1
+        arena[j, 0] = stack[j]
+        arena[j, 1] = j - 1
     top = stack_len - 1
     at = stack_len
     dep = stack_len
     for i in range(data.shape[0]):
-        q, top, at, dep, cnt, _low, ok = _step(trans, flags, final, call_start, call_ret, cmin, cmax, data[i], q,
-                                              top, at, dep, cnt, arena_ret, arena_par, max_depth)
+        q, top, at, dep, cnt, _low, ok = _step(trans, flags, info, data[i], q, top, at, dep, cnt, arena, max_depth)
         if not ok:
             return -1, cnt, stack_len
     # write the resulting chain back as a flat stack
     n = dep
     node = top
     for j in range(n - 1, -1, -1):
-        stack[j] = arena_ret[node]
-        node = arena_par[node]
+        stack[j] = arena[node, 0]
+        node = arena[node, 1]
     return q, cnt, n
 
 
@@ -340,18 +387,28 @@ def advance_token_bytes(automaton_arrays: tuple, data: np.ndarray, state: int, c
                         stack_len: int, max_depth: int, scratch: tuple) -> tuple[int, int, int]:
     """Consume ``data`` (uint8) from the configuration; updates ``stack`` in place.
 
-    Returns (state, counter, stack_len); state -1 means rejected (stack then unchanged).
+    ``automaton_arrays`` as for :func:`fill_next_token_bitmask`. Returns (state, counter, stack_len);
+    state -1 means rejected (stack then unchanged).
     """
     if stack.shape[0] < max_depth:
         raise ValueError(f"stack capacity {stack.shape[0]} < max_depth {max_depth}")
-    q, cnt, n = _advance(*automaton_arrays[:7], data, state, counter, stack, stack_len, max_depth,
-                         scratch[0], scratch[1])
+    q, cnt, n = _advance(automaton_arrays[0], automaton_arrays[1], automaton_arrays[2], data, state, counter,
+                         stack, stack_len, max_depth, scratch[0])
     return int(q), int(cnt), int(n)
 
 
 # ------------------------------------------------------------------------------------ references
+def _columns(a: tuple) -> tuple:
+    """(trans, flags, final, call_start, call_ret, cmin, cmax) from the kernel layout (trans, flags,
+    state_info, accept_groups) or from ``Automaton.arrays`` (those seven arrays)."""
+    if len(a) >= 7:
+        return tuple(a[:7])
+    info = a[2]
+    return (a[0], a[1], info[:, S_FINAL], info[:, S_CALL], info[:, S_RET], info[:, S_CMIN], info[:, S_CMAX])
+
+
 def _step_reference(a, b, q, stack, cnt, max_depth):
-    trans, flags, final, call_start, call_ret, cmin, cmax = a[:7]
+    trans, flags, final, call_start, call_ret, cmin, cmax = a
     for _ in range(MAX_STEPS_PER_BYTE):
         nq = int(trans[q, b])
         if nq >= 0:
@@ -383,7 +440,10 @@ def _step_reference(a, b, q, stack, cnt, max_depth):
 
 def advance_token_bytes_reference(automaton_arrays: tuple, data: bytes, state: int, counter: int,
                                   stack: list[int], max_depth: int) -> tuple[int, int, list[int]] | None:
-    """Pure-Python :func:`advance_token_bytes`: None if rejected, else (state, counter, new stack)."""
+    """Pure-Python :func:`advance_token_bytes`: None if rejected, else (state, counter, new stack).
+
+    ``automaton_arrays``: the kernel layout or ``Automaton.arrays``."""
+    automaton_arrays = _columns(automaton_arrays)
     stack = list(stack)
     q, cnt = state, counter
     for b in data:
@@ -398,6 +458,7 @@ def fill_next_token_bitmask_reference(token_bytes: list[bytes | None], automaton
                                       counter: int, stack: list[int], max_depth: int,
                                       bitmask: np.ndarray) -> None:
     """Token-by-token simulation, no trie and no shortcut: the ground truth for the kernel."""
+    automaton_arrays = _columns(automaton_arrays)
     allowed = np.zeros(bitmask.shape[0] * 32, dtype=bool)
     for tid, raw in enumerate(token_bytes):
         if tid >= allowed.shape[0] or not raw:

@@ -9,15 +9,20 @@
 Error contract (as llguidance): API misuse raises; a disallowed token from the model does not raise, it
 puts the matcher in an error state where only stop tokens are allowed, so the sequence ends.
 
-Masks: a compiled grammar keeps a bounded cache (``MASK_CACHE_ENTRIES``, first come) of masks keyed by
-(automaton state, string-length slack that can matter, the top of the stack the mask depended on), shared
-by its matchers; a hit costs one 16 KB copy (~2 us at 128k tokens; string states OR in precomputed rows of
-"plain" tokens by remaining length). A miss runs the numba trie walk
-(:mod:`realizar_ort.kernels.token_mask`, ~5-30 us typically, up to ~0.6 ms for a regex character-class
-loop such as an email's local part on its first visit). Matchers are not thread-safe; different matchers
-of one grammar may run in different threads (the kernel releases the GIL).
+Masks: a compiled grammar keeps a bounded cache (``MASK_CACHE_ENTRIES``, first come), shared by its
+matchers, of two kinds of entries: the walk for (automaton state, string-length slack that can matter, the
+top of the stack the mask depended on), and the whole mask for that key plus the row of "plain" string
+tokens that fits the room left and whether stop tokens are allowed. A hit costs one 16 KB copy (~1.3 us
+per step at 128k tokens, all Python included); near the end of a bounded string the row changes at each
+character, so those steps OR one row into the cached walk (~2.5 us). A miss runs the numba trie walk
+(:mod:`realizar_ort.kernels.token_mask`, ~2-30 us). Character classes (``[A-Za-z0-9._%+-]+``,
+``[A-Z]{3}``, digits) use a per-vocabulary token row (``TokenVocabulary.class_row``, ~40 us the first time
+a vocabulary sees a class; digits and the email classes are computed at load) and the walk skips every
+subtree that holds only class tokens. Matchers are not thread-safe; different matchers of one grammar may
+run in different threads (the kernel releases the GIL).
 
-Memory: up to 8 MB of cached masks per grammar at 128k vocab; ``compile_json_schema`` keeps 64 grammars.
+Memory: up to 8 MB of cached masks per grammar at 128k vocab; ``compile_json_schema`` keeps 64 grammars; a
+vocabulary holds ~10 MB of tables (tries, string rows) plus up to ``CLASS_ROW_ENTRIES`` class rows.
 """
 
 from __future__ import annotations
@@ -32,7 +37,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from .grammar_vocab import VocabTables, build_vocab_tables, load_vocab_tables
+from .grammar_vocab import (
+    BYTE_GROUP,
+    NUM_BYTE_GROUPS,
+    PLAIN_GROUPS,
+    VocabTables,
+    build_vocab_tables,
+    load_vocab_tables,
+    pack_forest,
+)
 from .json_schema import (
     Automaton,
     GrammarError,
@@ -40,12 +53,18 @@ from .json_schema import (
     UnsupportedSchemaError,
     compile_schema_automaton,
 )
+from .kernels.token_classes import (
+    class_loop_entries,
+    loop_byte_groups,
+    short_tokens_within_groups,
+    tokens_within_groups,
+)
 from .kernels.token_mask import (
     advance_token_bytes,
     allocate_scratch,
     allocate_token_bitmask,
     apply_token_bitmask_inplace,
-    fill_next_token_bitmask,
+    fill_next_token_bitmask_prepared,
 )
 
 __all__ = [
@@ -62,13 +81,33 @@ __all__ = [
 
 DEFAULT_MAX_DEPTH = 64
 MASK_CACHE_ENTRIES = 512  # per grammar; 16 KB each at 128k vocab (8 MB)
+CLASS_ROW_ENTRIES = 256  # per vocabulary: token rows of character classes, 16 KB each at 128k vocab
+# (class bytes, longest token or -1) whose token rows each vocabulary computes up front (~40 us each): the
+# digit loop of every JSON number, the loops of the built-in ``email`` format (local part, domain label),
+# and the 2- and 4-digit runs of the date/time formats
+_DIGITS = bytes(range(0x30, 0x3A))
+_ASCII_ALNUM = _DIGITS + bytes(range(0x41, 0x5B)) + bytes(range(0x61, 0x7B))
+COMMON_CLASSES = ((_DIGITS, -1), (_ASCII_ALNUM + b"._%+-", -1), (_ASCII_ALNUM + b"-", -1), (_DIGITS, 2), (_DIGITS, 4))
+# each byte group as a 256-bit set (uint64 [groups, 4]), and each byte's group as a bit
+_GROUP_WORDS = np.packbits(BYTE_GROUP[None, :] == np.arange(NUM_BYTE_GROUPS)[:, None], axis=1,
+                           bitorder="little").view(np.uint64)
+_GROUP_BIT = np.left_shift(np.uint64(1), BYTE_GROUP.astype(np.uint64))  # per byte
+_NO_CLASS = (np.uint64(0), np.uint64(0))
+
+
+def _merge_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row ``k`` = ``a[min(k, last)] | b[min(k, last)]``: two "tokens needing at most k" tables in one."""
+    k = np.arange(max(a.shape[0], b.shape[0]))
+    return np.bitwise_or(a[np.minimum(k, a.shape[0] - 1)], b[np.minimum(k, b.shape[0] - 1)])
 
 
 class TokenVocabulary:
     """The bytes of every token of one tokenizer, cut to a model's logits width, plus its stop tokens.
 
-    Immutable and shareable across threads. Ids ``>= vocab_size`` are never allowed; special/added tokens
-    are never allowed inside JSON; ``stop_token_ids`` are allowed exactly when the value is complete.
+    Immutable and shareable across threads (the class-row cache is filled under a lock). Ids
+    ``>= vocab_size`` are never allowed; special/added tokens are never allowed inside JSON;
+    ``stop_token_ids`` are allowed exactly when the value is complete. Building one from loaded tables
+    costs ~10 ms (the kernel's trie layout, the string rows, the common class rows).
     """
 
     _cache: ClassVar[dict[tuple, TokenVocabulary]] = {}
@@ -87,9 +126,43 @@ class TokenVocabulary:
         # (word, bit) per stop token, as numpy scalars ready for in-place |= / &= on a uint32 view
         self._stop_bits = [(t >> 5, np.uint32(1 << (t & 31)), np.uint32(~(1 << (t & 31)) & 0xFFFFFFFF))
                            for t in stops]
-        self.vocab_arrays = (*tables.trie.arrays, *tables.rest_trie.arrays, tables.plain_upto,
-                             *tables.close_trie.arrays, tables.open_upto,
-                             np.diff(tables.token_offsets).astype(np.int32))
+        # a stop token with bytes could be set by a walk: then masks must clear it when stopping is not allowed
+        self._stops_have_bytes = any(tables.token_offsets[t + 1] > tables.token_offsets[t] for t in stops)
+        # the tokens a string state takes without a walk, by the characters of room they need (2 MB each at
+        # 128k): plain text, plus a partial UTF-8 character at the end; inside a free string any open token
+        self.text_upto = _merge_rows(tables.plain_upto, tables.text_open_upto)
+        self.free_upto = _merge_rows(tables.plain_upto, tables.open_upto)
+        forest = pack_forest([tables.trie, tables.rest_trie, tables.close_trie])
+        self.vocab_arrays = (forest.nodes, forest.token_ids, forest.sub_groups, forest.root_children,
+                             self.text_upto, self.free_upto, tables.max_token_bytes, np.uint64(PLAIN_GROUPS),
+                             _GROUP_BIT)
+        self._class_rows: dict[tuple[int, int], np.ndarray] = {}
+        lengths = np.diff(tables.token_offsets)
+        self._ids_by_length = np.argsort(lengths, kind="stable").astype(np.int32)
+        self._length_starts = np.searchsorted(lengths[self._ids_by_length], np.arange(int(lengths.max()) + 2))
+        self._groups_by_length = tables.token_groups[self._ids_by_length]
+        self._class_lock = threading.Lock()
+        for members, max_len in COMMON_CLASSES:
+            self.class_row(int(np.bitwise_or.reduce(_GROUP_BIT[np.frombuffer(members, dtype=np.uint8)])), max_len)
+
+    def class_row(self, groups: int, max_len: int = -1) -> np.ndarray:
+        """Bitmask of the tokens whose bytes all lie in the byte groups ``groups`` (a character class).
+
+        Computed once per class and vocabulary (~0.1-0.3 ms at 128k tokens), then shared by every grammar
+        of this vocabulary (bounded, first come). Read-only."""
+        row = self._class_rows.get((groups, max_len))
+        if row is None:
+            row = allocate_token_bitmask(self.vocab_size)
+            if 0 <= max_len <= 8:  # a bounded run: read only the short tokens
+                short_tokens_within_groups(self._groups_by_length, self._ids_by_length, self._length_starts,
+                                           groups, max_len, row)
+            else:
+                tokens_within_groups(self.tables.token_groups, self.tables.token_offsets, groups, row, max_len)
+            row.flags.writeable = False
+            with self._class_lock:
+                if len(self._class_rows) < CLASS_ROW_ENTRIES:
+                    row = self._class_rows.setdefault((groups, max_len), row)
+        return row
 
     @classmethod
     def from_tokenizer_file(cls, path: str | os.PathLike[str], vocab_size: int | None = None,
@@ -137,24 +210,49 @@ class CompiledGrammar:
         self.automaton = automaton
         self.vocab = vocab
         self.max_depth = max_depth
-        self.automaton_arrays = (*automaton.arrays, automaton.plain_loop, automaton.loop_bits, automaton.free_string)
+        n = automaton.num_states
+        info = np.zeros((n, 8), dtype=np.int32)
+        info[:, 0] = automaton.final
+        info[:, 1] = automaton.call_start
+        info[:, 2] = automaton.call_ret
+        info[:, 3] = automaton.cmin
+        info[:, 4] = automaton.cmax
+        info[:, 5] = automaton.plain_loop
+        info[:, 6] = automaton.free_string
+        # per state: the byte groups wholly inside its flag-free self-loop
+        loop_groups, exact = loop_byte_groups(automaton.loop_bits, _GROUP_WORDS)
+        # character-class loops (not a string body, loop bytes exactly a union of byte groups) and, per
+        # state, the class loop it leads to: see fill_next_token_bitmask's class shortcut
+        classes = np.flatnonzero((loop_groups != 0) & ~automaton.plain_loop & exact)
+        class_groups, class_exit, class_len = class_loop_entries((automaton.trans, automaton.flags, info),
+                                                                 loop_groups, classes, _GROUP_BIT)
+        # groups whose every string is accepted: a state's own loop, or the class of the loop it leads to
+        accept_groups = loop_groups.copy()
+        leads = (class_groups != 0) & (class_len < 0)
+        accept_groups[leads] = class_groups[leads]
+        self.automaton_arrays = (automaton.trans, automaton.flags, info, accept_groups)
         # string-length slack beyond what one token can use does not change a walk (see VocabTables)
         t = vocab.tables
         self._slack_cap = np.where(automaton.free_string, t.close_max_chars + 1,
                                    np.where(automaton.plain_loop, t.rest_max_chars + 1, t.max_token_bytes + 1))
-        self._plain_upto = t.plain_upto
-        self._open_upto = t.open_upto
-        self._free_l = automaton.free_string.tolist()
+        self._row_tables = (vocab.text_upto, vocab.free_upto)  # by free_string
         # per-state facts as Python lists: the mask hit path reads them without numpy scalar overhead
+        self._free_l = automaton.free_string.tolist()
+        self._class_groups_l = class_groups.tolist()
+        self._class_exit_l = class_exit.tolist()
+        self._class_len_l = class_len.tolist()
         self._final_l = automaton.final.tolist()
         self._plain_l = automaton.plain_loop.tolist()
         self._counted_l = automaton.counted.tolist()
         self._cmin_l = automaton.cmin.tolist()
         self._cmax_l = automaton.cmax.tolist()
         self._cap_l = self._slack_cap.tolist()
+        self._row_last = (vocab.text_upto.shape[0] - 1, vocab.free_upto.shape[0] - 1)
         self._cache_depth = [0] * automaton.num_states
+        # two kinds of entries: the walk for a mask_key, and the whole mask for (mask_key, rows and stops)
         self._masks: dict[tuple, np.ndarray] = {}
         self._words = (vocab.vocab_size + 31) // 32
+        self._kernel_args = (*vocab.vocab_arrays, *self.automaton_arrays)
 
     def matcher(self) -> GrammarMatcher:
         """A fresh matcher at the start of the value. Cheap (a few small arrays)."""
@@ -184,6 +282,8 @@ class GrammarMatcher:
         self._vocab = grammar.vocab
         self._stack = np.zeros(grammar.max_depth, dtype=np.int32)
         self._scratch = allocate_scratch(grammar.max_depth, grammar.vocab.tables.max_token_bytes)
+        self._out: np.ndarray | None = None  # the last bitmask filled, and its uint32 view
+        self._out_bits: np.ndarray | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -213,38 +313,66 @@ class GrammarMatcher:
         words = g._words
         if bitmask.dtype != np.int32 or bitmask.ndim != 1 or bitmask.shape[0] < words:
             raise ValueError(f"bitmask must be 1-D int32 with >= {words} words, got {bitmask.dtype} {bitmask.shape}")
-        out = bitmask[:words]
+        out = bitmask if bitmask.shape[0] == words else bitmask[:words]
         if self._error or self._terminated:
             out[:] = 0
             self._set_stops(out, True)
             return
         q = self._state
-        plain = g._plain_l[q]
-        depth = g._cache_depth[q]
-        key = g._mask_key(q, self._counter, self._stack, self._stack_len, depth)
-        cached = g._masks.get(key)
-        if cached is not None:
-            if not plain:
-                np.copyto(out, cached)
+        counter = self._counter
+        stack_len = self._stack_len
+        key = g._mask_key(q, counter, self._stack, stack_len, g._cache_depth[q])
+        # the whole mask also depends on which plain-token rows fit the room left and on the stop tokens
+        stop = stack_len == 0 and g._final_l[q]
+        if g._plain_l[q]:
+            room = g._cmax_l[q] - counter
+            free = g._free_l[q]
+            extra = (free, min(room, g._row_last[free]), stop)
         else:
-            # in a string state the cached part is the walk of the non-plain tokens only
-            read = fill_next_token_bitmask(self._vocab.vocab_arrays, g.automaton_arrays, q, self._counter,
-                                           self._stack, self._stack_len, g.max_depth, self._scratch, out,
-                                           not plain)
-            if read > depth:
+            extra = stop
+        cached = g._masks.get((key, extra))
+        if cached is not None:  # the common case: one 16 KB copy
+            np.copyto(out, cached)
+            return
+        self._fill_miss(out, q, key, extra, stop)
+
+    def _fill_miss(self, out: np.ndarray, q: int, key: tuple, extra: object, stop: bool) -> None:
+        g = self.grammar
+        plain = g._plain_l[q]
+        walked = g._masks.get(key)
+        if walked is not None:
+            if not plain:
+                np.copyto(out, walked)
+        else:
+            # in a string state the walk covers the non-plain tokens only (the rows below add the rest)
+            groups = g._class_groups_l[q]
+            if out is not self._out:  # callers usually pass the same bitmask every step
+                self._out, self._out_bits = out, out.view(np.uint32)
+            cls_groups, cls_exit = (np.uint64(groups), np.uint64(g._class_exit_l[q])) if groups else _NO_CLASS
+            read = fill_next_token_bitmask_prepared(g._kernel_args, q, self._counter, self._stack, self._stack_len,
+                                                    g.max_depth, self._scratch, self._out_bits, not plain,
+                                                    cls_groups, cls_exit)
+            if groups:  # the tokens of class bytes only, which the walk skipped
+                np.bitwise_or(out, self._vocab.class_row(groups, g._class_len_l[q]), out=out)
+            if read > g._cache_depth[q]:
                 g._cache_depth[q] = read
                 key = g._mask_key(q, self._counter, self._stack, self._stack_len, read)
             if len(g._masks) < MASK_CACHE_ENTRIES:
-                g._masks[key] = cached = out.copy()
+                g._masks[key] = walked = out.copy()
+        vocab = self._vocab
+        set_stops = vocab._stop_bits and (stop or vocab._stops_have_bytes)
         if plain:  # OR in the plain (and, in a free string, open) tokens that fit the room left
-            room = g._cmax_l[q] - self._counter
-            rows = g._plain_upto
-            np.bitwise_or(cached if cached is not None else out, rows[min(room, rows.shape[0] - 1)], out=out)
-            if g._free_l[q]:
-                rows = g._open_upto
-                np.bitwise_or(out, rows[min(room, rows.shape[0] - 1)], out=out)
-        if self._vocab._stop_bits:
-            self._set_stops(out, self._stack_len == 0 and g._final_l[q])
+            free, row, _ = extra
+            np.bitwise_or(walked if walked is not None else out, g._row_tables[free][row], out=out)
+            if row != g._row_last[free]:
+                # near the end of a bounded string the row changes at every character: keep only the walk
+                if set_stops:
+                    self._set_stops(out, stop)
+                return
+        if set_stops:
+            self._set_stops(out, stop)
+        if len(g._masks) < MASK_CACHE_ENTRIES:
+            g._masks[(key, extra)] = walked if walked is not None and not plain and not set_stops else out.copy()
 
     def _set_stops(self, out: np.ndarray, allowed: bool) -> None:
         bits = out.view(np.uint32)

@@ -27,16 +27,53 @@ import numpy as np
 from .tokenizer import byte_level_decoder_table
 
 __all__ = [
+    "BYTE_GROUP",
+    "NUM_BYTE_GROUPS",
+    "PLAIN_GROUPS",
     "TokenTrie",
+    "TrieForest",
     "VocabTables",
     "build_vocab_tables",
     "load_vocab_tables",
+    "pack_forest",
     "token_bytes_from_tokenizer_json",
     "tokenizer_sha256",
 ]
 
-_CACHE_FORMAT = 5
-_TRIE_FIELDS = ("byte", "skip", "depth", "token_ptr", "token_ids", "sub_bytes")
+_CACHE_FORMAT = 7
+_TRIE_FIELDS = ("byte", "skip", "depth", "token_ptr", "token_ids", "sub_groups")
+
+
+def _byte_groups() -> np.ndarray:
+    """Byte -> group (< 64), so a set of bytes fits one uint64 as a set of groups.
+
+    Groups: control bytes, DEL, non-ASCII bytes, each digit, ``a-f``, ``g-z``, ``A-F``, ``G-Z``, and each of
+    space and the 32 ASCII punctuation characters on its own. Plain JSON-string ASCII and the usual regex
+    classes (``[0-9]``, ``[1-9]``, ``[a-z]``, ``[A-Za-z0-9._%+-]``, hex digits ...) are unions of groups, so
+    a "subtree uses only these bytes" test on group sets is exact for them (and conservative otherwise).
+    """
+    group = np.zeros(256, dtype=np.uint8)  # 0: control bytes 0x00-0x1F
+    group[0x7F] = 1
+    group[0x80:] = 2
+    nxt = 3
+    for lo, hi in ((0x30, 0x30), (0x31, 0x31), (0x32, 0x32), (0x33, 0x33), (0x34, 0x34), (0x35, 0x35),
+                   (0x36, 0x36), (0x37, 0x37), (0x38, 0x38), (0x39, 0x39), (0x61, 0x66), (0x67, 0x7A),
+                   (0x41, 0x46), (0x47, 0x5A)):
+        group[lo:hi + 1] = nxt
+        nxt += 1
+    for b in range(0x20, 0x7F):
+        if not (0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A):
+            group[b] = nxt
+            nxt += 1
+    assert nxt <= 64
+    return group
+
+
+BYTE_GROUP = _byte_groups()
+NUM_BYTE_GROUPS = int(BYTE_GROUP.max()) + 1
+_GROUP_BIT = np.left_shift(np.uint64(1), BYTE_GROUP.astype(np.uint64))  # uint64 [256]
+# the groups of the bytes a JSON string takes unescaped (0x20-0x7F but '"' and '\\'): a union of groups
+PLAIN_GROUPS = np.bitwise_or.reduce(_GROUP_BIT[[b for b in range(0x20, 0x80) if b not in (0x22, 0x5C)]])
 
 
 def _components(node: dict | None) -> list[dict]:
@@ -113,11 +150,54 @@ class TokenTrie:
     depth: np.ndarray  # int32 [nodes]
     token_ptr: np.ndarray  # int32 [nodes + 1]
     token_ids: np.ndarray  # int32 [tokens]
-    sub_bytes: np.ndarray  # uint64 [nodes, 4]: 256-bit set of the bytes anywhere in node i's subtree
+    sub_groups: np.ndarray  # uint64 [nodes]: the byte groups (BYTE_GROUP) anywhere in node i's subtree
 
     @property
     def arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.byte, self.skip, self.depth, self.token_ptr, self.token_ids, self.sub_bytes)
+        return (self.byte, self.skip, self.depth, self.token_ptr, self.token_ids, self.sub_groups)
+
+
+@dataclass(frozen=True)
+class TrieForest:
+    """Several :class:`TokenTrie` packed for the kernel (fewer arguments, one cache line per node).
+
+    ``nodes[i] = (byte, depth, skip, token_start)`` with a sentinel row at the end, skips and token
+    offsets global; trie ``k`` is the node range ``roots[k]`` and ``root_children[k, b]`` is the node of
+    its first byte ``b`` (or -1), so a walk never touches the first-byte nodes a state cannot take.
+    """
+
+    nodes: np.ndarray  # int32 [total_nodes + 1, 4]
+    token_ids: np.ndarray  # int32 [total_tokens]
+    sub_groups: np.ndarray  # uint64 [total_nodes + 1]
+    roots: np.ndarray  # int32 [tries, 2]: node range (root node excluded)
+    root_children: np.ndarray  # int32 [tries, 256]
+
+
+def pack_forest(tries: list[TokenTrie]) -> TrieForest:
+    """Concatenate tries into one :class:`TrieForest` (numpy, a few ms at 128k tokens)."""
+    node_parts, id_parts, sub_parts = [], [], []
+    roots = np.zeros((len(tries), 2), dtype=np.int32)
+    root_children = np.full((len(tries), 256), -1, dtype=np.int32)
+    base = tok_base = 0
+    for k, trie in enumerate(tries):
+        n = trie.byte.shape[0]
+        rows = np.empty((n, 4), dtype=np.int32)
+        rows[:, 0] = trie.byte
+        rows[:, 1] = trie.depth
+        rows[:, 2] = trie.skip + base
+        rows[:, 3] = trie.token_ptr[:n] + tok_base
+        node_parts.append(rows)
+        id_parts.append(trie.token_ids)
+        sub_parts.append(trie.sub_groups)
+        roots[k] = (base + 1, base + n)
+        first = np.flatnonzero(trie.depth == 1)
+        root_children[k, trie.byte[first]] = first + base
+        base += n
+        tok_base += int(trie.token_ptr[-1])
+    node_parts.append(np.asarray([[0, 0, base, tok_base]], dtype=np.int32))
+    sub_parts.append(np.zeros(1, dtype=np.uint64))
+    return TrieForest(np.ascontiguousarray(np.concatenate(node_parts)), np.concatenate(id_parts).astype(np.int32),
+                      np.concatenate(sub_parts), roots, root_children)
 
 
 def _build_trie(items: list[tuple[bytes, int]]) -> TokenTrie:
@@ -160,9 +240,8 @@ def _build_trie(items: list[tuple[bytes, int]]) -> TokenTrie:
     token_ids = np.fromiter((t for ts in node_tokens for t in ts), dtype=np.int32, count=int(token_ptr[-1]))
     byte = np.asarray(node_byte, dtype=np.uint8)
     parent = np.asarray(node_parent, dtype=np.int64)
-    sub = np.zeros((n, 4), dtype=np.uint64)
-    rows = np.arange(1, n)
-    sub[rows, byte[1:] >> 6] = np.left_shift(np.uint64(1), (byte[1:] & 63).astype(np.uint64))
+    sub = _GROUP_BIT[byte]
+    sub[0] = 0
     for d in range(int(depth.max(initial=0)), 1, -1):  # children into parents, deepest first
         idx = np.flatnonzero(depth == d)
         np.bitwise_or.at(sub, parent[idx], sub[idx])
@@ -238,10 +317,11 @@ class VocabTables:
 
     ``trie`` holds every allowed-in-JSON token. Inside a string (a state that loops on every plain
     character) a mask is ``plain_upto[min(room, last row)]`` (the plain tokens: whole UTF-8, no quote,
-    backslash or control character, of at most ``room`` characters) OR the walk of ``rest_trie``, which holds
-    only the non-plain tokens a string state could accept (a quote, a backslash or a partial character
-    before any control byte or invalid UTF-8). Each of those adds at most ``rest_max_chars`` characters to
-    the open string, so string-length slack beyond that does not change the walk.
+    backslash or control character, of at most ``room`` characters) OR ``text_open_upto[min(room, last)]``
+    (plain text then the start of a UTF-8 character: every such state takes them, room permitting) OR the
+    walk of ``rest_trie``, which holds the other non-plain tokens a string state could accept (a quote or a
+    backslash before any control byte or invalid UTF-8). Each of those adds at most ``rest_max_chars``
+    characters to the open string, so string-length slack beyond that does not change the walk.
 
     In a *free* string (any escape form) the tokens that stay inside it are known without a walk:
     ``open_upto[k]`` (needing at most ``k`` characters of room); only ``close_trie`` (tokens whose quote ends
@@ -259,6 +339,8 @@ class VocabTables:
     close_trie: TokenTrie
     open_upto: np.ndarray  # int32 [max_open_chars + 1, words]
     close_max_chars: int
+    token_groups: np.ndarray  # uint64 [vocab_size]: the byte groups (BYTE_GROUP) of each token's bytes
+    text_open_upto: np.ndarray  # int32 [max_chars + 1, words]: plain text then a partial UTF-8 character
 
     def token_bytes(self, token_id: int) -> bytes:
         return self.token_data[self.token_offsets[token_id]:self.token_offsets[token_id + 1]].tobytes()
@@ -279,6 +361,8 @@ def build_vocab_tables(token_bytes: list[bytes | None], vocab_size: int) -> Voca
     close_items: list[tuple[bytes, int]] = []
     open_ids: list[int] = []
     open_len: list[int] = []
+    text_open_ids: list[int] = []
+    text_open_len: list[int] = []
     for tid in range(min(vocab_size, len(token_bytes))):
         raw = token_bytes[tid]
         if raw is None:
@@ -292,7 +376,10 @@ def build_vocab_tables(token_bytes: list[bytes | None], vocab_size: int) -> Voca
             plain_len.append(chars)
             continue
         kind, added = _string_event(raw)
-        if kind != "reject":
+        if kind == "open" and 0x5C not in raw:  # plain text, then part of a UTF-8 character: any string takes it
+            text_open_ids.append(tid)
+            text_open_len.append(added)
+        elif kind != "reject":
             rest_items.append((raw, tid))
             rest_max = max(rest_max, added)
         if kind == "close":
@@ -304,8 +391,13 @@ def build_vocab_tables(token_bytes: list[bytes | None], vocab_size: int) -> Voca
     offsets = np.zeros(vocab_size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     data = np.frombuffer(b"".join(chunks), dtype=np.uint8).copy()
+    token_groups = np.zeros(vocab_size, dtype=np.uint64)
+    nonempty = np.flatnonzero(lengths > 0)
+    if nonempty.size:
+        token_groups[nonempty] = np.bitwise_or.reduceat(_GROUP_BIT[data], offsets[nonempty])
     plain_upto = _rows_upto(plain_ids, plain_len, words)
     open_upto = _rows_upto(open_ids, open_len, words)
+    text_open_upto = _rows_upto(text_open_ids, text_open_len, words)
     return VocabTables(
         vocab_size=vocab_size,
         token_data=data,
@@ -318,6 +410,8 @@ def build_vocab_tables(token_bytes: list[bytes | None], vocab_size: int) -> Voca
         close_trie=_build_trie(close_items),
         open_upto=open_upto,
         close_max_chars=close_max,
+        token_groups=token_groups,
+        text_open_upto=text_open_upto,
     )
 
 
@@ -353,6 +447,8 @@ def _save(tables: VocabTables, path: Path) -> None:
         "token_data": tables.token_data,
         "token_offsets": tables.token_offsets,
         "plain_upto": tables.plain_upto,
+        "token_groups": tables.token_groups,
+        "text_open_upto": tables.text_open_upto,
     }
     for name, trie in (("trie", tables.trie), ("rest", tables.rest_trie), ("close", tables.close_trie)):
         for field, arr in zip(_TRIE_FIELDS, trie.arrays):
@@ -374,7 +470,8 @@ def _load(path: Path) -> VocabTables | None:
                 for name in ("trie", "rest", "close")
             ]
             return VocabTables(int(fmt[1]), z["token_data"], z["token_offsets"], tries[0], tries[1],
-                               z["plain_upto"], int(fmt[2]), int(fmt[3]), tries[2], z["open_upto"], int(fmt[4]))
+                               z["plain_upto"], int(fmt[2]), int(fmt[3]), tries[2], z["open_upto"], int(fmt[4]),
+                               z["token_groups"], z["text_open_upto"])
     except (OSError, KeyError, ValueError):
         return None
 

@@ -11,8 +11,9 @@
   starts a multi-byte character and needs ``counter < cmax``.
 
 There is no DFA minimisation step: states are deduplicated by NFA member set only.
-Cost: pure Python, roughly 5-15 us per DFA state; numpy for the per-state summaries. Not thread-safe while
-building; the returned :class:`Automaton` is immutable and may be shared.
+Cost: pure Python, roughly 5-15 us per DFA state; numba kernels (:mod:`realizar_ort.kernels.automaton_summary`)
+for the per-state summaries. Not thread-safe while building; the returned :class:`Automaton` is immutable and
+may be shared.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels.automaton_summary import plain_loop_states, self_loop_bits
 from .schema_errors import GrammarTooLargeError, UnsupportedSchemaError
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "Automaton",
     "Nfa",
     "determinise",
+    "plain_loops_reference",
     "utf8_multibyte_paths",
 ]
 
@@ -114,6 +117,9 @@ def utf8_multibyte_paths() -> list[list[tuple[int, int]]]:
         [(0xF1, 0xF3), (0x80, 0xBF), (0x80, 0xBF), (0x80, 0xBF)],
         [(0xF4, 0xF4), (0x80, 0x8F), (0x80, 0xBF), (0x80, 0xBF)],
     ]
+
+
+_PLAIN_PATHS = [[r] for r in PLAIN_ASCII] + utf8_multibyte_paths()  # one plain string character, as byte ranges
 
 
 # ---------------------------------------------------------------------------------- determinisation
@@ -248,11 +254,8 @@ def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]
     cmin = np.asarray([sg[0] if sg else 0 for sg in segs], dtype=np.int32)
     cmax = np.asarray([sg[1] if sg else UNBOUNDED for sg in segs], dtype=np.int32)
     counted = np.asarray([sg is not None for sg in segs], dtype=bool)
-    plain = _plain_loops(trans, flags, counted)
-    loops = (trans == np.arange(n, dtype=np.int32)[:, None]) & (flags == 0)
-    loop_bits = np.zeros((n, 5), dtype=np.uint64)
-    loop_bits[:, :4] = np.packbits(loops, axis=1, bitorder="little").view(np.uint64)
-    loop_bits[:, 4] = loops.any(axis=1)
+    plain = plain_loop_states(trans, flags, counted, _PLAIN_PATHS, INC, ROOM)
+    loop_bits = self_loop_bits(trans, flags)
     free = np.zeros(n, dtype=bool)
     for q, members in enumerate(order):
         if len(members) == 1 and next(iter(members)) in nfa.free_bodies:
@@ -262,11 +265,13 @@ def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]
                      loop_bits, free, counted, rule_start[rule_keys[0]])
 
 
-def _plain_loops(trans: np.ndarray, flags: np.ndarray, counted: np.ndarray) -> np.ndarray:
+def plain_loops_reference(trans: np.ndarray, flags: np.ndarray, counted: np.ndarray) -> np.ndarray:
     """Per state: every plain string character (ASCII or whole UTF-8) leads back to it, counted once.
 
-    Vectorised over states. A byte range must go to a single state with a single flag value; anything else
-    counts as "not a plain loop", which only costs the fast path, never correctness.
+    The numpy reference of :func:`~realizar_ort.kernels.automaton_summary.plain_loop_states` (which
+    :func:`determinise` uses; this one costs ~0.4 ms per grammar in numpy overhead). Vectorised over states.
+    A byte range must go to a single state with a single flag value; anything else counts as "not a plain
+    loop", which only costs the fast path, never correctness.
     """
     result = np.zeros(trans.shape[0], dtype=bool)
     rows = np.flatnonzero(trans[:, 0x61] == np.arange(trans.shape[0]))  # candidates: 'a' loops
@@ -278,7 +283,7 @@ def _plain_loops(trans: np.ndarray, flags: np.ndarray, counted: np.ndarray) -> n
     t_rows = trans[rows]
     # string states never take a raw control byte or a byte that cannot start a UTF-8 character
     ok = (t_rows[:, :0x20].max(axis=1) < 0) & (t_rows[:, 0x80:0xC2].max(axis=1) < 0) & (t_rows[:, 0xF5:].max(axis=1) < 0)
-    for path in [[r] for r in PLAIN_ASCII] + utf8_multibyte_paths():
+    for path in _PLAIN_PATHS:
         cur = rows.copy()
         for i, (lo, hi) in enumerate(path):
             want = inc if i == len(path) - 1 else (room if i == 0 else np.zeros(n, np.uint8))

@@ -1,0 +1,209 @@
+"""Character classes for the token-mask kernel: which states a class shortcut applies to, and the token
+rows it ORs in (numba, ``@njit(cache=True, nogil=True)``; each call allocates only its outputs).
+
+A class is a set of whole byte groups (``realizar_ort.grammar_vocab.BYTE_GROUP``), so "every byte of this
+token is in the class" is one AND on the token's group set.
+
+- :func:`loop_byte_groups`: per state, the groups wholly inside its flag-free self-loop, and whether the
+  loop is exactly those groups.
+- :func:`class_loop_entries`: per state, the class (groups, exit groups, longest token) that
+  :func:`.token_mask.fill_next_token_bitmask` may shortcut.
+- :func:`tokens_within_groups` / :func:`short_tokens_within_groups`: a class's token row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .token_mask import S_CALL, S_FINAL, S_PLAIN
+
+__all__ = ["class_loop_entries", "loop_byte_groups", "short_tokens_within_groups", "tokens_within_groups"]
+
+
+@njit(cache=True, nogil=True)
+def _loop_groups(loop_bits, group_words, groups, exact):
+    for q in range(loop_bits.shape[0]):
+        if loop_bits[q, 4] == 0:
+            continue
+        union = np.zeros(4, dtype=np.uint64)
+        found = np.uint64(0)
+        for g in range(group_words.shape[0]):
+            whole = True
+            for w in range(4):
+                if (loop_bits[q, w] & group_words[g, w]) != group_words[g, w]:
+                    whole = False
+                    break
+            if whole:
+                found |= np.uint64(1) << np.uint64(g)
+                for w in range(4):
+                    union[w] |= group_words[g, w]
+        groups[q] = found
+        exact[q] = found != 0 and union[0] == loop_bits[q, 0] and union[1] == loop_bits[q, 1] \
+            and union[2] == loop_bits[q, 2] and union[3] == loop_bits[q, 3]
+
+
+def loop_byte_groups(loop_bits: np.ndarray, group_words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per state, the byte groups wholly inside its self-loop byte set (uint64 [states]) and whether that
+    set is exactly their union (bool [states]). ``loop_bits``: uint64 [states, 5] (4 words of bytes, word 4
+    nonzero if any); ``group_words``: uint64 [groups, 4], each group's bytes. A few us."""
+    groups = np.zeros(loop_bits.shape[0], dtype=np.uint64)
+    exact = np.zeros(loop_bits.shape[0], dtype=bool)
+    _loop_groups(loop_bits, group_words, groups, exact)
+    return groups, exact
+
+
+@njit(cache=True, nogil=True)
+def _class_step(trans, flags, s, groups, group_bit):
+    """Where ``s`` takes the bytes of ``groups``: one state for all without flags (>= 0), none of them (-1),
+    or anything else (-2)."""
+    t = -1
+    seen = False
+    for b in range(256):
+        if (groups & group_bit[b]) == 0:
+            continue
+        nb = trans[s, b]
+        if not seen:
+            seen = True
+            t = nb
+        if nb != t or (nb >= 0 and flags[s, b] != 0):
+            return -2
+    return t if t >= 0 else -1
+
+
+@njit(cache=True, nogil=True)
+def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, max_chain, out_groups, out_exit,
+                   out_len):
+    n = trans.shape[0]
+    chain = np.empty(max_chain + 1, dtype=np.int64)
+    for q in range(n):
+        out_groups[q] = 0
+        out_exit[q] = 0
+        out_len[q] = 0
+        if info[q, S_PLAIN] != 0:
+            continue
+        groups = np.uint64(0)
+        length = 0
+        bound = -1
+        # (a) a chain of states, each taking every byte of a class loop's class to the next, ends in the loop
+        for c in class_states:
+            cg = loop_groups[c]
+            length = 0
+            s = q
+            while length < max_chain:
+                chain[length] = s
+                length += 1
+                if s == c:
+                    break
+                t = _class_step(trans, flags, s, cg, group_bit)
+                if t < 0:
+                    break
+                s = t
+            if chain[length - 1] == c:
+                groups = cg
+                break
+        if groups == 0:
+            # (b) a bounded run: q takes exactly some whole byte groups, all to one state without flags, and
+            # so does each next state until one takes none of them ([A-Z]{3}, [0-9a-fA-F]{8})
+            viable = np.uint64(0)
+            for b in range(256):
+                if trans[q, b] >= 0:
+                    viable |= group_bit[b]
+            if viable == 0 or _class_step(trans, flags, q, viable, group_bit) < 0:
+                continue
+            length = 0
+            s = q
+            while length <= max_chain:
+                chain[length] = s
+                length += 1
+                t = _class_step(trans, flags, s, viable, group_bit)
+                if t == -1 or t < -1 or t == s:
+                    break
+                s = t
+            t = _class_step(trans, flags, s, viable, group_bit)
+            if t != -1 or length < 3 or info[s, S_FINAL] != 0 or info[s, S_CALL] >= 0:
+                continue  # not a bounded run of at least two class bytes ending where no class byte goes
+            groups = viable
+            bound = length - 1
+        leave = np.uint64(0)
+        for k in range(length):
+            s = chain[k]
+            if info[s, S_FINAL] != 0 or info[s, S_CALL] >= 0:
+                leave = ~np.uint64(0)
+                break
+            for b in range(256):
+                if trans[s, b] >= 0:
+                    leave |= group_bit[b]
+        out_groups[q] = groups
+        out_exit[q] = leave & ~groups  # the class is whole groups: bytes outside it are in other groups
+        out_len[q] = bound
+
+
+def class_loop_entries(automaton_arrays: tuple, loop_groups: np.ndarray, class_states: np.ndarray,
+                       group_bit: np.ndarray, max_chain: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per state, the character class for ``fill_next_token_bitmask``'s class shortcut: its byte groups
+    (uint64, 0 if none), its exit groups and the longest class-only token it takes (-1 = any length).
+
+    (a) ``class_states`` are the states whose flag-free self-loop set is exactly the byte groups
+    ``loop_groups[c]`` (not string bodies); a state leads to one if a chain of at most ``max_chain`` states,
+    each taking every class byte to the next without flags, ends in it. (b) Otherwise a state whose
+    viable bytes are whole groups starts a bounded run if each next state takes them all to one state
+    without flags, up to one that takes none of them (not final, no call), after at least 2 class bytes.
+    The exit groups are those of every byte a state of the chain may take (all groups if one is final or
+    calls), less the class's own. ``group_bit``: uint64 [256], each byte's group as a bit. A few us."""
+    n = automaton_arrays[0].shape[0]
+    out_groups = np.zeros(n, dtype=np.uint64)
+    out_exit = np.zeros(n, dtype=np.uint64)
+    out_len = np.zeros(n, dtype=np.int32)
+    _class_entries(automaton_arrays[0], automaton_arrays[1], automaton_arrays[2], loop_groups,
+                   class_states.astype(np.int64), group_bit, max_chain, out_groups, out_exit, out_len)
+    return out_groups, out_exit, out_len
+
+
+@njit(cache=True, nogil=True)
+def _short_tokens_within_groups(groups_by_length, ids_by_length, end, allowed, bits):
+    bits[:] = 0
+    outside = ~allowed
+    for k in range(end):
+        g = groups_by_length[k]
+        if g != 0 and (g & outside) == 0:
+            tid = ids_by_length[k]
+            bits[tid >> 5] |= np.uint32(1) << np.uint32(tid & 31)
+
+
+def short_tokens_within_groups(groups_by_length: np.ndarray, ids_by_length: np.ndarray, length_starts: np.ndarray,
+                               allowed_groups: int, max_len: int, bitmask: np.ndarray) -> None:
+    """:func:`tokens_within_groups` for a small ``max_len``, reading only the tokens that short, in order:
+    ``ids_by_length`` lists token ids by byte length (those of length ``n`` from ``length_starts[n]``) and
+    ``groups_by_length`` their byte groups. ~10-30 us for a 3-byte class at 128k tokens."""
+    if bitmask.dtype != np.int32 or bitmask.ndim != 1:
+        raise ValueError("bitmask must be a 1-D int32 array")
+    end = int(length_starts[min(max(max_len, -1) + 1, length_starts.shape[0] - 1)])
+    _short_tokens_within_groups(groups_by_length, ids_by_length, end, np.uint64(allowed_groups),
+                                bitmask.view(np.uint32))
+
+
+@njit(cache=True, nogil=True)
+def _tokens_within_groups(token_groups, token_offsets, allowed, max_len, bits):
+    """Bits of the tokens (non-empty, at most ``max_len`` bytes if >= 0) whose bytes lie in ``allowed``."""
+    outside = ~allowed
+    n = token_groups.shape[0]
+    for w in range(bits.shape[0]):
+        word = np.uint32(0)
+        base = w * 32
+        for j in range(min(32, n - base)):
+            g = token_groups[base + j]
+            if g != 0 and (g & outside) == 0 and (max_len < 0 or
+                                                  token_offsets[base + j + 1] - token_offsets[base + j] <= max_len):
+                word |= np.uint32(1) << np.uint32(j)
+        bits[w] = word
+
+
+def tokens_within_groups(token_groups: np.ndarray, token_offsets: np.ndarray, allowed_groups: int,
+                         bitmask: np.ndarray, max_len: int = -1) -> None:
+    """Fill ``bitmask`` with the tokens whose every byte's group is in ``allowed_groups`` and, if
+    ``max_len >= 0``, of at most that many bytes (a character class's token row). ``token_groups``: uint64
+    per token (0 = no bytes, never set); ``token_offsets``: int64 [tokens + 1]. ~30-50 us at 128k."""
+    if bitmask.dtype != np.int32 or bitmask.ndim != 1 or bitmask.shape[0] * 32 < token_groups.shape[0]:
+        raise ValueError(f"bitmask must be 1-D int32 covering {token_groups.shape[0]} tokens")
+    _tokens_within_groups(token_groups, token_offsets, np.uint64(allowed_groups), max_len, bitmask.view(np.uint32))
