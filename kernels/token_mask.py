@@ -13,7 +13,9 @@ bit ``i % 32`` of word ``i // 32`` set = token ``i`` allowed.
   precomputed "plain tokens of at most k characters" row and walk only the other tokens; under a
   character class (``[A-Za-z0-9._%+-]+``, ``[A-Z]{3}``) the class's token row
   (:mod:`realizar_ort.kernels.token_classes`) is OR-ed in by the caller and only subtrees holding a byte
-  that can leave the class are walked. Subtree byte sets are kept as 64 byte groups
+  that can leave the class are walked. In a string body whose plain bytes cannot matter (``S_SUFFIX``) the
+  string tokens are walked keyed by what follows their leading plain bytes (tries 3 and 4, about half the
+  nodes of tries 1 and 2). Subtree byte sets are kept as 64 byte groups
   (``realizar_ort.grammar_vocab.BYTE_GROUP``), exact for plain string text and the usual classes.
 - :func:`advance_token_bytes`: run one token's bytes through the automaton, updating the stack in place.
 - ``*_reference``: plain Python/numpy versions the tests compare the kernels against.
@@ -43,6 +45,7 @@ __all__ = [
     "fill_next_token_bitmask",
     "fill_next_token_bitmask_prepared",
     "fill_next_token_bitmask_reference",
+    "prepare_fill_arguments",
 ]
 
 INC, CLOSE, RESET, ROOM = 1, 2, 4, 8
@@ -126,7 +129,7 @@ def apply_token_bitmask_inplace_reference(logits: np.ndarray, bitmask: np.ndarra
 
 # ----------------------------------------------------------------------------------------- step
 # columns of the per-state table ``state_info`` (int32 [states, 8])
-S_FINAL, S_CALL, S_RET, S_CMIN, S_CMAX, S_PLAIN, S_FREE = 0, 1, 2, 3, 4, 5, 6
+S_FINAL, S_CALL, S_RET, S_CMIN, S_CMAX, S_PLAIN, S_FREE, S_SUFFIX = 0, 1, 2, 3, 4, 5, 6, 7
 # columns of the per-depth scratch ``levels`` (int32 [max_token_bytes + 2, 6])
 L_Q, L_TOP, L_AT, L_DEP, L_CNT, L_CLS = 0, 1, 2, 3, 4, 5
 
@@ -185,12 +188,12 @@ def _set_range(bits, ids, lo, hi):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _walk(nodes, ids, sub, first, last, trans, flags, info, accept_groups, max_token_bytes, plain_groups, stack_len,
+def _walk(nodes, ids, sub, first, last, trans, flags, info, state_groups, max_token_bytes, plain_groups, stack_len,
           max_depth, arena, lv, bits, class_groups, class_exit, group_bit, read):
     """Walk nodes ``[first, last)`` (one first-byte subtree) from the configuration in ``lv[0]``.
 
     Sets the bits of accepted tokens; returns the stack read depth (max with ``read``). Shortcuts: a
-    subtree whose bytes all lie in the current state's ``accept_groups`` is accepted whole; in a string state a subtree
+    subtree whose bytes all lie in the current state's accept groups (``state_groups[q, 0]``) is accepted whole; in a string state a subtree
     of plain ASCII is accepted token by token from its length; under a character class ``class_groups``
     (whose token row the caller ORs in) a subtree below a class-only prefix with no byte of the groups
     ``class_exit`` (every byte that could leave the class on the way) is skipped.
@@ -208,7 +211,7 @@ def _walk(nodes, ids, sub, first, last, trans, flags, info, accept_groups, max_t
                 i = nodes[i, 2]  # only class tokens (the caller's row) or rejected ones below
                 continue
             in_class = (class_groups & group_bit[b]) != 0
-        lg = accept_groups[q]
+        lg = state_groups[q, 0]
         if lg != 0 and (sg & ~lg) == 0:  # any string of the bytes below is accepted from q: all tokens are
             end = nodes[i, 2]
             _set_range(bits, ids, nodes[i, 3], nodes[end, 3])
@@ -260,23 +263,24 @@ def _walk(nodes, ids, sub, first, last, trans, flags, info, accept_groups, max_t
 
 
 @njit(cache=True, nogil=True)
-def _fill(nodes, ids, sub, root_children, text_upto, free_upto, max_token_bytes, plain_groups, group_bit,
-          trans, flags, info, accept_groups, q, cnt, stack, stack_len, max_depth, arena, lv, bits, include_plain,
-          class_groups, class_exit):
+def _fill(nodes, ids, sub, root_children, max_token_bytes, group_bits, trans, flags, info, state_groups, q, cnt, stack,
+          stack_len, max_depth, arena, lv, bits):
+    # few arguments on purpose: each costs ~45 ns of dispatch per call
+    plain_groups = group_bits[256]
+    class_groups = state_groups[q, 1]
+    class_exit = state_groups[q, 2]
     for j in range(stack_len):
         arena[j, 0] = stack[j]
         arena[j, 1] = j - 1
     bits[:] = 0
     tree = 0  # the full trie
     if info[q, S_PLAIN] != 0:
-        room = info[q, S_CMAX] - cnt
-        if include_plain:
-            rows = free_upto if info[q, S_FREE] != 0 else text_upto
-            row = rows[max(0, min(room, rows.shape[0] - 1))].view(np.uint32)
-            for w in range(bits.shape[0]):
-                bits[w] = row[w]
         # tokens staying inside a free string are in free_upto: walk only those with a closing quote
         tree = 2 if info[q, S_FREE] != 0 else 1
+        # the same tokens keyed by their suffix after leading plain bytes, where those bytes cannot matter
+        suffix = info[q, S_SUFFIX]
+        if suffix > 0 or (suffix < 0 and cnt >= info[q, S_CMIN] and info[q, S_CMAX] - cnt >= -suffix):
+            tree += 2
     lv[0, L_Q] = q
     lv[0, L_TOP] = stack_len - 1
     lv[0, L_AT] = stack_len
@@ -302,8 +306,8 @@ def _fill(nodes, ids, sub, root_children, text_upto, free_upto, max_token_bytes,
                 read = max(read, stack_len - low)
             if not ok:
                 continue
-        read = _walk(nodes, ids, sub, c, nodes[c, 2], trans, flags, info, accept_groups, max_token_bytes, plain_groups,
-                     stack_len, max_depth, arena, lv, bits, class_groups, class_exit, group_bit, read)
+        read = _walk(nodes, ids, sub, c, nodes[c, 2], trans, flags, info, state_groups, max_token_bytes, plain_groups,
+                     stack_len, max_depth, arena, lv, bits, class_groups, class_exit, group_bits, read)
     return read
 
 
@@ -314,12 +318,15 @@ def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state:
     """Fill ``bitmask`` (cleared first) with the tokens allowed from (state, counter, stack[:stack_len]).
 
     ``vocab_arrays``: the trie forest (nodes, token_ids, sub_groups, root_children; tries 0 = all tokens,
-    1 = the other tokens a string state may take, 2 = tokens closing a free string), then ``text_upto`` and
+    1 = the other tokens a string state may take, 2 = tokens closing a free string, 3 and 4 = tries 1 and 2
+    keyed by what follows each token's leading plain string bytes), then ``text_upto`` and
     ``free_upto`` (row ``k``: the tokens any string state / a free string takes without a walk, needing at
     most ``k`` characters of room), the longest token's byte length, the plain-string byte groups (uint64)
     and each byte's group as a bit (uint64 [256]).
     ``automaton_arrays``: trans, flags, ``state_info`` (int32 [states, 8]: final, call start, call return,
-    cmin, cmax, plain loop, free string) and ``accept_groups`` (uint64 [states]: byte groups such that every
+    cmin, cmax, plain loop, free string, ``S_SUFFIX``: 1 = a string body whose plain bytes loop back with no
+    flag, so tries 3/4 replace 1/2; ``-k`` = the same with only INC on them, once ``counter >= cmin`` and
+    ``cmax - counter >= k``, k above any string token's characters; 0 = never) and ``accept_groups`` (uint64 [states]: byte groups such that every
     string of their bytes is accepted from the state without flags or stack moves, e.g. the groups wholly
     inside its flag-free self-loop, or the class of a class loop the state leads to; 0 = none).
     ``scratch``: (arena, levels) from :func:`allocate_scratch`.
@@ -341,18 +348,44 @@ def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state:
         raise ValueError(f"state {state} out of range [0, {automaton_arrays[0].shape[0]})")
     if stack_len > stack.shape[0] or stack_len + 1 > scratch[0].shape[0]:
         raise ValueError(f"stack_len {stack_len} exceeds the stack or scratch capacity")
-    return int(_fill(*vocab_arrays, *automaton_arrays, state, counter, stack, stack_len, max_depth, *scratch,
-                     bitmask.view(np.uint32), include_plain, np.uint64(class_groups), np.uint64(class_exit)))
+    prepared = prepare_fill_arguments(vocab_arrays, automaton_arrays)
+    groups = prepared[-1].copy()
+    groups[state, 1:] = (np.uint64(class_groups), np.uint64(class_exit))
+    bits = bitmask.view(np.uint32)
+    read = int(_fill(*prepared[:-1], groups, state, counter, stack, stack_len, max_depth, *scratch, bits))
+    info = automaton_arrays[2]
+    if include_plain and info[state, S_PLAIN] != 0:
+        rows = vocab_arrays[5] if info[state, S_FREE] != 0 else vocab_arrays[4]
+        room = int(info[state, S_CMAX]) - counter
+        np.bitwise_or(bits, rows[max(0, min(room, rows.shape[0] - 1))].view(np.uint32), out=bits)
+    return read
 
 
-def fill_next_token_bitmask_prepared(prepared: tuple, state: int, counter: int, stack: np.ndarray,
-                                     stack_len: int, max_depth: int, scratch: tuple, bits: np.ndarray,
-                                     include_plain: bool, class_groups: np.uint64, class_exit: np.uint64) -> int:
-    """:func:`fill_next_token_bitmask` without the argument checks, for a caller that validated once:
-    ``prepared = (*vocab_arrays, *automaton_arrays)``, ``bits`` the bitmask viewed as uint32, the class
-    arguments as ``np.uint64``."""
-    return _fill(*prepared, state, counter, stack, stack_len, max_depth, scratch[0], scratch[1], bits,
-                 include_plain, class_groups, class_exit)
+def prepare_fill_arguments(vocab_arrays: tuple, automaton_arrays: tuple,
+                           class_groups: np.ndarray | None = None, class_exit: np.ndarray | None = None) -> tuple:
+    """The leading arguments of :func:`fill_next_token_bitmask_prepared` (build once per grammar): the trie
+    forest, the longest token's byte length, each byte's group bit plus the plain-string groups at index 256,
+    the automaton tables, and ``state_groups`` (uint64 [states, 3]: accept groups, the class-shortcut
+    ``class_groups`` and ``class_exit`` per state, 0 where none)."""
+    nodes, ids, sub, root_children, _text, _free, max_token_bytes, plain_groups, group_bit = vocab_arrays
+    trans, flags, info, accept_groups = automaton_arrays
+    group_bits = np.append(group_bit, np.uint64(plain_groups)).astype(np.uint64)
+    state_groups = np.zeros((trans.shape[0], 3), dtype=np.uint64)
+    state_groups[:, 0] = accept_groups
+    if class_groups is not None:
+        state_groups[:, 1] = class_groups
+    if class_exit is not None:
+        state_groups[:, 2] = class_exit
+    return (nodes, ids, sub, root_children, int(max_token_bytes), group_bits, trans, flags, info, state_groups)
+
+
+# :func:`fill_next_token_bitmask` without the argument checks, the plain rows or a Python wrapper (~1.5 us less
+# per call), for a caller that validated once: ``fill_next_token_bitmask_prepared(*prepared, state, counter,
+# stack, stack_len, max_depth, arena, levels, bits)`` with ``prepared`` from :func:`prepare_fill_arguments`
+# (the state's class shortcut comes from its row of ``state_groups``), ``(arena, levels)`` from
+# :func:`allocate_scratch` and ``bits`` the bitmask viewed as uint32. Leaves out a string state's plain row
+# (``include_plain=False``). Returns the stack read depth as :func:`fill_next_token_bitmask`.
+fill_next_token_bitmask_prepared = _fill
 
 
 def allocate_scratch(max_depth: int, max_token_bytes: int) -> tuple[np.ndarray, ...]:

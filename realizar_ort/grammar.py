@@ -15,7 +15,8 @@ top of the stack the mask depended on), and the whole mask for that key plus the
 tokens that fits the room left and whether stop tokens are allowed. A hit costs one 16 KB copy (~1.3 us
 per step at 128k tokens, all Python included); near the end of a bounded string the row changes at each
 character, so those steps OR one row into the cached walk (~2.5 us). A miss runs the numba trie walk
-(:mod:`realizar_ort.kernels.token_mask`, ~2-30 us). Character classes (``[A-Za-z0-9._%+-]+``,
+(:mod:`realizar_ort.kernels.token_mask`, ~2-30 us; ~4 us with all Python for a literal key state, the
+string bodies walk only the suffix tries of string tokens). Character classes (``[A-Za-z0-9._%+-]+``,
 ``[A-Z]{3}``, digits) use a per-vocabulary token row (``TokenVocabulary.class_row``, ~40 us the first time
 a vocabulary sees a class; digits and the email classes are computed at load) and the walk skips every
 subtree that holds only class tokens. Matchers are not thread-safe; different matchers of one grammar may
@@ -45,6 +46,7 @@ from .grammar_vocab import (
     build_vocab_tables,
     load_vocab_tables,
     pack_forest,
+    plain_suffix_trie,
 )
 from .json_schema import (
     Automaton,
@@ -65,6 +67,7 @@ from .kernels.token_mask import (
     allocate_token_bitmask,
     apply_token_bitmask_inplace,
     fill_next_token_bitmask_prepared,
+    prepare_fill_arguments,
 )
 
 __all__ = [
@@ -80,6 +83,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_DEPTH = 64
+_INT32 = np.dtype(np.int32)
 MASK_CACHE_ENTRIES = 512  # per grammar; 16 KB each at 128k vocab (8 MB)
 CLASS_ROW_ENTRIES = 256  # per vocabulary: token rows of character classes, 16 KB each at 128k vocab
 # (class bytes, longest token or -1) whose token rows each vocabulary computes up front (~40 us each): the
@@ -92,7 +96,6 @@ COMMON_CLASSES = ((_DIGITS, -1), (_ASCII_ALNUM + b"._%+-", -1), (_ASCII_ALNUM + 
 _GROUP_WORDS = np.packbits(BYTE_GROUP[None, :] == np.arange(NUM_BYTE_GROUPS)[:, None], axis=1,
                            bitorder="little").view(np.uint64)
 _GROUP_BIT = np.left_shift(np.uint64(1), BYTE_GROUP.astype(np.uint64))  # per byte
-_NO_CLASS = (np.uint64(0), np.uint64(0))
 
 
 def _merge_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -107,7 +110,7 @@ class TokenVocabulary:
     Immutable and shareable across threads (the class-row cache is filled under a lock). Ids
     ``>= vocab_size`` are never allowed; special/added tokens are never allowed inside JSON;
     ``stop_token_ids`` are allowed exactly when the value is complete. Building one from loaded tables
-    costs ~10 ms (the kernel's trie layout, the string rows, the common class rows).
+    costs ~13 ms (the kernel's trie layout with the suffix tries, the string rows, the common class rows).
     """
 
     _cache: ClassVar[dict[tuple, TokenVocabulary]] = {}
@@ -132,7 +135,9 @@ class TokenVocabulary:
         # 128k): plain text, plus a partial UTF-8 character at the end; inside a free string any open token
         self.text_upto = _merge_rows(tables.plain_upto, tables.text_open_upto)
         self.free_upto = _merge_rows(tables.plain_upto, tables.open_upto)
-        forest = pack_forest([tables.trie, tables.rest_trie, tables.close_trie])
+        # tries 3 and 4: tries 1 and 2 keyed by what follows the leading plain bytes, for unbounded string bodies
+        forest = pack_forest([tables.trie, tables.rest_trie, tables.close_trie,
+                              plain_suffix_trie(tables.rest_trie, tables), plain_suffix_trie(tables.close_trie, tables)])
         self.vocab_arrays = (forest.nodes, forest.token_ids, forest.sub_groups, forest.root_children,
                              self.text_upto, self.free_upto, tables.max_token_bytes, np.uint64(PLAIN_GROUPS),
                              _GROUP_BIT)
@@ -226,6 +231,13 @@ class CompiledGrammar:
         classes = np.flatnonzero((loop_groups != 0) & ~automaton.plain_loop & exact)
         class_groups, class_exit, class_len = class_loop_entries((automaton.trans, automaton.flags, info),
                                                                  loop_groups, classes, _GROUP_BIT)
+        # string bodies (plain_loop: every plain byte loops back with no flag, or only INC when length-bounded)
+        # with no class shortcut: the kernel walks the suffix tries there (S_SUFFIX: 1 = always, -k = once the
+        # counter is at least cmin and k below cmax, i.e. the length bounds cannot bite inside one token)
+        t = vocab.tables
+        cap = np.where(automaton.free_string, t.close_max_chars + 1, t.rest_max_chars + 1)
+        loops = automaton.plain_loop & (class_groups == 0)
+        info[:, 7] = np.where(loops, np.where(automaton.counted, -cap, 1), 0)
         # groups whose every string is accepted: a state's own loop, or the class of the loop it leads to
         accept_groups = loop_groups.copy()
         leads = (class_groups != 0) & (class_len < 0)
@@ -248,11 +260,14 @@ class CompiledGrammar:
         self._cmax_l = automaton.cmax.tolist()
         self._cap_l = self._slack_cap.tolist()
         self._row_last = (vocab.text_upto.shape[0] - 1, vocab.free_upto.shape[0] - 1)
+        self._last_rows = (vocab.text_upto[-1], vocab.free_upto[-1])  # the rows of unbounded strings, as views
         self._cache_depth = [0] * automaton.num_states
+        # per state, ready for the miss path: the key while the mask depends on neither the stack nor a counter
+        self._simple_key_l = [None if c else (q, None, -1) for q, c in enumerate(self._counted_l)]
         # two kinds of entries: the walk for a mask_key, and the whole mask for (mask_key, rows and stops)
         self._masks: dict[tuple, np.ndarray] = {}
         self._words = (vocab.vocab_size + 31) // 32
-        self._kernel_args = (*vocab.vocab_arrays, *self.automaton_arrays)
+        self._kernel_args = prepare_fill_arguments(vocab.vocab_arrays, self.automaton_arrays, class_groups, class_exit)
 
     def matcher(self) -> GrammarMatcher:
         """A fresh matcher at the start of the value. Cheap (a few small arrays)."""
@@ -282,6 +297,7 @@ class GrammarMatcher:
         self._vocab = grammar.vocab
         self._stack = np.zeros(grammar.max_depth, dtype=np.int32)
         self._scratch = allocate_scratch(grammar.max_depth, grammar.vocab.tables.max_token_bytes)
+        self._arena, self._levels = self._scratch
         self._out: np.ndarray | None = None  # the last bitmask filled, and its uint32 view
         self._out_bits: np.ndarray | None = None
         self.reset()
@@ -311,9 +327,10 @@ class GrammarMatcher:
         """Write the allowed next tokens into ``bitmask`` (int32, >= ceil(vocab/32) words)."""
         g = self.grammar
         words = g._words
-        if bitmask.dtype != np.int32 or bitmask.ndim != 1 or bitmask.shape[0] < words:
+        dtype = bitmask.dtype
+        if (dtype is not _INT32 and dtype != np.int32) or bitmask.ndim != 1 or len(bitmask) < words:
             raise ValueError(f"bitmask must be 1-D int32 with >= {words} words, got {bitmask.dtype} {bitmask.shape}")
-        out = bitmask if bitmask.shape[0] == words else bitmask[:words]
+        out = bitmask if len(bitmask) == words else bitmask[:words]
         if self._error or self._terminated:
             out[:] = 0
             self._set_stops(out, True)
@@ -321,7 +338,9 @@ class GrammarMatcher:
         q = self._state
         counter = self._counter
         stack_len = self._stack_len
-        key = g._mask_key(q, counter, self._stack, stack_len, g._cache_depth[q])
+        key = g._simple_key_l[q]
+        if key is None or g._cache_depth[q]:
+            key = g._mask_key(q, counter, self._stack, stack_len, g._cache_depth[q])
         # the whole mask also depends on which plain-token rows fit the room left and on the stop tokens
         stop = stack_len == 0 and g._final_l[q]
         if g._plain_l[q]:
@@ -330,11 +349,32 @@ class GrammarMatcher:
             extra = (free, min(room, g._row_last[free]), stop)
         else:
             extra = stop
-        cached = g._masks.get((key, extra))
+        masks = g._masks
+        cached = masks.get((key, extra))
         if cached is not None:  # the common case: one 16 KB copy
             np.copyto(out, cached)
             return
-        self._fill_miss(out, q, key, extra, stop)
+        if extra is not False or key in masks or len(masks) >= MASK_CACHE_ENTRIES - 1:
+            self._fill_miss(out, q, key, extra, stop)
+            return
+        # the usual miss (not a string state, stopping not allowed, walk not cached): one walk, one copy
+        # cached under both keys
+        if out is not self._out:
+            self._out, self._out_bits = out, out.view(np.uint32)
+        read = fill_next_token_bitmask_prepared(*g._kernel_args, q, counter, self._stack, stack_len, g.max_depth,
+                                                self._arena, self._levels, self._out_bits)
+        groups = g._class_groups_l[q]
+        if groups:  # the tokens of class bytes only, which the walk skipped
+            np.bitwise_or(out, self._vocab.class_row(groups, g._class_len_l[q]), out=out)
+        if read > g._cache_depth[q]:
+            g._cache_depth[q] = read
+            key = g._mask_key(q, counter, self._stack, stack_len, read)
+        if self._vocab._stops_have_bytes and self._vocab._stop_bits:  # the walk may have set a stop token
+            masks[key] = out.copy()
+            self._set_stops(out, False)
+            masks[(key, False)] = out.copy()
+            return
+        masks[key] = masks[(key, False)] = out.copy()
 
     def _fill_miss(self, out: np.ndarray, q: int, key: tuple, extra: object, stop: bool) -> None:
         g = self.grammar
@@ -348,23 +388,25 @@ class GrammarMatcher:
             groups = g._class_groups_l[q]
             if out is not self._out:  # callers usually pass the same bitmask every step
                 self._out, self._out_bits = out, out.view(np.uint32)
-            cls_groups, cls_exit = (np.uint64(groups), np.uint64(g._class_exit_l[q])) if groups else _NO_CLASS
-            read = fill_next_token_bitmask_prepared(g._kernel_args, q, self._counter, self._stack, self._stack_len,
-                                                    g.max_depth, self._scratch, self._out_bits, not plain,
-                                                    cls_groups, cls_exit)
+            read = fill_next_token_bitmask_prepared(*g._kernel_args, q, self._counter, self._stack, self._stack_len,
+                                                    g.max_depth, self._arena, self._levels, self._out_bits)
             if groups:  # the tokens of class bytes only, which the walk skipped
                 np.bitwise_or(out, self._vocab.class_row(groups, g._class_len_l[q]), out=out)
             if read > g._cache_depth[q]:
                 g._cache_depth[q] = read
                 key = g._mask_key(q, self._counter, self._stack, self._stack_len, read)
-            if len(g._masks) < MASK_CACHE_ENTRIES:
+            if plain and not g._counted_l[q] and not g._final_l[q]:
+                pass  # an unbounded string body has one whole mask per key: no walk entry (one copy less)
+            elif len(g._masks) < MASK_CACHE_ENTRIES:
                 g._masks[key] = walked = out.copy()
         vocab = self._vocab
         set_stops = vocab._stop_bits and (stop or vocab._stops_have_bytes)
         if plain:  # OR in the plain (and, in a free string, open) tokens that fit the room left
             free, row, _ = extra
-            np.bitwise_or(walked if walked is not None else out, g._row_tables[free][row], out=out)
-            if row != g._row_last[free]:
+            last = row == g._row_last[free]
+            np.bitwise_or(walked if walked is not None else out,
+                          g._last_rows[free] if last else g._row_tables[free][row], out=out)
+            if not last:
                 # near the end of a bounded string the row changes at every character: keep only the walk
                 if set_stops:
                     self._set_stops(out, stop)

@@ -75,3 +75,43 @@ def test_forced_instance_masks_equal_with_and_without_caches(vocab, llama3_token
         np.testing.assert_array_equal(mask, cold)
         assert warm.advance(tid)
     assert warm.is_terminated()
+
+
+STRING_SCHEMA = {"type": "object", "properties": {
+    "title": {"type": "string", "minLength": 2, "maxLength": 60},
+    "notes": {"type": "array", "items": {"type": "string"}}},
+    "required": ["title", "notes"], "additionalProperties": False}
+STRING_VALUES = [(STRING_SCHEMA, {"title": "Fix the \"login\" loop", "notes": ["a\\b", "café", "x"]}),
+                 ("any_object", {"user": {"name": "Ada", "tags": ["en", "fr"]}, "k": "v \u00e9"})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("schema", "value"), STRING_VALUES, ids=["bounded+free", "any_object"])
+def test_string_states_with_suffix_tries_equal_reference_on_real_vocab(vocab, llama3_tokenizer_json, schema, value):
+    """String bodies walk the suffix tries (tokens keyed by what follows their leading plain bytes): every mask
+    along the instance equals the same grammar without them, and the first few equal the reference."""
+    from realizar_ort.kernels.token_mask import S_SUFFIX
+
+    hf = Tokenizer.from_file(str(llama3_tokenizer_json))
+    ids = hf.encode(json.dumps(value, separators=(",", ":"), ensure_ascii=False), add_special_tokens=False).ids
+    grammar = CompiledGrammar(compile_schema_automaton(schema), vocab)
+    plain = CompiledGrammar(compile_schema_automaton(schema), vocab)
+    plain.automaton_arrays[2][:, S_SUFFIX] = 0
+    info = grammar.automaton_arrays[2]
+    token_bytes = [vocab.token_bytes(i) or None for i in range(MODEL_VOCAB)]
+    a, b = grammar.matcher(), plain.matcher()
+    referenced = 0
+    for tid in ids + [EOT]:
+        got, other = allocate_token_bitmask(MODEL_VOCAB), allocate_token_bitmask(MODEL_VOCAB)
+        a.fill_next_token_bitmask(got)
+        b.fill_next_token_bitmask(other)
+        np.testing.assert_array_equal(got, other)
+        q = a._state
+        if info[q, S_SUFFIX] != 0 and referenced < 2:  # the reference reads all 128k tokens in Python
+            expect = allocate_token_bitmask(MODEL_VOCAB)
+            fill_next_token_bitmask_reference(token_bytes, grammar.automaton_arrays, q, a._counter,
+                                              [int(x) for x in a._stack[: a._stack_len]], grammar.max_depth, expect)
+            np.testing.assert_array_equal(got, expect)
+            referenced += 1
+        assert a.advance(tid) and b.advance(tid)
+    assert referenced >= 1 and a.is_terminated()
