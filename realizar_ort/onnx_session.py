@@ -55,8 +55,6 @@ def create_session(model_path: str | Path, config: SessionConfig | None = None) 
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
     options.log_severity_level = 3
-    if config.dynamic_block_base > 0:
-        options.add_session_config_entry("session.dynamic_block_base", str(config.dynamic_block_base))
     session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
     log.info("loaded %s on %s", Path(model_path).name, session.get_providers()[0])
     return session

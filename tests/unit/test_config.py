@@ -44,7 +44,6 @@ def test_defaults_fill_missing_keys() -> None:
         ({"server": {"api_keys": "secret"}}, "'server.api_keys' must be a list of str"),
         ({"models": {"llm": {"path": "m", "session": {"providers": []}}}}, "must name at least one provider"),
         ({"models": {"llm": {"path": "m", "session": {"graph_optimization": "max"}}}}, "graph_optimization' must be one of"),
-        ({"models": {"llm": {"path": "m", "session": {"dynamic_block_base": -1}}}}, "dynamic_block_base' must be >= 0"),
         ({"models": {"llm": "m"}}, "[models.llm] must be a table"),
     ],
 )
