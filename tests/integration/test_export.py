@@ -83,7 +83,9 @@ def test_export_is_idempotent_and_cached(tmp_path: Path) -> None:
     second = tmp_path / "b"
     log = export(second)
     assert "restored from cache" in log and "fused onnx graph" not in log
-    for name in ("model.onnx", "model.onnx_data"):
+    files = sorted(p.name for p in first.glob("model.onnx*"))
+    assert files == sorted(p.name for p in second.glob("model.onnx*"))
+    for name in files:
         assert (second / name).read_bytes() == (first / name).read_bytes()
     log = export(second, "--force")
     assert "fused onnx graph" in log and "parity" in log
@@ -120,3 +122,4 @@ def test_unknown_source_is_a_clear_error(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )
     assert proc.returncode == 2 and "error: export source" in proc.stderr and "Traceback" not in proc.stderr
+
