@@ -33,17 +33,7 @@ class KVCache:
         self.max_context = max_context
         self.kv_heads = spec.num_kv_heads
         self.head_dim = spec.head_dim
-        self.past_names: list[str] = []
-        self.present_names: list[str] = []
-        for layer in range(spec.num_layers):
-            self.past_names += [
-                spec.past_key_name.format(layer=layer),
-                spec.past_value_name.format(layer=layer),
-            ]
-            self.present_names += [
-                spec.present_key_name.format(layer=layer),
-                spec.present_value_name.format(layer=layer),
-            ]
+        self.past_names, self.present_names = spec.kv_io_names()
         capacity = max_batch * self.kv_heads * max_context * self.head_dim
         # [side][tensor] flat float32; np.empty maps pages lazily, so untouched capacity costs no RAM.
         self._buffers = [[np.empty(capacity, np.float32) for _ in self.past_names] for _ in range(2)]

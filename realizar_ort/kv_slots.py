@@ -31,14 +31,7 @@ class SlotKVCache:
     def __init__(self, spec: LlmSpec, max_batch: int, max_context: int) -> None:
         self.max_batch = max_batch
         self.max_context = max_context
-        self.past_names: list[str] = []
-        self.present_names: list[str] = []
-        for layer in range(spec.num_layers):
-            self.past_names += [spec.past_key_name.format(layer=layer), spec.past_value_name.format(layer=layer)]
-            self.present_names += [
-                spec.present_key_name.format(layer=layer),
-                spec.present_value_name.format(layer=layer),
-            ]
+        self.past_names, self.present_names = spec.kv_io_names()
         shape = (max_batch + 1, spec.num_kv_heads, max_context, spec.head_dim)  # + the staging slot
         self._buffers = [np.zeros(shape, np.float32) for _ in self.past_names]
         self.bytes_per_position = len(self._buffers) * spec.num_kv_heads * spec.head_dim * 4

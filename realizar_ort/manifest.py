@@ -79,6 +79,14 @@ class LlmSpec:
     kv_dtype: str = "float32"
     generation_defaults: dict[str, Any] = field(default_factory=dict)
 
+    def kv_io_names(self) -> tuple[list[str], list[str]]:
+        """(past inputs, present outputs) for every layer's key then value, in the order KV caches keep them."""
+        past, present = [], []
+        for layer in range(self.num_layers):
+            past += [self.past_key_name.format(layer=layer), self.past_value_name.format(layer=layer)]
+            present += [self.present_key_name.format(layer=layer), self.present_value_name.format(layer=layer)]
+        return past, present
+
 
 @dataclass(frozen=True)
 class EmbeddingSpec:
