@@ -37,6 +37,7 @@ class SessionConfig:
     intra_op_threads: int = 0  # 0: onnxruntime's default (all physical cores)
     inter_op_threads: int = 1
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    huge_pages: bool = True  # put the loaded weights on 2 MiB pages where Linux allows (see huge_pages.py)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,10 @@ def _convert(hint: Any, value: Any, key: str, base_dir: Path) -> Any:
         return tuple(value)
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"config key '{key}' has an unsupported type")  # pragma: no cover - not used
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}")

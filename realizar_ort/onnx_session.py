@@ -2,7 +2,8 @@
 
 Providers, thread counts and graph optimisation come from :class:`~realizar_ort.config.SessionConfig`.
 A requested provider that this onnxruntime build lacks is dropped with a warning that lists what is
-available, so a silent fall-back to the CPU is never silent.
+available, so a silent fall-back to the CPU is never silent. On the CPU the weights a session loads are
+moved onto huge pages (``SessionConfig.huge_pages``, default on; see :mod:`realizar_ort.huge_pages`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .config import SessionConfig
+from .huge_pages import new_memory_on_huge_pages
 
 __all__ = ["ProviderFallbackWarning", "available_providers", "create_session"]
 
@@ -55,6 +57,7 @@ def create_session(model_path: str | Path, config: SessionConfig | None = None) 
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+    with new_memory_on_huge_pages(config.huge_pages and providers[0] == "CPUExecutionProvider"):
+        session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
     log.info("loaded %s on %s", Path(model_path).name, session.get_providers()[0])
     return session

@@ -27,6 +27,8 @@ def test_defaults_fill_missing_keys() -> None:
     assert config.llm.path == Path("/srv/app/m")
     assert config.llm.session.providers == ("CPUExecutionProvider",)
     assert config.embedding is None
+    assert config.llm.session.huge_pages is True
+    assert _parse({"models": {"llm": {"path": "m", "session": {"huge_pages": False}}}}).llm.session.huge_pages is False
 
 
 @pytest.mark.parametrize(
@@ -45,6 +47,7 @@ def test_defaults_fill_missing_keys() -> None:
         ({"models": {"llm": {"path": "m", "session": {"providers": []}}}}, "must name at least one provider"),
         ({"models": {"llm": {"path": "m", "session": {"graph_optimization": "max"}}}}, "graph_optimization' must be one of"),
         ({"models": {"llm": "m"}}, "[models.llm] must be a table"),
+        ({"models": {"llm": {"path": "m", "session": {"huge_pages": 1}}}}, "huge_pages' must be true or false"),
     ],
 )
 def test_bad_config_names_the_key(raw: dict, message: str) -> None:
