@@ -9,7 +9,7 @@ onnxruntime's contrib ops instead, one node per job, the layout onnxruntime-gena
         MatMul (packed q|k|v) -> GroupQueryAttention (rotary inside, KV cache written in place)
         MatMul (o_proj) -> SkipSimplifiedLayerNormalization -> MatMul gate, MatMul up, x*sigmoid(x)*up,
         MatMul down
-    -> SkipSimplifiedLayerNormalization (final norm) -> last position only -> MatMul (LM head)
+    -> SkipSimplifiedLayerNormalization (final norm) -> each row's last position -> MatMul (LM head)
 
 Graph I/O (the runtime reads the names from the manifest, ``kv_layout = "shared_buffer"``):
     input_ids              int64   [batch, sequence_length]
@@ -21,8 +21,11 @@ Graph I/O (the runtime reads the names from the manifest, ``kv_layout = "shared_
         GroupQueryAttention writes the new positions in place (``past_present_share_buffer``): a decode step
         copies nothing. Row b's cache holds its tokens at positions [0, seqlens_k[b]]: rows need no padding.
 
-Rows of one call must either all be decode steps (sequence_length 1) or one prompt alone (batch 1); a
-batch of prompts would need right padding and per-row last positions, which the runtime never asks for.
+Rows of one call are either all decode steps (sequence_length 1), one prompt or prompt chunk (batch 1), or
+a batch of first prompts right-padded to one length (``seqlens_k[b]`` = its own length - 1,
+``total_sequence_length`` = the padded length): GroupQueryAttention masks each row at its own length, so
+the KV cache positions a row owns are bitwise what a pass alone writes, and the LM head reads each row's
+own last position.
 Export time only (torch/transformers are imported by the caller, weights come in as numpy arrays).
 """
 
@@ -179,11 +182,21 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path) -> None:
     final = g.weight("model.norm.weight", w.final_norm)
     (normed,) = g.node("SkipSimplifiedLayerNormalization", [residual, hidden, final], "/model/norm",
                        domain="com.microsoft", epsilon=eps)
-    # Only the last position feeds the LM head: [B, S, H] -> [B, 1, H].
-    starts = g.weight("/model/last_position/starts", np.array([-1], np.int64))
-    ends = g.weight("/model/last_position/ends", np.array([2**62], np.int64))
-    axes = g.weight("/model/last_position/axes", np.array([1], np.int64))
-    (last,) = g.node("Slice", [normed, starts, ends, axes], "/model/last_position")
+    # Only each row's last position feeds the LM head: [B, S, H] -> [B, 1, H]. Row b's last token sits at
+    # max(seqlens_k[b] - (total_sequence_length - S), 0) in this call: S - 1 for one prompt (or chunk),
+    # 0 for decode steps, and its own length - 1 for a right-padded batch of first prompts.
+    (s_len,) = g.node("Shape", ["input_ids"], "/model/last_position/sequence_length", start=1, end=2)  # [1]
+    (total,) = g.node("Cast", ["total_sequence_length"], "/model/last_position/total", to=TensorProto.INT64)
+    (lengths,) = g.node("Cast", ["seqlens_k"], "/model/last_position/seqlens", to=TensorProto.INT64)  # [B]
+    (past,) = g.node("Sub", [total, s_len], "/model/last_position/past")  # [1]
+    (index,) = g.node("Sub", [lengths, past], "/model/last_position/index")  # [B]
+    zero = g.weight("/model/last_position/zero", np.array(0, np.int64))
+    (index,) = g.node("Max", [index, zero], "/model/last_position/clamp")  # padded decode rows: 0
+    unsqueeze_axes = g.weight("/model/last_position/axes", np.array([1, 2], np.int64))
+    (index,) = g.node("Unsqueeze", [index, unsqueeze_axes], "/model/last_position/unsqueeze")  # [B, 1, 1]
+    row_shape = g.weight("/model/last_position/row_shape", np.array([1, 1, w.hidden_size], np.int64))
+    (index,) = g.node("Expand", [index, row_shape], "/model/last_position/expand")  # [B, 1, H]
+    (last,) = g.node("GatherElements", [normed, index], "/model/last_position", axis=1)  # [B, 1, H]
     lm_head = g.weight("lm_head.weight", w.lm_head.T)  # [H, V]
     g.nodes.append(helper.make_node("MatMul", [last, lm_head], ["logits"], name="/lm_head/MatMul"))
 

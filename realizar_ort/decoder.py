@@ -1,7 +1,8 @@
 """The forward passes of the decode loop, over whichever KV layout the exported graph has.
 
 Two stages, the same for every graph: `prefill` runs one new sequence's whole prompt alone (so its numbers
-never depend on other requests) and returns its last position's logits; `decode_step` runs one token for
+never depend on other requests) and returns its last position's logits (`InPlaceDecoder.prefill_batch`
+runs several right-padded in one pass, with bitwise the same numbers); `decode_step` runs one token for
 every row of the running batch. Between them the scheduler samples, `admit`s prefilled sequences into
 the batch and `keep_rows` when rows retire.
 
@@ -33,6 +34,7 @@ class Decoder(Protocol):
     session_run_seconds: float  # cumulative time inside session.run for decode steps
     prefill_seconds: float
     chunked_prefill: bool  # whether prefill_chunk / admit_staged exist (InPlaceDecoder)
+    batched_prefill: bool  # whether prefill_batch / admit_prefilled exist (InPlaceDecoder)
 
     def prefill(self, prompt_ids: list[int]) -> np.ndarray:
         """Run one prompt alone; returns its last position's logits ``[V]`` (valid until the next call)."""

@@ -54,13 +54,17 @@ class SlotKVCache:
         self.batch += 1
         return self.batch - 1
 
-    def admit_staged(self, length: int) -> int:
-        """Copy the staging slot's first `length` positions into slot b and admit it; returns its row."""
+    def admit_from(self, slot: int, length: int) -> int:
+        """Slot `slot` (prefilled, `length` positions) joins the batch as row b: copied into slot b first
+        unless it is slot b already (the staging slot; a batch-prefilled prompt after one that was not
+        admitted). Returns its row index."""
         if self.batch >= self.max_batch:
             raise RuntimeError("KV cache is full: the scheduler admitted more rows than max_batch")
-        slot = self.batch
-        for buffer in self._buffers:
-            buffer[slot, :, :length, :] = buffer[self.staging_slot, :, :length, :]
+        if slot < self.batch:
+            raise ValueError(f"slot {slot} belongs to a running row")
+        if slot != self.batch:
+            for buffer in self._buffers:
+                buffer[self.batch, :, :length, :] = buffer[slot, :, :length, :]
         return self.admit()
 
     def keep_rows(self, rows: Sequence[int], lengths: Sequence[int]) -> None:

@@ -1,7 +1,8 @@
 """Continuous batching: one thread owns the running batch and turns requests into streamed deltas.
 
 Each loop iteration is a step boundary: retire cancelled rows, admit waiting requests up to
-`max_batch_size` (each is prefilled alone and its first token sampled, then merged into the batch), run
+`max_batch_size` (prefilled alone, or right-padded together with others admitted at the same boundary -
+bitwise the same numbers either way - and its first token sampled, then merged into the batch), run
 one `decode_step` for the whole batch, sample one token per row, push each row's delta to its request's
 queue, and retire rows that finished. Callers block on their own queue, never on the batch.
 
@@ -85,6 +86,7 @@ class Scheduler:
             "prompt_tokens": 0,
             "generated_tokens": 0,
             "decode_steps": 0,
+            "prefill_passes": 0,  # graph passes that prefill prompts (a batch of short ones, or one chunk)
             "requests_finished": 0,
         }
         self._decode_step_seconds = 0.0
@@ -139,8 +141,7 @@ class Scheduler:
                         break
                     admitted = self._take_admissions()
                 self._retire(cancelled_only=True)
-                for request in admitted:
-                    self._prefill(request)
+                self._prefill_admitted(admitted)
                 if self._chunking is not None:
                     self._prefill_next_chunk()
                 if self._running:
@@ -173,22 +174,60 @@ class Scheduler:
             taken.append(self._waiting.popleft())
         return taken
 
-    def _prefill(self, request: Request) -> None:
-        """Stage 1: run the prompt alone, sample its first token, then merge it into the batch (or, for a
-        long prompt, start prefilling it chunk by chunk)."""
-        if request.cancelled:
+    def _prefill_admitted(self, admitted: list[Request]) -> None:
+        """Stage 1: prefill this boundary's admissions. A long prompt starts its chunked prefill; short ones
+        run alone or, where the decoder can, right-padded in groups (one pass over the weights per group,
+        at most `prefill_chunk` padded positions each), and each starts with its first token."""
+        short: list[Request] = []
+        for request in admitted:
+            if request.cancelled:
+                continue
+            self._counters["prompt_tokens"] += len(request.prompt_ids)
+            if len(request.prompt_ids) > self.prefill_chunk and self.decoder.chunked_prefill:
+                self._chunking, self._chunked_tokens = request, 0
+            else:
+                short.append(request)
+        if not self.decoder.batched_prefill:
+            for request in short:
+                self._prefill_group([request])
             return
-        self._counters["prompt_tokens"] += len(request.prompt_ids)
-        if len(request.prompt_ids) > self.prefill_chunk and self.decoder.chunked_prefill:
-            self._chunking, self._chunked_tokens = request, 0
-            return
+        group: list[Request] = []
+        width = 0  # the group's longest prompt: every row of the pass is padded to it
+        for request in short:
+            n = len(request.prompt_ids)
+            if group and max(width, n) * (len(group) + 1) > self.prefill_chunk:
+                self._prefill_group(group)
+                group, width = [], 0
+            group.append(request)
+            width = max(width, n)
+        if group:
+            self._prefill_group(group)
+
+    def _prefill_group(self, group: list[Request]) -> None:
+        """Run the prompts of `group` (one pass), sample each one's first token, admit those that go on."""
+        self._counters["prefill_passes"] += 1
         try:
-            logits = self.decoder.prefill(request.prompt_ids)  # [V]
-        except Exception as exc:  # noqa: BLE001 - a bad prompt fails this request only
-            request.finished = True
-            self._emit(request, exc)
+            if len(group) == 1:
+                logits = self.decoder.prefill(group[0].prompt_ids)[None, :]  # [1, V]
+            else:
+                logits = self.decoder.prefill_batch([r.prompt_ids for r in group])  # [k, V]
+        except Exception as exc:  # noqa: BLE001 - a bad prompt fails its own requests only
+            for request in group:
+                request.finished = True
+                self._emit(request, exc)
             return
-        self._start(request, logits, staged=False)
+        sampled = sample_batch(logits, [r.sampler for r in group], [r.generated for r in group])
+        for j, (request, choice) in enumerate(zip(group, sampled)):
+            if isinstance(choice, BaseException):  # this request's logit processor failed
+                request.finished = True
+                self._emit(request, choice)
+            elif not self._accept(request, choice):
+                if len(group) == 1:
+                    self.decoder.admit()
+                else:
+                    self.decoder.admit_prefilled(j, len(request.prompt_ids))  # moved down past dropped rows
+                request.seq_length = len(request.prompt_ids)
+                self._running.append(request)
 
     def _prefill_next_chunk(self) -> None:
         """Run the next `prefill_chunk` tokens of the long prompt in flight; start it after its last chunk."""
@@ -197,6 +236,7 @@ class Scheduler:
             self._chunking = None
             return
         chunk = request.prompt_ids[done : done + self.prefill_chunk]
+        self._counters["prefill_passes"] += 1
         try:
             logits = self.decoder.prefill_chunk(chunk, done)  # [V]
         except Exception as exc:  # noqa: BLE001 - a bad prompt fails this request only
@@ -207,24 +247,18 @@ class Scheduler:
         self._chunked_tokens = done + len(chunk)
         if self._chunked_tokens == len(request.prompt_ids):
             self._chunking = None
-            self._start(request, logits, staged=True)
+            self._start_staged(request, logits)
 
-    def _start(self, request: Request, logits: np.ndarray, staged: bool) -> None:
-        """Sample a prefilled request's first token and, unless that ends it, add its row to the batch."""
-        try:
-            (sampled,) = sample_batch(logits[None, :], [request.sampler], [request.generated])
-            if isinstance(sampled, BaseException):
-                raise sampled
-        except Exception as exc:  # noqa: BLE001 - a bad processor fails this request only
+    def _start_staged(self, request: Request, logits: np.ndarray) -> None:
+        """Sample a chunk-prefilled request's first token and, unless that ends it, add its row to the batch."""
+        (sampled,) = sample_batch(logits[None, :], [request.sampler], [request.generated])
+        if isinstance(sampled, BaseException):  # its logit processor failed
             request.finished = True
-            self._emit(request, exc)
+            self._emit(request, sampled)
             return
         if self._accept(request, sampled):
             return
-        if staged:
-            self.decoder.admit_staged(len(request.prompt_ids))  # row index == len(self._running)
-        else:
-            self.decoder.admit()
+        self.decoder.admit_staged(len(request.prompt_ids))  # row index == len(self._running)
         request.seq_length = len(request.prompt_ids)
         self._running.append(request)
 
