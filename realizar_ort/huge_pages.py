@@ -20,8 +20,9 @@ import ctypes
 import logging
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-__all__ = ["new_memory_on_huge_pages"]
+__all__ = ["HugePageReport", "new_memory_on_huge_pages"]
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,23 @@ _MADV_HUGEPAGE = 14
 _MADV_COLLAPSE = 25
 
 
+@dataclass
+class HugePageReport:
+    """What `new_memory_on_huge_pages` did, filled in when its block exits."""
+
+    advised_bytes: int = 0  # new memory marked for huge pages (future faults, khugepaged)
+    collapsed_bytes: int = 0  # of that, moved onto huge pages right away
+    collapse_errors: list[int] = field(default_factory=list)  # errno of each refused MADV_COLLAPSE
+
+
 def _anonymous_writable_regions() -> set[tuple[int, int]]:
     """(start, end) of every private anonymous read-write mapping of this process."""
     regions = set()
     with open("/proc/self/maps", encoding="ascii") as maps:
         for line in maps:
             fields = line.split()
-            # "start-end perms offset dev inode" and no path: anonymous memory
-            if len(fields) == 5 and fields[1].startswith("rw"):
+            # "start-end perms offset dev inode" and no path (or the brk heap): anonymous memory
+            if fields[1].startswith("rw") and (len(fields) == 5 or fields[5] == "[heap]"):
                 start, end = (int(x, 16) for x in fields[0].split("-"))
                 regions.add((start, end))
     return regions
@@ -62,11 +72,10 @@ def _new_parts(after: set[tuple[int, int]], before: set[tuple[int, int]]) -> lis
     return parts
 
 
-def _advise(regions: list[tuple[int, int]]) -> tuple[int, int]:
-    """madvise each region's 2 MiB-aligned interior; returns (bytes advised, bytes collapsed)."""
+def _advise(regions: list[tuple[int, int]], report: HugePageReport) -> None:
+    """madvise each region's 2 MiB-aligned interior."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    advised = collapsed = 0
     for start, end in regions:
         lo = (start + _HUGE - 1) & ~(_HUGE - 1)
         hi = end & ~(_HUGE - 1)
@@ -74,31 +83,37 @@ def _advise(regions: list[tuple[int, int]]) -> tuple[int, int]:
             continue
         if libc.madvise(lo, hi - lo, _MADV_HUGEPAGE) != 0:
             continue  # THP disabled, or not anonymous memory after all
-        advised += hi - lo
+        report.advised_bytes += hi - lo
         if libc.madvise(lo, hi - lo, _MADV_COLLAPSE) == 0:
-            collapsed += hi - lo
-    return advised, collapsed
+            report.collapsed_bytes += hi - lo
+        else:  # EINVAL: kernel < 6.1; EAGAIN/ENOMEM: no free 2 MiB pages now (khugepaged may still do it)
+            report.collapse_errors.append(ctypes.get_errno())
 
 
 @contextlib.contextmanager
-def new_memory_on_huge_pages(enabled: bool = True) -> Iterator[None]:
+def new_memory_on_huge_pages(enabled: bool = True) -> Iterator[HugePageReport]:
     """Run the block, then put the large anonymous mappings it created on huge pages.
 
-    Mappings another thread creates meanwhile are included; that is harmless (same contents, fewer
-    TLB misses). A no-op when ``enabled`` is false or the platform has no ``/proc/self/maps``.
+    Yields a :class:`HugePageReport`, filled in at exit. "Created" means address ranges mapped during the
+    block (new mmaps, heap growth); memory ``malloc`` recycles from earlier frees is not seen and stays as
+    it is. Mappings another thread creates meanwhile are included; that is harmless (same contents, fewer
+    TLB misses). A no-op when ``enabled`` is false or
+    the platform has no ``/proc/self/maps``.
     """
+    report = HugePageReport()
     if not enabled or not sys.platform.startswith("linux"):
-        yield
+        yield report
         return
     try:
         before = _anonymous_writable_regions()
     except OSError:  # pragma: no cover - /proc not mounted
-        yield
+        yield report
         return
-    yield
+    yield report
     try:
-        advised, collapsed = _advise(_new_parts(_anonymous_writable_regions(), before))
+        _advise(_new_parts(_anonymous_writable_regions(), before), report)
     except OSError as err:  # pragma: no cover - libc without madvise
         log.debug("huge pages not applied: %s", err)
         return
-    log.debug("huge pages: %d MiB advised, %d MiB collapsed now", advised >> 20, collapsed >> 20)
+    log.debug("huge pages: %d MiB advised, %d MiB collapsed now, collapse errors %s",
+              report.advised_bytes >> 20, report.collapsed_bytes >> 20, sorted(set(report.collapse_errors)))
