@@ -4,14 +4,19 @@
 
 Prints prefill time (30 and 500 prompt tokens), batch-1 decode tok/s, aggregate decode tok/s at 1, 4
 and 16 concurrent streams, the ratios against each peer, the share of a decode step spent outside
-`session.run`, and peak memory for 16 streams of 1,024 tokens. Each engine runs in its own subprocess
-(this file re-invoked in a worker mode), one after the other, with the same thread count.
+`session.run`, and peak memory for 16 streams of 1,024 tokens (its own process).
+
+How engines are compared: ours and onnxruntime-genai run in ONE process (the genai venv's python with the
+project's packages appended), interleaved metric by metric and round by round, after an unused "ballast"
+session (the first onnxruntime session a process loads decoded 5-10% slower than later ones on this
+machine). That process runs twice, ours loaded first in one and genai in the other, and the two are
+averaged. Our streams are consumed by one thread per stream, as the server does.
 
 Peers, each skipped with the reason printed when it cannot run:
 - onnxruntime-genai from a separate virtualenv (`--genai-python`, default /tmp/genai-venv/bin/python;
-  it must never be installed into the project venv). It runs our exported graph through a generated
-  genai_config.json (same graph, same weights: this compares the runtimes' loops; its model builder
-  needs transformers 5.x and torch in that venv, so its fused graph is used only with --genai-model).
+  it must never be installed into the project venv), on its own model builder's fp32 graph of the same
+  weights (`--genai-model`, default ~/.cache/realizar-ort/genai/<model folder name>). With a `--graph
+  optimum` export it also runs our graph through a generated genai_config.json.
 - llama.cpp through llama-cpp-python on the manifest's source GGUF (batch-1 figures only).
 Timings are wall-clock medians on a shared machine: compare ratios from the same run, not absolutes.
 """
