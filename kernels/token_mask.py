@@ -277,9 +277,12 @@ def _fill(nodes, ids, sub, root_children, max_token_bytes, group_bits, trans, fl
     if info[q, S_PLAIN] != 0:
         # tokens staying inside a free string are in free_upto: walk only those with a closing quote
         tree = 2 if info[q, S_FREE] != 0 else 1
-        # the same tokens keyed by their suffix after leading plain bytes, where those bytes cannot matter
+        # the same tokens keyed by their suffix after leading plain bytes, where those bytes cannot matter: no
+        # bound can bite inside one token (the minimum is met, or so far off that no token closes the string
+        # either way, and the maximum is out of reach)
         suffix = info[q, S_SUFFIX]
-        if suffix > 0 or (suffix < 0 and cnt >= info[q, S_CMIN] and info[q, S_CMAX] - cnt >= -suffix):
+        cmin = info[q, S_CMIN]
+        if suffix > 0 or (suffix < 0 and (cnt >= cmin or cmin - cnt >= -suffix) and info[q, S_CMAX] - cnt >= -suffix):
             tree += 2
     lv[0, L_Q] = q
     lv[0, L_TOP] = stack_len - 1
@@ -325,8 +328,8 @@ def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state:
     and each byte's group as a bit (uint64 [256]).
     ``automaton_arrays``: trans, flags, ``state_info`` (int32 [states, 8]: final, call start, call return,
     cmin, cmax, plain loop, free string, ``S_SUFFIX``: 1 = a string body whose plain bytes loop back with no
-    flag, so tries 3/4 replace 1/2; ``-k`` = the same with only INC on them, once ``counter >= cmin`` and
-    ``cmax - counter >= k``, k above any string token's characters; 0 = never) and ``accept_groups`` (uint64 [states]: byte groups such that every
+    flag, so tries 3/4 replace 1/2; ``-k`` = the same with only INC on them, once ``counter >= cmin`` (or
+    ``cmin - counter >= k``) and ``cmax - counter >= k``, k above any string token's characters; 0 = never) and ``accept_groups`` (uint64 [states]: byte groups such that every
     string of their bytes is accepted from the state without flags or stack moves, e.g. the groups wholly
     inside its flag-free self-loop, or the class of a class loop the state leads to; 0 = none).
     ``scratch``: (arena, levels) from :func:`allocate_scratch`.

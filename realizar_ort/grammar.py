@@ -9,21 +9,18 @@
 Error contract (as llguidance): API misuse raises; a disallowed token from the model does not raise, it
 puts the matcher in an error state where only stop tokens are allowed, so the sequence ends.
 
-Masks: a compiled grammar keeps a bounded cache (``MASK_CACHE_ENTRIES``, first come), shared by its
-matchers, of two kinds of entries: the walk for (automaton state, string-length slack that can matter, the
-top of the stack the mask depended on), and the whole mask for that key plus the row of "plain" string
-tokens that fits the room left and whether stop tokens are allowed. A hit costs one 16 KB copy (~1.3 us
-per step at 128k tokens, all Python included); near the end of a bounded string the row changes at each
-character, so those steps OR one row into the cached walk (~2.5 us). A miss runs the numba trie walk
-(:mod:`realizar_ort.kernels.token_mask`, ~2-30 us; ~4 us with all Python for a literal key state, the
-string bodies walk only the suffix tries of string tokens). Character classes (``[A-Za-z0-9._%+-]+``,
-``[A-Z]{3}``, digits) use a per-vocabulary token row (``TokenVocabulary.class_row``, ~40 us the first time
-a vocabulary sees a class; digits and the email classes are computed at load) and the walk skips every
-subtree that holds only class tokens. Matchers are not thread-safe; different matchers of one grammar may
-run in different threads (the kernel releases the GIL).
+Masks: a compiled grammar keeps a bounded mask cache shared by its matchers
+(:mod:`realizar_ort.grammar_mask_cache`: a hit is one 16 KB copy, ~1.3 us per step at 128k tokens; a literal
+key or punctuation state is a sparse write). A miss runs the numba trie walk
+(:mod:`realizar_ort.kernels.token_mask`, ~2-30 us; the string bodies walk only the suffix tries of string
+tokens). Character classes (``[A-Za-z0-9._%+-]+``, ``[A-Z]{3}``, digits) use a per-vocabulary token row
+(``TokenVocabulary.class_row``, ~40 us the first time a vocabulary sees a class; digits and the email classes
+are computed at load) and the walk skips every subtree that holds only class tokens. Matchers are not
+thread-safe; different matchers of one grammar may run in different threads (the kernel releases the GIL).
 
 Memory: up to 8 MB of cached masks per grammar at 128k vocab; ``compile_json_schema`` keeps 64 grammars; a
-vocabulary holds ~10 MB of tables (tries, string rows) plus up to ``CLASS_ROW_ENTRIES`` class rows.
+vocabulary holds ~10 MB of tables (tries, string rows), ~5 MB of generic JSON masks, plus up to
+``CLASS_ROW_ENTRIES`` class rows.
 """
 
 from __future__ import annotations
@@ -38,6 +35,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .grammar_mask_cache import CachedMaskFill, MaskCache, seed_generic_masks
 from .grammar_vocab import (
     BYTE_GROUP,
     NUM_BYTE_GROUPS,
@@ -66,7 +64,6 @@ from .kernels.token_mask import (
     allocate_scratch,
     allocate_token_bitmask,
     apply_token_bitmask_inplace,
-    fill_next_token_bitmask_prepared,
     prepare_fill_arguments,
 )
 
@@ -83,8 +80,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_DEPTH = 64
-_INT32 = np.dtype(np.int32)
-MASK_CACHE_ENTRIES = 512  # per grammar; 16 KB each at 128k vocab (8 MB)
 CLASS_ROW_ENTRIES = 256  # per vocabulary: token rows of character classes, 16 KB each at 128k vocab
 # (class bytes, longest token or -1) whose token rows each vocabulary computes up front (~40 us each): the
 # digit loop of every JSON number, the loops of the built-in ``email`` format (local part, domain label),
@@ -104,13 +99,25 @@ def _merge_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_or(a[np.minimum(k, a.shape[0] - 1)], b[np.minimum(k, b.shape[0] - 1)])
 
 
+def _second_byte_nodes(nodes: np.ndarray) -> np.ndarray:
+    """``table[b1, b2]``: the depth-2 node of the bytes ``b1 b2`` in a trie's DFS-ordered ``nodes``, or -1."""
+    depth = nodes[:, 1]
+    first = np.flatnonzero(depth == 1)
+    second = np.flatnonzero(depth == 2)
+    parent = first[np.searchsorted(first, second) - 1]
+    table = np.full((256, 256), -1, dtype=np.int32)
+    table[nodes[parent, 0], nodes[second, 0]] = second
+    return table
+
+
 class TokenVocabulary:
     """The bytes of every token of one tokenizer, cut to a model's logits width, plus its stop tokens.
 
     Immutable and shareable across threads (the class-row cache is filled under a lock). Ids
     ``>= vocab_size`` are never allowed; special/added tokens are never allowed inside JSON;
     ``stop_token_ids`` are allowed exactly when the value is complete. Building one from loaded tables
-    costs ~13 ms (the kernel's trie layout with the suffix tries, the string rows, the common class rows).
+    costs ~30 ms (the kernel's trie layout with the suffix tries, the string rows, the common class rows, the
+    generic JSON masks).
     """
 
     _cache: ClassVar[dict[tuple, TokenVocabulary]] = {}
@@ -141,6 +148,8 @@ class TokenVocabulary:
         self.vocab_arrays = (forest.nodes, forest.token_ids, forest.sub_groups, forest.root_children,
                              self.text_upto, self.free_upto, tables.max_token_bytes, np.uint64(PLAIN_GROUPS),
                              _GROUP_BIT)
+        # the full trie's node for each first two bytes (int32 [256, 256], -1 = none; 256 KB)
+        self.second_byte_nodes = _second_byte_nodes(forest.nodes[: forest.roots[0, 1]])
         self._class_rows: dict[tuple[int, int], np.ndarray] = {}
         lengths = np.diff(tables.token_offsets)
         self._ids_by_length = np.argsort(lengths, kind="stable").astype(np.int32)
@@ -149,6 +158,14 @@ class TokenVocabulary:
         self._class_lock = threading.Lock()
         for members, max_len in COMMON_CLASSES:
             self.class_row(int(np.bitwise_or.reduce(_GROUP_BIT[np.frombuffer(members, dtype=np.uint8)])), max_len)
+        # the masks of generic JSON (``response_format: json_object``), computed once here (~15 ms at 128k
+        # tokens, ~5 MB): a grammar with the same automaton starts with them cached (see grammar_mask_cache)
+        self.generic_mask_seeds: tuple = ()
+        seeds = []
+        for schema in ("any_object", "any_json"):
+            grammar = CompiledGrammar(compile_schema_automaton(schema), self)
+            seeds.append((grammar.automaton, grammar.max_depth, *seed_generic_masks(grammar)))
+        self.generic_mask_seeds = tuple(seeds)
 
     def class_row(self, groups: int, max_len: int = -1) -> np.ndarray:
         """Bitmask of the tokens whose bytes all lie in the byte groups ``groups`` (a character class).
@@ -232,8 +249,9 @@ class CompiledGrammar:
         class_groups, class_exit, class_len = class_loop_entries((automaton.trans, automaton.flags, info),
                                                                  loop_groups, classes, _GROUP_BIT)
         # string bodies (plain_loop: every plain byte loops back with no flag, or only INC when length-bounded)
-        # with no class shortcut: the kernel walks the suffix tries there (S_SUFFIX: 1 = always, -k = once the
-        # counter is at least cmin and k below cmax, i.e. the length bounds cannot bite inside one token)
+        # with no class shortcut: the kernel walks the suffix tries there (S_SUFFIX: 1 = always, -k = while the
+        # counter is at least cmin or k below it, and k below cmax, i.e. the length bounds cannot bite inside
+        # one token)
         t = vocab.tables
         cap = np.where(automaton.free_string, t.close_max_chars + 1, t.rest_max_chars + 1)
         loops = automaton.plain_loop & (class_groups == 0)
@@ -247,27 +265,14 @@ class CompiledGrammar:
         t = vocab.tables
         self._slack_cap = np.where(automaton.free_string, t.close_max_chars + 1,
                                    np.where(automaton.plain_loop, t.rest_max_chars + 1, t.max_token_bytes + 1))
-        self._row_tables = (vocab.text_upto, vocab.free_upto)  # by free_string
-        # per-state facts as Python lists: the mask hit path reads them without numpy scalar overhead
-        self._free_l = automaton.free_string.tolist()
-        self._class_groups_l = class_groups.tolist()
-        self._class_exit_l = class_exit.tolist()
-        self._class_len_l = class_len.tolist()
-        self._final_l = automaton.final.tolist()
-        self._plain_l = automaton.plain_loop.tolist()
-        self._counted_l = automaton.counted.tolist()
-        self._cmin_l = automaton.cmin.tolist()
-        self._cmax_l = automaton.cmax.tolist()
-        self._cap_l = self._slack_cap.tolist()
-        self._row_last = (vocab.text_upto.shape[0] - 1, vocab.free_upto.shape[0] - 1)
-        self._last_rows = (vocab.text_upto[-1], vocab.free_upto[-1])  # the rows of unbounded strings, as views
-        self._cache_depth = [0] * automaton.num_states
-        # per state, ready for the miss path: the key while the mask depends on neither the stack nor a counter
-        self._simple_key_l = [None if c else (q, None, -1) for q, c in enumerate(self._counted_l)]
-        # two kinds of entries: the walk for a mask_key, and the whole mask for (mask_key, rows and stops)
-        self._masks: dict[tuple, np.ndarray] = {}
-        self._words = (vocab.vocab_size + 31) // 32
         self._kernel_args = prepare_fill_arguments(vocab.vocab_arrays, self.automaton_arrays, class_groups, class_exit)
+        self._mask_cache = MaskCache(automaton, vocab, class_groups, class_len, self._slack_cap, self._kernel_args,
+                                     max_depth)
+        # per-state facts as Python lists (shared with the mask cache)
+        self._final_l = self._mask_cache.final
+        self._class_groups_l = self._mask_cache.class_groups
+        self._class_exit_l = class_exit.tolist()
+        self._class_len_l = self._mask_cache.class_len
 
     def matcher(self) -> GrammarMatcher:
         """A fresh matcher at the start of the value. Cheap (a few small arrays)."""
@@ -277,19 +282,8 @@ class CompiledGrammar:
     def num_states(self) -> int:
         return self.automaton.num_states
 
-    def _mask_key(self, q: int, counter: int, stack: np.ndarray, stack_len: int, depth: int) -> tuple:
-        """(state, string-length slack that can matter, the stack top the mask depended on)."""
-        if self._counted_l[q]:
-            cap = self._cap_l[q]
-            slack = (min(max(self._cmin_l[q] - counter, 0), cap), min(self._cmax_l[q] - counter, cap))
-        else:
-            slack = None
-        if depth == 0 or stack_len == 0:
-            return (q, slack, stack_len if depth > stack_len else -1)
-        return (q, slack, stack[max(0, stack_len - depth):stack_len].tobytes(), depth > stack_len)
 
-
-class GrammarMatcher:
+class GrammarMatcher(CachedMaskFill):
     """Per-request cursor over a :class:`CompiledGrammar`. Not thread-safe; cheap to create."""
 
     def __init__(self, grammar: CompiledGrammar) -> None:
@@ -298,6 +292,7 @@ class GrammarMatcher:
         self._stack = np.zeros(grammar.max_depth, dtype=np.int32)
         self._scratch = allocate_scratch(grammar.max_depth, grammar.vocab.tables.max_token_bytes)
         self._arena, self._levels = self._scratch
+        self._cache = grammar._mask_cache
         self._out: np.ndarray | None = None  # the last bitmask filled, and its uint32 view
         self._out_bits: np.ndarray | None = None
         self.reset()
@@ -322,108 +317,7 @@ class GrammarMatcher:
         """True when the value so far is complete (a stop token would be allowed)."""
         return not self._error and self._stack_len == 0 and self.grammar._final_l[self._state]
 
-    # -- masks
-    def fill_next_token_bitmask(self, bitmask: np.ndarray) -> None:
-        """Write the allowed next tokens into ``bitmask`` (int32, >= ceil(vocab/32) words)."""
-        g = self.grammar
-        words = g._words
-        dtype = bitmask.dtype
-        if (dtype is not _INT32 and dtype != np.int32) or bitmask.ndim != 1 or len(bitmask) < words:
-            raise ValueError(f"bitmask must be 1-D int32 with >= {words} words, got {bitmask.dtype} {bitmask.shape}")
-        out = bitmask if len(bitmask) == words else bitmask[:words]
-        if self._error or self._terminated:
-            out[:] = 0
-            self._set_stops(out, True)
-            return
-        q = self._state
-        counter = self._counter
-        stack_len = self._stack_len
-        key = g._simple_key_l[q]
-        if key is None or g._cache_depth[q]:
-            key = g._mask_key(q, counter, self._stack, stack_len, g._cache_depth[q])
-        # the whole mask also depends on which plain-token rows fit the room left and on the stop tokens
-        stop = stack_len == 0 and g._final_l[q]
-        if g._plain_l[q]:
-            room = g._cmax_l[q] - counter
-            free = g._free_l[q]
-            extra = (free, min(room, g._row_last[free]), stop)
-        else:
-            extra = stop
-        masks = g._masks
-        cached = masks.get((key, extra))
-        if cached is not None:  # the common case: one 16 KB copy
-            np.copyto(out, cached)
-            return
-        if extra is not False or key in masks or len(masks) >= MASK_CACHE_ENTRIES - 1:
-            self._fill_miss(out, q, key, extra, stop)
-            return
-        # the usual miss (not a string state, stopping not allowed, walk not cached): one walk, one copy
-        # cached under both keys
-        if out is not self._out:
-            self._out, self._out_bits = out, out.view(np.uint32)
-        read = fill_next_token_bitmask_prepared(*g._kernel_args, q, counter, self._stack, stack_len, g.max_depth,
-                                                self._arena, self._levels, self._out_bits)
-        groups = g._class_groups_l[q]
-        if groups:  # the tokens of class bytes only, which the walk skipped
-            np.bitwise_or(out, self._vocab.class_row(groups, g._class_len_l[q]), out=out)
-        if read > g._cache_depth[q]:
-            g._cache_depth[q] = read
-            key = g._mask_key(q, counter, self._stack, stack_len, read)
-        if self._vocab._stops_have_bytes and self._vocab._stop_bits:  # the walk may have set a stop token
-            masks[key] = out.copy()
-            self._set_stops(out, False)
-            masks[(key, False)] = out.copy()
-            return
-        masks[key] = masks[(key, False)] = out.copy()
-
-    def _fill_miss(self, out: np.ndarray, q: int, key: tuple, extra: object, stop: bool) -> None:
-        g = self.grammar
-        plain = g._plain_l[q]
-        walked = g._masks.get(key)
-        if walked is not None:
-            if not plain:
-                np.copyto(out, walked)
-        else:
-            # in a string state the walk covers the non-plain tokens only (the rows below add the rest)
-            groups = g._class_groups_l[q]
-            if out is not self._out:  # callers usually pass the same bitmask every step
-                self._out, self._out_bits = out, out.view(np.uint32)
-            read = fill_next_token_bitmask_prepared(*g._kernel_args, q, self._counter, self._stack, self._stack_len,
-                                                    g.max_depth, self._arena, self._levels, self._out_bits)
-            if groups:  # the tokens of class bytes only, which the walk skipped
-                np.bitwise_or(out, self._vocab.class_row(groups, g._class_len_l[q]), out=out)
-            if read > g._cache_depth[q]:
-                g._cache_depth[q] = read
-                key = g._mask_key(q, self._counter, self._stack, self._stack_len, read)
-            if plain and not g._counted_l[q] and not g._final_l[q]:
-                pass  # an unbounded string body has one whole mask per key: no walk entry (one copy less)
-            elif len(g._masks) < MASK_CACHE_ENTRIES:
-                g._masks[key] = walked = out.copy()
-        vocab = self._vocab
-        set_stops = vocab._stop_bits and (stop or vocab._stops_have_bytes)
-        if plain:  # OR in the plain (and, in a free string, open) tokens that fit the room left
-            free, row, _ = extra
-            last = row == g._row_last[free]
-            np.bitwise_or(walked if walked is not None else out,
-                          g._last_rows[free] if last else g._row_tables[free][row], out=out)
-            if not last:
-                # near the end of a bounded string the row changes at every character: keep only the walk
-                if set_stops:
-                    self._set_stops(out, stop)
-                return
-        if set_stops:
-            self._set_stops(out, stop)
-        if len(g._masks) < MASK_CACHE_ENTRIES:
-            g._masks[(key, extra)] = walked if walked is not None and not plain and not set_stops else out.copy()
-
-    def _set_stops(self, out: np.ndarray, allowed: bool) -> None:
-        bits = out.view(np.uint32)
-        for word, bit, clear in self._vocab._stop_bits:
-            if allowed:
-                bits[word] |= bit
-            else:
-                bits[word] &= clear
-
+    # -- masks: fill_next_token_bitmask comes from CachedMaskFill
     def allowed_token_ids(self) -> np.ndarray:
         """The allowed next token ids, ascending (allocates; for tests and debugging)."""
         mask = allocate_token_bitmask(self._vocab.vocab_size)

@@ -235,3 +235,91 @@ def test_public_fill_kernel_with_rows_equals_matcher(vocab):
         if tok == STOP:
             break
         assert m.advance(tok)
+
+
+LITERAL_SCHEMAS = [
+    {"anyOf": [{"type": "object", "properties": {"name": {"const": "get_weather"}, "e": {"type": "string"}},
+                "required": ["name", "e"], "additionalProperties": False},
+               {"type": "object", "properties": {"name": {"const": "send"}, "d": {"type": "integer"}},
+                "required": ["name", "d"], "additionalProperties": False}]},
+    CLASS_SCHEMAS[0],
+    CLASS_SCHEMAS[4],  # recursive: literal states inside a called rule, masks after a return
+    {"type": "array", "items": {"type": "object", "properties": {"ok": {"type": "boolean"}, "v": {"enum": ["ab", 7]}},
+                                "required": ["ok"], "additionalProperties": False}, "maxItems": 4},
+]
+
+
+@pytest.mark.parametrize(("schema", "max_depth"), [(s, 64) for s in LITERAL_SCHEMAS] + [(LITERAL_SCHEMAS[2], 2)],
+                         ids=lambda s: str(s)[:40])
+def test_literal_state_sparse_masks_equal_reference_along_random_walks(vocab, schema, max_depth, reference_mask):
+    """Literal states (a key's characters, punctuation) get their masks from the sparse table built at
+    compile time: each one visited on random walks equals the token-by-token reference, with whatever stack
+    (also at the deepest stack a grammar allows, where a token that would push is refused)."""
+    if max_depth <= 2:  # tokens that enter a call (push) from a literal state: refused at the deepest stack
+        vocab = TokenVocabulary.from_token_bytes(class_vocab() + [b'[{"', b'":[{"', b'[{', b'k":[{"v":'], (STOP,))
+    grammar = compile_json_schema(schema, vocab, max_depth=max_depth)
+    literal = grammar._mask_cache.literal
+    assert sum(x is not None for x in literal) >= 3, "the schema should have literal states"
+    rng = np.random.default_rng(17)
+    token_bytes = [vocab.token_bytes(i) or None for i in range(vocab.vocab_size)]
+    visited = 0
+    for _walk in range(8 if max_depth > 2 else 40):
+        m = grammar.matcher()
+        for _step in range(30):
+            got = allocate_token_bitmask(vocab.vocab_size)
+            m.fill_next_token_bitmask(got)
+            # at max_depth 2 only the literal states: dense cache entries do not yet key on the room left for
+            # pushes (a mask cached at a shallower stack can allow a token that would exceed max_depth)
+            expect = reference_mask(m, grammar, token_bytes, STOP)
+            if max_depth > 2 or literal[m._state] is not None:
+                np.testing.assert_array_equal(got, expect)
+            visited += literal[m._state] is not None
+            allowed = np.flatnonzero(np.unpackbits(expect.view(np.uint8), bitorder="little")[: vocab.vocab_size])
+            tok = int(rng.choice(allowed))
+            if tok == STOP:
+                break
+            assert m.advance(tok)
+    assert visited > 5
+
+
+@pytest.mark.parametrize("schema", LITERAL_SCHEMAS, ids=lambda s: str(s)[:40])
+def test_every_literal_state_sparse_mask_equals_the_dense_kernel(vocab, schema):
+    """Every literal state's sparse mask equals the dense kernel from the start configuration, and no state
+    whose walk reads or pushes the stack is in the table."""
+    from realizar_ort.kernels.token_mask import fill_next_token_bitmask
+
+    grammar = compile_json_schema(schema, vocab)
+    m = grammar.matcher()
+    for q, entry in enumerate(grammar._mask_cache.literal):
+        if entry is None:
+            continue
+        words, values, lo, hi = entry
+        sparse = allocate_token_bitmask(vocab.vocab_size)
+        sparse[words[lo:hi]] = values[lo:hi]
+        dense = allocate_token_bitmask(vocab.vocab_size)
+        read = fill_next_token_bitmask(vocab.vocab_arrays, grammar.automaton_arrays, q, 0, m._stack, 0, 4,
+                                       m._scratch, dense)
+        assert read == 0
+        np.testing.assert_array_equal(sparse, dense)
+
+
+@pytest.mark.parametrize("schema", ["any_object", "any_json"])
+def test_generic_json_grammars_start_from_the_vocabulary_masks_and_equal_reference(vocab, schema, reference_mask):
+    """A generic JSON grammar starts with the masks its vocabulary computed at load (its cache is not empty
+    before the first step); each mask along random walks equals the token-by-token reference."""
+    grammar = CompiledGrammar(compile_schema_automaton(schema), vocab)
+    seeded = len(grammar._mask_cache.masks)
+    assert seeded > 10
+    assert not CompiledGrammar(compile_schema_automaton(CLASS_SCHEMAS[0]), vocab)._mask_cache.masks
+    rng = np.random.default_rng(23)
+    token_bytes = [vocab.token_bytes(i) or None for i in range(vocab.vocab_size)]
+    for _walk in range(8):
+        m = grammar.matcher()
+        for _step in range(40):
+            got = allocate_token_bitmask(vocab.vocab_size)
+            m.fill_next_token_bitmask(got)
+            np.testing.assert_array_equal(got, reference_mask(m, grammar, token_bytes, STOP))
+            tok = int(rng.choice(m.allowed_token_ids()))
+            if tok == STOP:
+                break
+            assert m.advance(tok)

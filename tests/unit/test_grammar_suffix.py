@@ -27,6 +27,8 @@ SCHEMAS = [
         "type": "string", "minLength": 2, "maxLength": 12}}}, "required": ["text", "tags"]},
     {"type": "object", "properties": {"t": {"type": "string", "minLength": 3, "maxLength": 40},
                                       "u": {"type": "string", "maxLength": 5}}, "required": ["t", "u"]},
+    # a minimum far above any string token's characters: the suffix tries also serve its first characters
+    {"type": "array", "items": {"type": "string", "minLength": 24, "maxLength": 60}, "maxItems": 3},
 ]
 
 
@@ -80,7 +82,7 @@ def test_string_body_masks_equal_reference_along_random_walks(vocab, schema, ref
     rng = np.random.default_rng(5)
     token_bytes = [vocab.token_bytes(i) or None for i in range(vocab.vocab_size)]
     arrays = grammar.automaton_arrays
-    suffix_steps = 0
+    suffix_steps = early_steps = 0
     for _walk in range(8):
         m = grammar.matcher()
         for _step in range(40):
@@ -90,13 +92,17 @@ def test_string_body_masks_equal_reference_along_random_walks(vocab, schema, ref
             np.testing.assert_array_equal(got, reference_mask(m, grammar, token_bytes, STOP))
             stack = [int(x) for x in m._stack[: m._stack_len]]
             s = int(info[q, S_SUFFIX])
-            suffix_steps += s > 0 or (s < 0 and cnt >= info[q, 3] and info[q, 4] - cnt >= -s)
+            far_below_min = info[q, 3] - cnt >= -s  # the minimum cannot be met inside one token either way
+            suffix_steps += s > 0 or (s < 0 and (cnt >= info[q, 3] or far_below_min) and info[q, 4] - cnt >= -s)
+            early_steps += s < 0 and cnt < info[q, 3] and far_below_min
             tok = int(rng.choice(m.allowed_token_ids()))
             if tok == STOP:
                 break
             ref = advance_token_bytes_reference(arrays, token_bytes[tok], q, cnt, stack, grammar.max_depth)
             assert m.advance(tok) and ref is not None and ref[0] == m._state
     assert suffix_steps > 5
+    if schema is SCHEMAS[-1]:
+        assert early_steps > 5
 
 
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda s: str(s)[:30])
