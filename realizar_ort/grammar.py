@@ -138,6 +138,11 @@ class TokenVocabulary:
                            for t in stops]
         # a stop token with bytes could be set by a walk: then masks must clear it when stopping is not allowed
         self._stops_have_bytes = any(tables.token_offsets[t + 1] > tables.token_offsets[t] for t in stops)
+        # the most stack frames one token can push (see MaskCache.deep_stack): JSON nests one level per '[' or
+        # '{', and a token's leaf value (a string, number or literal, and an escape in it) adds at most two
+        opens = np.concatenate(([0], np.cumsum(np.isin(tables.token_data, (ord("["), ord("{"))), dtype=np.int64)))
+        self.max_pushes_per_token = int((opens[tables.token_offsets[1:]] - opens[tables.token_offsets[:-1]]).max(
+            initial=0)) + 2
         # the tokens a string state takes without a walk, by the characters of room they need (2 MB each at
         # 128k): plain text, plus a partial UTF-8 character at the end; inside a free string any open token
         self.text_upto = _merge_rows(tables.plain_upto, tables.text_open_upto)

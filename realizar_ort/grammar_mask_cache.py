@@ -53,6 +53,10 @@ class MaskCache:
         self.vocab = vocab
         self.kernel_args = kernel_args
         self.max_depth = max_depth
+        # From this stack length on, one token's pushes can reach max_depth, where the walk refuses them: a
+        # mask there depends on the stack length, which no key holds, so it is computed fresh and not kept.
+        # Below it no walk meets the limit, so masks kept there are right at any length below it.
+        self.deep_stack = max_depth - vocab.max_pushes_per_token
         self.words = (vocab.vocab_size + 31) // 32
         self.free = automaton.free_string.tolist()
         self.class_groups = class_groups.tolist()
@@ -173,6 +177,9 @@ class CachedMaskFill:
             extra = (free, min(room, c.row_last[free]), stop)
         else:
             extra = stop
+        if stack_len >= c.deep_stack:  # near max_depth: fresh, uncached (see MaskCache.deep_stack)
+            self._fill_miss(out, q, key, extra, stop, store=False)
+            return
         masks = c.masks
         cached = masks.get((key, extra))
         if cached is not None:  # the common case: one 16 KB copy
@@ -200,10 +207,10 @@ class CachedMaskFill:
             return
         masks[key] = masks[(key, False)] = out.copy()
 
-    def _fill_miss(self, out: np.ndarray, q: int, key: tuple, extra: object, stop: bool) -> None:
+    def _fill_miss(self, out: np.ndarray, q: int, key: tuple, extra: object, stop: bool, store: bool = True) -> None:
         c = self._cache
         plain = c.plain[q]
-        walked = c.masks.get(key)
+        walked = c.masks.get(key) if store else None
         if walked is not None:
             if not plain:
                 np.copyto(out, walked)
@@ -221,7 +228,7 @@ class CachedMaskFill:
                 key = c.key(q, self._counter, self._stack, self._stack_len, read)
             if plain and not c.counted[q] and not c.final[q]:
                 pass  # an unbounded string body has one whole mask per key: no walk entry (one copy less)
-            elif len(c.masks) < c.limit:
+            elif store and len(c.masks) < c.limit:
                 c.masks[key] = walked = out.copy()
         vocab = self._vocab
         set_stops = vocab._stop_bits and (stop or vocab._stops_have_bytes)
@@ -237,7 +244,7 @@ class CachedMaskFill:
                 return
         if set_stops:
             self._set_stops(out, stop)
-        if len(c.masks) < c.limit:
+        if store and len(c.masks) < c.limit:
             c.masks[(key, extra)] = walked if walked is not None and not plain and not set_stops else out.copy()
 
     def _set_stops(self, out: np.ndarray, allowed: bool) -> None:
