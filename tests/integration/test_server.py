@@ -322,12 +322,14 @@ def test_queue_full_is_429_with_retry_after(llm_config):
                             break
 
             threads = [threading.Thread(target=hold, args=(c,)) for c in clients]
-            for t in threads:
-                t.start()
             deadline = time.monotonic() + 120
-            while (engine.stats()["running"], engine.stats()["waiting"]) != (1, 1):
-                assert time.monotonic() < deadline, engine.stats()
-                time.sleep(0.05)
+            # one at a time: two requests sent together could both be waiting before the scheduler takes the
+            # first, and the second would be the one refused
+            for thread, wanted in zip(threads, [(1, 0), (1, 1)]):
+                thread.start()
+                while (engine.stats()["running"], engine.stats()["waiting"]) != wanted:
+                    assert time.monotonic() < deadline, engine.stats()
+                    time.sleep(0.05)
             r = httpx.post(server.url + "/v1/chat/completions", json={**body, "stream": False})
             check_error(r, 429, code="queue_full")
             assert r.headers["retry-after"] == "1"
