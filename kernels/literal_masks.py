@@ -170,29 +170,21 @@ def _fill_sparse(nodes, ids, sub, root_children, max_token_bytes, group_bits, tr
         b1 = state_bytes[k]
         c = root_children[0, b1]
         b2 = next_bytes[k]
-        if c >= 0 and b2 >= 0:
-            _set_range_listed(bits, ids, nodes[c, 3], nodes[c + 1, 3], touched)
-            c2 = second[b1, b2]
-            if c2 >= 0:
-                lv[1, L_Q] = trans[q, b1]
-                lv[1, L_TOP] = -1
-                lv[1, L_AT] = 0
-                lv[1, L_DEP] = 0
-                lv[1, L_CNT] = 0
-                lv[1, L_CLS] = 0
-                read = _walk_sparse(nodes, ids, sub, c2, nodes[c2, 2], trans, flags, info, state_groups, max_token_bytes,
-                             group_bits[256], 0, max_depth, arena, lv, bits, state_groups[q, 1], state_groups[q, 2],
-                             group_bits, 0, touched)
-        elif c >= 0:
-            lv[0, L_Q] = q
-            lv[0, L_TOP] = -1
-            lv[0, L_AT] = 0
-            lv[0, L_DEP] = 0
-            lv[0, L_CNT] = 0
-            lv[0, L_CLS] = 0
-            read = _walk_sparse(nodes, ids, sub, c, nodes[c, 2], trans, flags, info, state_groups, max_token_bytes,
-                         group_bits[256], 0, max_depth, arena, lv, bits, state_groups[q, 1], state_groups[q, 2],
-                         group_bits, 0, touched)
+        if c >= 0:
+            level, start, node = 0, q, c  # walk the first byte's subtree from the state itself
+            if b2 >= 0:  # the first byte's own tokens, then on from the second byte's node
+                _set_range_listed(bits, ids, nodes[c, 3], nodes[c + 1, 3], touched)
+                level, start, node = 1, trans[q, b1], second[b1, b2]
+            if node >= 0:
+                lv[level, L_Q] = start
+                lv[level, L_TOP] = -1
+                lv[level, L_AT] = 0
+                lv[level, L_DEP] = 0
+                lv[level, L_CNT] = 0
+                lv[level, L_CLS] = 0
+                read = _walk_sparse(nodes, ids, sub, node, nodes[node, 2], trans, flags, info, state_groups,
+                                    max_token_bytes, group_bits[256], 0, max_depth, arena, lv, bits, state_groups[q, 1],
+                                    state_groups[q, 2], group_bits, 0, touched)
         m = touched[0]
         fits = n + m <= words.shape[0]
         for t in range(1, m + 1):
