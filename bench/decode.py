@@ -67,7 +67,7 @@ class OursRunner:
     def __init__(self, args: argparse.Namespace) -> None:
         sys.path.insert(0, str(REPO))
         from realizar_ort.config import LlmModelConfig, SessionConfig
-        from realizar_ort.engine import ModelEngine
+        from realizar_ort.generation.engine import ModelEngine
 
         config = LlmModelConfig(
             path=Path(args.model),
@@ -81,7 +81,7 @@ class OursRunner:
         self.extra: dict[str, list[float]] = {"outside_run_share": [], "step_ms": []}
 
     def prefill_ms(self, ids: list[int]) -> float:
-        from realizar_ort.sampling import SamplingParams
+        from realizar_ort.generation.sampling import SamplingParams
 
         started = time.perf_counter()
         next(self.engine.generate_stream(ids, SamplingParams(max_tokens=1, temperature=0.0)))
@@ -89,7 +89,7 @@ class OursRunner:
 
     def decode_tok_s(self, prompts: list[list[int]], tokens: int) -> float:
         """Decode tok/s summed over concurrent requests, counted once all of them are decoding."""
-        from realizar_ort.sampling import SamplingParams
+        from realizar_ort.generation.sampling import SamplingParams
 
         params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
         before = self.engine.stats()
@@ -230,8 +230,8 @@ def worker_memory(args: argparse.Namespace) -> dict:
     """Peak RSS for 16 concurrent streams of `--mem-tokens` tokens (prompt 30 + generated)."""
     sys.path.insert(0, str(REPO))
     from realizar_ort.config import LlmModelConfig, SessionConfig
-    from realizar_ort.engine import ModelEngine
-    from realizar_ort.sampling import SamplingParams
+    from realizar_ort.generation.engine import ModelEngine
+    from realizar_ort.generation.sampling import SamplingParams
 
     config = LlmModelConfig(
         path=Path(args.model),

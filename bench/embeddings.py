@@ -58,7 +58,7 @@ def _load(engine: str, batch: int, model_dir: Path):
     """Return embed(texts, batch) -> np.ndarray for ``engine``."""
     if engine.startswith("realizar"):
         from realizar_ort.config import EmbeddingModelConfig, SessionConfig
-        from realizar_ort.embedding import EmbeddingEngine
+        from realizar_ort.embeddings.engine import EmbeddingEngine
 
         cfg = EmbeddingModelConfig(path=model_dir, session=SessionConfig(intra_op_threads=THREADS))
         engine_ = EmbeddingEngine.from_folder(model_dir, cfg)

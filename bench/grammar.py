@@ -103,8 +103,8 @@ class Ours:
     name = "realizar-ort"
 
     def __init__(self, tokenizer: Path) -> None:
-        from realizar_ort.grammar import TokenVocabulary
-        from realizar_ort.grammar_vocab import build_vocab_tables, token_bytes_from_tokenizer_json
+        from realizar_ort.grammar.matcher import TokenVocabulary
+        from realizar_ort.grammar.vocab import build_vocab_tables, token_bytes_from_tokenizer_json
 
         self.vocab = TokenVocabulary.from_tokenizer_file(tokenizer, MODEL_VOCAB, (EOS,))
         from tokenizers import Tokenizer
@@ -120,13 +120,13 @@ class Ours:
     def fresh_vocab(self):
         """A new vocabulary object on the same tables: what a new process has after loading the vocabulary
         (the common class rows), without the class rows earlier grammars added."""
-        from realizar_ort.grammar import TokenVocabulary
+        from realizar_ort.grammar.matcher import TokenVocabulary
 
         return TokenVocabulary(self.vocab.tables, (EOS,), "fresh")
 
     def run(self, schema, ids: list[int], vocab=None) -> tuple[float, list[float]]:
-        from realizar_ort.grammar import CompiledGrammar, allocate_token_bitmask
-        from realizar_ort.json_schema import compile_schema_automaton
+        from realizar_ort.grammar.json_schema import compile_schema_automaton
+        from realizar_ort.grammar.matcher import CompiledGrammar, allocate_token_bitmask
 
         vocab = vocab or self.vocab
         grammar, compile_s = _timed_compile(lambda: CompiledGrammar(compile_schema_automaton(schema), vocab))
@@ -182,7 +182,7 @@ class XGrammar:
     def __init__(self, tokenizer: Path) -> None:
         import xgrammar as xgr
 
-        from realizar_ort.grammar_vocab import token_bytes_from_tokenizer_json
+        from realizar_ort.grammar.vocab import token_bytes_from_tokenizer_json
 
         data = json.loads(tokenizer.read_bytes())
         raw = token_bytes_from_tokenizer_json(data)
@@ -223,7 +223,7 @@ class OutlinesCore:
     def __init__(self, tokenizer: Path) -> None:
         from outlines_core import Vocabulary
 
-        from realizar_ort.grammar_vocab import token_bytes_from_tokenizer_json
+        from realizar_ort.grammar.vocab import token_bytes_from_tokenizer_json
 
         raw = token_bytes_from_tokenizer_json(json.loads(tokenizer.read_bytes()))
         t = time.perf_counter()
@@ -331,7 +331,11 @@ def coverage(suite: Path) -> None:
 
     from realizar_ort.kernels.token_mask import advance_token_bytes_reference
 
-    from realizar_ort.json_schema import GrammarError, UnsupportedSchemaError, compile_schema_automaton
+    from realizar_ort.grammar.json_schema import (
+        GrammarError,
+        UnsupportedSchemaError,
+        compile_schema_automaton,
+    )
 
     def accepts(a, value) -> bool:
         try:

@@ -136,7 +136,7 @@ async def http_cell(url: str, model: str, clients: int, per_client: int, max_tok
 def engine_cell(engine, clients: int, per_client: int, max_tokens: int, share: float, json_mode) -> Cell:
     from realizar_ort.server.protocol import JsonSchemaFormat
 
-    from realizar_ort.sampling import SamplingParams
+    from realizar_ort.generation.sampling import SamplingParams
 
     cell = Cell()
     lock = threading.Lock()
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     from realizar_ort.server.metrics import ServerMetrics
 
     from realizar_ort.config import LlmModelConfig, SessionConfig
-    from realizar_ort.engine import ModelEngine
+    from realizar_ort.generation.engine import ModelEngine
 
     pairs: dict[tuple[int, float], list[tuple[Cell, Cell | None]]] = {}
     proc, url, model = start_server(args.model, max_batch, args.threads)

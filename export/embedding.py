@@ -13,7 +13,7 @@
   own ``modules.json``, ``1_Pooling/config.json`` and ``sentence_bert_config.json``, the source checksum,
   exporter versions, special tokens and the parity result.
 
-Parity is checked with the runtime's own :class:`~realizar_ort.embedding.EmbeddingEngine` against
+Parity is checked with the runtime's own :class:`~realizar_ort.embeddings.engine.EmbeddingEngine` against
 sentence-transformers (cosine >= 0.9999 on every corpus entry); a failure raises
 :class:`EmbeddingExportError` and leaves no manifest behind. Exporting is idempotent: a folder whose manifest
 has the same source checksum and a passed verification is left alone unless ``force`` is set.
@@ -40,6 +40,8 @@ import numpy as np
 
 from realizar_ort.config import EmbeddingModelConfig, SessionConfig
 from realizar_ort.manifest import MANIFEST_FILE, EmbeddingSpec, Manifest, TensorSpec
+
+from . import quiet
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -194,6 +196,7 @@ def _stage(message: str) -> None:
     print(f"[export embedding] {message}", file=sys.stderr, flush=True)
 
 
+@quiet.false_alarms_silenced()
 def _export_onnx(source: Path, work: Path) -> Path:
     from optimum.exporters.onnx import main_export
 
@@ -258,13 +261,14 @@ def _special_tokens(source: Path) -> dict[str, int]:
 def _reference_vectors(source: Path, corpus: tuple[str, ...]) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(source), device="cpu")
+    with quiet.false_alarms_silenced():
+        model = SentenceTransformer(str(source), device="cpu")
     vectors = model.encode(list(corpus), batch_size=8, convert_to_numpy=True, show_progress_bar=False)
     return np.asarray(vectors, dtype=np.float32)
 
 
 def _parity(folder: Path, manifest: Manifest, reference: np.ndarray, corpus: tuple[str, ...]) -> dict[str, Any]:
-    from realizar_ort.embedding import EmbeddingEngine
+    from realizar_ort.embeddings.engine import EmbeddingEngine
 
     config = EmbeddingModelConfig(path=folder, session=SessionConfig(intra_op_threads=0), batch_size=8)
     with EmbeddingEngine(folder, manifest, config) as engine:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from realizar_ort.manifest import MANIFEST_FILE, LlmSpec, Manifest
 
-from . import cache, graph_fusion, llama_graph, onnx_graph, verify
+from . import cache, graph_fusion, llama_graph, onnx_graph, quiet, verify
 from .progress import Stages
 from .sources import ResolvedSource, resolve_source
 
@@ -126,6 +126,7 @@ def export_llm(
 # ---- stages ---------------------------------------------------------------------------------------------
 
 
+@quiet.false_alarms_silenced()
 def _prepare_hf_folder(src: ResolvedSource, dest: Path, chat_format: ChatFormat | None) -> tuple[Path, ChatFormat]:
     """Materialise a transformers folder with corrected special tokens and a chat template."""
     import torch
@@ -221,6 +222,7 @@ _GRAPH_IO: dict[str, dict[str, Any]] = {
 }
 
 
+@quiet.false_alarms_silenced()
 def _fused_export(hf_dir: Path, out: Path) -> str | None:
     """Build the fused graph into ``out/model.onnx``; returns why not when the model needs the Optimum graph."""
     import torch
@@ -236,6 +238,7 @@ def _fused_export(hf_dir: Path, out: Path) -> str | None:
     return None
 
 
+@quiet.false_alarms_silenced()
 def _optimum_export(hf_dir: Path, out: Path) -> None:
     from optimum.exporters.onnx import main_export
 
@@ -244,6 +247,7 @@ def _optimum_export(hf_dir: Path, out: Path) -> None:
     )
 
 
+@quiet.false_alarms_silenced()
 def _write_folder(hf_dir: Path, onnx_dir: Path, out: Path, fmt: ChatFormat) -> dict[str, Any]:
     """Copy model + tokenizer + template into ``out``; return the ``LlmSpec`` fields (+ special tokens)."""
     from tokenizers import Tokenizer

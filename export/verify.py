@@ -16,6 +16,8 @@ import numpy as np
 
 from realizar_ort.onnx_session import create_session
 
+from . import quiet
+
 __all__ = ["GOLDEN_FILE", "exporter_versions", "golden_prompts", "llm_greedy_parity", "ort_greedy", "quantize_int8_with_report"]
 
 GOLDEN_FILE = "golden.json"
@@ -119,6 +121,7 @@ def _ort_greedy_shared_buffer(session: Any, spec: dict[str, Any], prompt_ids: li
     return generated
 
 
+@quiet.false_alarms_silenced()
 def llm_greedy_parity(hf_dir: Path, folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
     """Greedy tokens from onnxruntime == transformers for every golden prompt; writes golden.json."""
     import torch

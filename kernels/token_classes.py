@@ -1,7 +1,7 @@
 """Character classes for the token-mask kernel: which states a class shortcut applies to, and the token
 rows it ORs in (numba, ``@njit(cache=True, nogil=True)``; each call allocates only its outputs).
 
-A class is a set of whole byte groups (``realizar_ort.grammar_vocab.BYTE_GROUP``), so "every byte of this
+A class is a set of whole byte groups (``realizar_ort.grammar.vocab.BYTE_GROUP``), so "every byte of this
 token is in the class" is one AND on the token's group set.
 
 - :func:`loop_byte_groups`: per state, the groups wholly inside its flag-free self-loop, and whether the

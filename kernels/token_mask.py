@@ -6,7 +6,7 @@ bit ``i % 32`` of word ``i // 32`` set = token ``i`` allowed.
 - :func:`allocate_token_bitmask` / :func:`apply_token_bitmask_inplace` (+ the batch variant): plain
   helpers any grammar can use.
 - :func:`fill_next_token_bitmask`: walks a byte trie of the vocabulary with a byte-level pushdown
-  automaton (``realizar_ort.json_schema.Automaton``) from a configuration (state, string counter, stack)
+  automaton (``realizar_ort.grammar.json_schema.Automaton``) from a configuration (state, string counter, stack)
   and sets the bit of every token whose bytes the automaton accepts as a continuation. A subtree is
   skipped as soon as its prefix is rejected, and a first byte the state cannot take is never read
   (a table of first-byte nodes). Shortcuts: states that loop on every plain string character OR in the
@@ -16,7 +16,7 @@ bit ``i % 32`` of word ``i // 32`` set = token ``i`` allowed.
   that can leave the class are walked. In a string body whose plain bytes cannot matter (``S_SUFFIX``) the
   string tokens are walked keyed by what follows their leading plain bytes (tries 3 and 4, about half the
   nodes of tries 1 and 2). Subtree byte sets are kept as 64 byte groups
-  (``realizar_ort.grammar_vocab.BYTE_GROUP``), exact for plain string text and the usual classes.
+  (``realizar_ort.grammar.vocab.BYTE_GROUP``), exact for plain string text and the usual classes.
 - :func:`advance_token_bytes`: run one token's bytes through the automaton, updating the stack in place.
 - ``*_reference``: plain Python/numpy versions the tests compare the kernels against.
 

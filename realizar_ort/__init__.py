@@ -15,42 +15,42 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     # generation
-    "ModelEngine": "engine",
-    "GenerationStream": "engine",
-    "SamplingParams": "sampling",
-    "GenerationResult": "generation",
-    "GenerationDelta": "generation",
-    "Usage": "generation",
-    "LogitProcessor": "logits",
-    "FinishReason": "generation",
-    "TokenLogprob": "generation",
-    "TopLogprob": "generation",
+    "ModelEngine": "generation.engine",
+    "GenerationStream": "generation.engine",
+    "SamplingParams": "generation.sampling",
+    "GenerationResult": "generation.results",
+    "GenerationDelta": "generation.results",
+    "Usage": "generation.results",
+    "LogitProcessor": "generation.logits",
+    "FinishReason": "generation.results",
+    "TokenLogprob": "generation.results",
+    "TopLogprob": "generation.results",
     "Tokenizer": "tokenizer",
     "ChatTemplate": "chat_template",
     "ChatTemplateError": "chat_template",
     # enforcement
-    "JsonGrammar": "grammar",
-    "TokenVocabulary": "grammar",
-    "CompiledGrammar": "grammar",
-    "GrammarMatcher": "grammar",
-    "compile_json_schema": "grammar",
-    "GrammarError": "grammar",
-    "UnsupportedSchemaError": "grammar",
-    "HybridSampler": "hybrid_sampler",
+    "JsonGrammar": "grammar.matcher",
+    "TokenVocabulary": "grammar.matcher",
+    "CompiledGrammar": "grammar.matcher",
+    "GrammarMatcher": "grammar.matcher",
+    "compile_json_schema": "grammar.matcher",
+    "GrammarError": "grammar.matcher",
+    "UnsupportedSchemaError": "grammar.matcher",
+    "HybridSampler": "tools.hybrid_sampler",
     # tools
-    "ToolDefinition": "tools",
-    "ToolCall": "tools",
-    "ToolPromptTemplate": "tool_prompts",
-    "Llama3ToolStrategy": "tool_prompts",
-    "ChatMLToolStrategy": "tool_prompts",
-    "generate_with_tools": "tool_generation",
-    "generate_with_tools_stream": "tool_generation",
+    "ToolDefinition": "tools.definitions",
+    "ToolCall": "tools.definitions",
+    "ToolPromptTemplate": "tools.prompts",
+    "Llama3ToolStrategy": "tools.prompts",
+    "ChatMLToolStrategy": "tools.prompts",
+    "generate_with_tools": "tools.generate",
+    "generate_with_tools_stream": "tools.generate",
     # embeddings
-    "EmbeddingEngine": "embedding",
-    "EmbeddingResult": "embedding",
-    "EmbeddingError": "embedding",
-    "InputTooLongError": "embedding",
-    "TokenIdOutOfRangeError": "embedding",
+    "EmbeddingEngine": "embeddings.engine",
+    "EmbeddingResult": "embeddings.engine",
+    "EmbeddingError": "embeddings.engine",
+    "InputTooLongError": "embeddings.engine",
+    "TokenIdOutOfRangeError": "embeddings.engine",
     # config, manifest, errors
     "Config": "config",
     "ConfigError": "config",
@@ -63,13 +63,13 @@ _EXPORTS: dict[str, str] = {
     "ContextLengthError": "errors",
     "QueueFullError": "errors",
     "EngineClosedError": "errors",
-    "ToolChoice": "tools",
-    "ToolGenerationResult": "tool_generation",
-    "ToolGenerationDelta": "tool_generation",
-    "ToolCallDelta": "tool_generation",
-    "ToolGenerationStream": "tool_generation",
-    "strategy_for": "tool_prompts",
-    "parse_tool_calls": "tool_parsing",
+    "ToolChoice": "tools.definitions",
+    "ToolGenerationResult": "tools.generate",
+    "ToolGenerationDelta": "tools.generate",
+    "ToolCallDelta": "tools.generate",
+    "ToolGenerationStream": "tools.generate",
+    "strategy_for": "tools.prompts",
+    "parse_tool_calls": "tools.parsing",
 }
 
 __all__ = [
@@ -144,14 +144,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .chat_template import ChatTemplate, ChatTemplateError
     from .config import Config, ConfigError, load_config
-    from .embedding import (
+    from .embeddings.engine import (
         EmbeddingEngine,
         EmbeddingError,
         EmbeddingResult,
         InputTooLongError,
         TokenIdOutOfRangeError,
     )
-    from .engine import GenerationStream, ModelEngine
     from .errors import (
         ContextLengthError,
         EngineClosedError,
@@ -159,8 +158,18 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         QueueFullError,
         RealizarError,
     )
-    from .generation import FinishReason, GenerationDelta, GenerationResult, TokenLogprob, TopLogprob, Usage
-    from .grammar import (
+    from .generation.engine import GenerationStream, ModelEngine
+    from .generation.logits import LogitProcessor
+    from .generation.results import (
+        FinishReason,
+        GenerationDelta,
+        GenerationResult,
+        TokenLogprob,
+        TopLogprob,
+        Usage,
+    )
+    from .generation.sampling import SamplingParams
+    from .grammar.matcher import (
         CompiledGrammar,
         GrammarError,
         GrammarMatcher,
@@ -169,12 +178,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         UnsupportedSchemaError,
         compile_json_schema,
     )
-    from .hybrid_sampler import HybridSampler
-    from .logits import LogitProcessor
     from .manifest import Manifest, ManifestError, load_manifest
-    from .sampling import SamplingParams
     from .tokenizer import Tokenizer
-    from .tool_generation import (
+    from .tools.definitions import ToolCall, ToolChoice, ToolDefinition
+    from .tools.generate import (
         ToolCallDelta,
         ToolGenerationDelta,
         ToolGenerationResult,
@@ -182,6 +189,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         generate_with_tools,
         generate_with_tools_stream,
     )
-    from .tool_parsing import parse_tool_calls
-    from .tool_prompts import ChatMLToolStrategy, Llama3ToolStrategy, ToolPromptTemplate, strategy_for
-    from .tools import ToolCall, ToolChoice, ToolDefinition
+    from .tools.hybrid_sampler import HybridSampler
+    from .tools.parsing import parse_tool_calls
+    from .tools.prompts import ChatMLToolStrategy, Llama3ToolStrategy, ToolPromptTemplate, strategy_for

@@ -16,7 +16,7 @@ __all__ = ["main"]
 _SUBCOMMANDS = {
     "export": ("realizar_ort.export.cli", "export models to ONNX (needs the `export` extra: torch, optimum)"),
     "serve": ("realizar_ort.server.cli", "serve the OpenAI-compatible API (/v1/chat/completions, /v1/embeddings)"),
-    "embed": ("realizar_ort.batch_embed", "embed a JSONL/CSV/Parquet/text file into Parquet, locally or on Ray"),
+    "embed": ("realizar_ort.embeddings.batch", "embed a JSONL/CSV/Parquet/text file into Parquet, locally or on Ray"),
 }
 
 

@@ -91,7 +91,7 @@ def create_app(config: Config, *, llm: Any = None, embedder: Any = None) -> Star
 def _load_models(state: ServerState, llm: Any, embedder: Any) -> None:
     config = state.config
     if llm is None and config.llm is not None:
-        from realizar_ort.engine import ModelEngine
+        from realizar_ort.generation.engine import ModelEngine
 
         llm = ModelEngine.from_config(config.llm)
         state.owned.append(llm)
@@ -105,7 +105,7 @@ def _load_models(state: ServerState, llm: Any, embedder: Any) -> None:
                  engine_provider(llm, config.llm.session if config.llm else None),
                  config.llm.max_batch_size if config.llm else "?", max_context)
     if embedder is None and config.embedding is not None:
-        from realizar_ort.embedding import EmbeddingEngine
+        from realizar_ort.embeddings.engine import EmbeddingEngine
 
         embedder = EmbeddingEngine.from_folder(config.embedding.path, config.embedding)
         state.owned.append(embedder)
@@ -120,12 +120,7 @@ def _load_models(state: ServerState, llm: Any, embedder: Any) -> None:
 
 
 def _json_mode(engine: Any, config: Config, metrics: ServerMetrics) -> JsonModeService | None:
-    """The JSON-mode service for ``engine``, or None when the grammar module is unavailable."""
-    try:
-        import realizar_ort.grammar  # noqa: F401
-    except ImportError:
-        log.warning("realizar_ort.grammar is not importable: response_format JSON modes are disabled")
-        return None
+    """The JSON-mode service for ``engine``, or None when the engine does not say where its tokenizer is."""
     folder = config.llm.path if config.llm else getattr(engine, "model_dir", None) or getattr(engine, "folder", None)
     spec = getattr(engine.manifest, "llm", None)
     if folder is None or spec is None:

@@ -21,7 +21,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from realizar_ort.sampling import SamplingParams
+from realizar_ort.generation.sampling import SamplingParams
 
 from .bridge import ThreadedIterator
 from .chat_format import ChunkBuilder, ToolCallFragment, fold_chunks, usage_dict
@@ -138,9 +138,9 @@ def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingPa
     messages = [dict(m) for m in req.messages]
     if req.uses_tools:
         try:
-            from realizar_ort.tool_generation import generate_with_tools_stream
+            from realizar_ort.tools.generate import generate_with_tools_stream
         except ImportError:
-            raise invalid("tools are not available on this server (realizar_ort.tool_generation is missing).",
+            raise invalid("tools are not available on this server (realizar_ort.tools.generate is missing).",
                           "tools") from None
 
         tools = [dict(t) for t in req.tools]

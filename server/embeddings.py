@@ -54,7 +54,7 @@ def _embed(service: EmbeddingService, req: EmbeddingRequest) -> tuple[np.ndarray
     The engine's refusals (an input over the model's limit with ``overflow = "error"``, a token id
     outside the vocabulary) are 400s naming the input.
     """
-    from realizar_ort.embedding import EmbeddingError
+    from realizar_ort.embeddings.engine import EmbeddingError
 
     engine = service.engine
     try:

@@ -60,15 +60,10 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
 
 
 def _grammar_errors() -> tuple[type[BaseException], ...]:
-    """The grammar module's error types, if it is installed (it is built alongside the server)."""
-    try:
-        from realizar_ort import grammar
-    except ImportError:  # pragma: no cover - only while the grammar module does not exist yet
-        return ()
-    return tuple(
-        t for t in (getattr(grammar, "UnsupportedSchemaError", None), getattr(grammar, "GrammarError", None))
-        if isinstance(t, type)
-    )
+    """The grammar's error types (imported on first use, so that importing the server stays cheap)."""
+    from realizar_ort import GrammarError, UnsupportedSchemaError
+
+    return (UnsupportedSchemaError, GrammarError)
 
 
 def to_api_error(exc: BaseException, *, schema_param: str | None = None) -> APIError:

@@ -56,7 +56,7 @@ class JsonModeService:
         """The engine's ``TokenVocabulary`` (built on first call; blocking, ~0.1-1 s)."""
         with self._lock:
             if self._vocab is None:
-                from realizar_ort.grammar import TokenVocabulary
+                from realizar_ort.grammar.matcher import TokenVocabulary
 
                 self._vocab = TokenVocabulary.from_tokenizer_file(
                     self._model_dir / "tokenizer.json", vocab_size=self._vocab_size,
@@ -66,7 +66,7 @@ class JsonModeService:
 
     def compiled(self, schema: dict[str, Any] | str) -> Any:
         """The compiled grammar for ``schema`` (or ``"any_object"``); blocking on a cache miss."""
-        from realizar_ort.grammar import compile_json_schema
+        from realizar_ort.grammar.matcher import compile_json_schema
 
         vocab = self.vocabulary()
         start = time.perf_counter()
@@ -77,13 +77,13 @@ class JsonModeService:
     def warm_up(self) -> None:
         """Build the vocabulary and run one mask, so the first JSON request does not pay for the kernels'
         JIT compilation inside the scheduler thread (which would stall the whole batch). Blocking, ~1 s."""
-        from realizar_ort.grammar import JsonGrammar
+        from realizar_ort.grammar.matcher import JsonGrammar
 
         JsonGrammar(self.compiled(ANY_OBJECT)).process([], np.zeros(self._vocab_size, dtype=np.float32))
 
     def processor(self, fmt: JsonSchemaFormat) -> TimedProcessor:
         """A fresh per-request processor enforcing ``fmt`` (blocking when the grammar is not cached)."""
-        from realizar_ort.grammar import JsonGrammar
+        from realizar_ort.grammar.matcher import JsonGrammar
 
         grammar = self.compiled(fmt.schema if fmt.type == "json_schema" and fmt.schema else ANY_OBJECT)
         return TimedProcessor(JsonGrammar(grammar), self._metrics)

@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 @dataclass
 class LlmService:
-    engine: Any  # realizar_ort.engine.ModelEngine (or a test fake with the same methods)
+    engine: Any  # realizar_ort.generation.engine.ModelEngine (or a test fake with the same methods)
     name: str
     max_context: int
     json_mode: JsonModeService | None = None
@@ -35,7 +35,7 @@ class LlmService:
 
 @dataclass
 class EmbeddingService:
-    engine: Any  # realizar_ort.embedding.EmbeddingEngine (or a test fake)
+    engine: Any  # realizar_ort.embeddings.engine.EmbeddingEngine (or a test fake)
     name: str
     dimensions: int
     limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(64))

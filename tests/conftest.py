@@ -74,7 +74,7 @@ def reference_mask():
     import numpy as np
     from realizar_ort.kernels.token_mask import fill_next_token_bitmask_reference
 
-    from realizar_ort.grammar import allocate_token_bitmask
+    from realizar_ort.grammar.matcher import allocate_token_bitmask
 
     def expected(matcher, grammar, token_bytes: list, stop_id: int) -> np.ndarray:
         mask = allocate_token_bitmask(len(token_bytes))

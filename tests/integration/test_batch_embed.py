@@ -20,10 +20,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from realizar_ort import batch_embed
-from realizar_ort.batch_embed import BatchJobError, JobSpec, run_local_job
 from realizar_ort.config import EmbeddingModelConfig, SessionConfig
-from realizar_ort.embedding import EmbeddingEngine
+from realizar_ort.embeddings import batch as batch_embed
+from realizar_ort.embeddings.batch import BatchJobError, JobSpec, run_local_job
+from realizar_ort.embeddings.engine import EmbeddingEngine
 
 TEXTS = [
     "The cat sat on the mat.", "", "Zürich, São Paulo, 東京 and 🚀", 'quotes "inside", commas, too',
@@ -146,7 +146,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path: Path, minilm_d
     out = tmp_path / "out"
     args = ["--input", str(path), "--output", str(out), "--model", str(minilm_dir), "--chunk-rows", "100",
             "--batch-size", "16", "--no-progress"]
-    script = ("import argparse, sys; from realizar_ort import batch_embed as b; p = argparse.ArgumentParser(); "
+    script = ("import argparse, sys; from realizar_ort.embeddings import batch as b; p = argparse.ArgumentParser(); "
               "b.add_arguments(p); sys.exit(b.run(p.parse_args(sys.argv[1:])))")
     proc = subprocess.Popen([sys.executable, "-c", script, *args], stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -185,7 +185,7 @@ def test_ray_job_writes_the_same_rows_as_the_local_job(tmp_path: Path, minilm_di
                           engine, progress_bar=False)
     script = (
         "import argparse, sys, ray; ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False); "
-        "from realizar_ort import batch_embed as b; p = argparse.ArgumentParser(); b.add_arguments(p); "
+        "from realizar_ort.embeddings import batch as b; p = argparse.ArgumentParser(); b.add_arguments(p); "
         "sys.exit(b.run(p.parse_args(sys.argv[1:])))"
     )
     proc = subprocess.run(

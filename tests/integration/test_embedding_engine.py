@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from realizar_ort.config import EmbeddingModelConfig, SessionConfig
-from realizar_ort.embedding import EmbeddingEngine, EmbeddingError, InputTooLongError, TokenIdOutOfRangeError
+from realizar_ort.embeddings.engine import (
+    EmbeddingEngine,
+    EmbeddingError,
+    InputTooLongError,
+    TokenIdOutOfRangeError,
+)
 
 MIN_COSINE = 0.9999
 LONG_TEXT = "Streaming readers keep memory bounded while the embedder works through the backlog. " * 40

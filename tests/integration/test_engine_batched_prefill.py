@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from realizar_ort.config import LlmModelConfig, SessionConfig
-from realizar_ort.decoder_inplace import InPlaceDecoder
-from realizar_ort.engine import ModelEngine
-from realizar_ort.generation import GenerationResult
+from realizar_ort.generation.decoder_inplace import InPlaceDecoder
+from realizar_ort.generation.engine import ModelEngine
+from realizar_ort.generation.results import GenerationResult
+from realizar_ort.generation.sampling import SamplingParams
 from realizar_ort.manifest import load_manifest
 from realizar_ort.onnx_session import create_session
-from realizar_ort.sampling import SamplingParams
 
 LENGTHS = (23, 7, 1, 16, 23)  # mixed, with a one-token prompt and a tie for the longest
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from realizar_ort.config import LlmModelConfig
-from realizar_ort.engine import ModelEngine
-from realizar_ort.generation import GenerationResult
-from realizar_ort.sampling import SamplingParams
+from realizar_ort.generation.engine import ModelEngine
+from realizar_ort.generation.results import GenerationResult
+from realizar_ort.generation.sampling import SamplingParams
 
 CHUNK = 64
 

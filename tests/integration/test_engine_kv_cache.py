@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from realizar_ort.kv_cache import KVCache
+from realizar_ort.generation.kv_cache import KVCache
 from realizar_ort.manifest import LlmSpec
 
 SPEC = LlmSpec(

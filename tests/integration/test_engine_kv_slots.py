@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from realizar_ort.kv_slots import SlotKVCache
+from realizar_ort.generation.kv_slots import SlotKVCache
 from realizar_ort.manifest import LlmSpec
 
 SPEC = LlmSpec(

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from realizar_ort.config import LlmModelConfig
-from realizar_ort.engine import ModelEngine
 from realizar_ort.errors import ContextLengthError, EngineClosedError, InvalidRequestError, QueueFullError
-from realizar_ort.generation import GenerationResult
-from realizar_ort.sampling import SamplingParams
+from realizar_ort.generation.engine import ModelEngine
+from realizar_ort.generation.results import GenerationResult
+from realizar_ort.generation.sampling import SamplingParams
 
 LONG = SamplingParams(max_tokens=1500, temperature=0.0, ignore_eos=True)
 SHORT = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)

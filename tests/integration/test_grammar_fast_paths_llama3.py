@@ -10,8 +10,8 @@ import pytest
 from realizar_ort.kernels.token_mask import fill_next_token_bitmask_reference
 from tokenizers import Tokenizer
 
-from realizar_ort.grammar import CompiledGrammar, TokenVocabulary, allocate_token_bitmask
-from realizar_ort.json_schema import compile_schema_automaton
+from realizar_ort.grammar.json_schema import compile_schema_automaton
+from realizar_ort.grammar.matcher import CompiledGrammar, TokenVocabulary, allocate_token_bitmask
 
 MODEL_VOCAB = 128256
 EOT = 128009

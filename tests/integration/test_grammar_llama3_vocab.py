@@ -10,8 +10,8 @@ import pytest
 from realizar_ort.kernels.token_mask import fill_next_token_bitmask_reference
 from tokenizers import Tokenizer
 
-from realizar_ort.grammar import TokenVocabulary, allocate_token_bitmask, compile_json_schema
-from realizar_ort.grammar_vocab import token_bytes_from_tokenizer_json
+from realizar_ort.grammar.matcher import TokenVocabulary, allocate_token_bitmask, compile_json_schema
+from realizar_ort.grammar.vocab import token_bytes_from_tokenizer_json
 
 MODEL_VOCAB = 128256
 EOT, EOS = 128009, 128001

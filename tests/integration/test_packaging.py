@@ -20,7 +20,9 @@ def test_wheel_contents(tmp_path: Path) -> None:
     tops = {n.split("/")[0] for n in names}
     assert tops == {"realizar_ort", wheel.name.split("-py3")[0] + ".dist-info"}
     for module in ("realizar_ort/kernels/__init__.py", "realizar_ort/server/__init__.py",
-                   "realizar_ort/export/llm.py", "realizar_ort/manifest.py", "realizar_ort/templates/llama3.jinja"):
+                   "realizar_ort/export/llm.py", "realizar_ort/manifest.py", "realizar_ort/templates/llama3.jinja",
+                   "realizar_ort/generation/engine.py", "realizar_ort/grammar/matcher.py",
+                   "realizar_ort/tools/generate.py", "realizar_ort/embeddings/engine.py"):
         assert module in names, module
     assert not any(n.startswith(("tests/", "bench/", "models/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -15,9 +15,9 @@ from realizar_ort.server.app import create_app
 from realizar_ort.server.live import LiveServer
 
 from realizar_ort.config import Config, EmbeddingModelConfig, LlmModelConfig, ServerConfig, SessionConfig
-from realizar_ort.embedding import EmbeddingEngine
-from realizar_ort.engine import ModelEngine
-from realizar_ort.sampling import SamplingParams
+from realizar_ort.embeddings.engine import EmbeddingEngine
+from realizar_ort.generation.engine import ModelEngine
+from realizar_ort.generation.sampling import SamplingParams
 
 pytestmark = pytest.mark.slow
 

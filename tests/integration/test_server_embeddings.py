@@ -12,7 +12,7 @@ from realizar_ort.server.app import create_app
 from realizar_ort.server.live import LiveServer
 
 from realizar_ort.config import Config, EmbeddingModelConfig, ServerConfig
-from realizar_ort.embedding import EmbeddingEngine
+from realizar_ort.embeddings.engine import EmbeddingEngine
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France.", "",
          "naïve café — 東京 🚀", "word " * 400]

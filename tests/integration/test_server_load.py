@@ -15,7 +15,7 @@ from realizar_ort.server.app import create_app
 from realizar_ort.server.live import LiveServer
 
 from realizar_ort.config import Config, LlmModelConfig, ServerConfig, SessionConfig
-from realizar_ort.engine import ModelEngine
+from realizar_ort.generation.engine import ModelEngine
 
 pytestmark = pytest.mark.slow
 

@@ -10,16 +10,16 @@ import jsonschema
 import pytest
 
 from realizar_ort.chat_template import ChatTemplate
-from realizar_ort.engine import ModelEngine
 from realizar_ort.errors import InvalidRequestError
-from realizar_ort.sampling import SamplingParams
-from realizar_ort.tool_generation import (
+from realizar_ort.generation.engine import ModelEngine
+from realizar_ort.generation.sampling import SamplingParams
+from realizar_ort.tools.definitions import normalize_messages, parse_tools
+from realizar_ort.tools.generate import (
     ToolGenerationResult,
     generate_with_tools,
     generate_with_tools_stream,
 )
-from realizar_ort.tool_prompts import ChatMLToolStrategy, Llama3ToolStrategy, strategy_for
-from realizar_ort.tools import normalize_messages, parse_tools
+from realizar_ort.tools.prompts import ChatMLToolStrategy, Llama3ToolStrategy, strategy_for
 
 pytestmark = pytest.mark.slow  # real models; seconds per test on two shared cores
 
@@ -215,8 +215,8 @@ def test_unenforceable_tool_schema_is_refused_naming_the_tool(tiny: ModelEngine)
 
 def test_engine_methods_are_the_tool_generation_functions(smollm2_dir: Path) -> None:
     """`ModelEngine.generate_with_tools` (and its stream) give what the module functions give."""
-    from realizar_ort.engine import ModelEngine
-    from realizar_ort.sampling import SamplingParams
+    from realizar_ort.generation.engine import ModelEngine
+    from realizar_ort.generation.sampling import SamplingParams
 
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]

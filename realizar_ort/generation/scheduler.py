@@ -1,0 +1,409 @@
+"""Continuous batching: one thread owns the running batch and turns requests into streamed deltas.
+
+Each loop iteration is a step boundary: retire cancelled rows, admit waiting requests up to
+`max_batch_size` (prefilled alone, or right-padded together with others admitted at the same boundary -
+bitwise the same numbers either way - and its first token sampled, then merged into the batch), run
+one `decode_step` for the whole batch, sample one token per row, push each row's delta to its request's
+queue, and retire rows that finished. Callers block on their own queue, never on the batch.
+
+Prefill is bounded per boundary so running streams keep flowing: short prompts are prefilled whole, up
+to `prefill_chunk` tokens per boundary (always at least one prompt); with a decoder that supports it, a
+longer prompt is prefilled `prefill_chunk` tokens per boundary (one such prompt at a time, its row
+reserved) and joins the batch when its last chunk has run. Tokens are the same either way.
+
+Threading: `submit` and `Request.cancel` may be called from any thread; everything else runs on the
+scheduler thread. A failure inside one request's logit processors fails that request only; a failure
+of the graph fails the requests in the batch and the loop carries on.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import EngineClosedError, QueueFullError, RealizarError
+from .decoder import Decoder
+from .detokenizer import TextStream
+from .results import GenerationDelta, TokenLogprob, Usage
+from .sampling import RequestSampler, SampledToken, SamplingParams, sample_batch
+
+__all__ = ["Request", "Scheduler"]
+
+log = logging.getLogger(__name__)
+
+DIRECT_DELIVERY_MAX = 2  # a step with at most this many deltas skips the courier thread
+PREFILL_CHUNK_TOKENS = 256  # default prompt tokens prefilled per step boundary (see the module docstring)
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation in flight. Created by the engine; mutated by the scheduler thread only
+    (except `cancelled`, a flag any thread may set)."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_tokens: int
+    stop_ids: frozenset[int]
+    sampler: RequestSampler
+    text: TextStream
+    to_logprob: Callable[[SampledToken], TokenLogprob] | None = None
+    request_id: int = field(default_factory=lambda: next(_ids))
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # GenerationDelta | BaseException
+    generated: list[int] = field(default_factory=list)
+    seq_length: int = 0  # tokens in this row's KV
+    next_token: int = -1  # sampled, not yet fed
+    cancelled: bool = False
+    finished: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Scheduler:
+    def __init__(
+        self, decoder: Decoder, max_batch: int, max_queued: int, prefill_chunk: int = PREFILL_CHUNK_TOKENS
+    ) -> None:
+        self.decoder = decoder
+        self.max_batch = max_batch
+        self.max_queued = max_queued
+        self.prefill_chunk = prefill_chunk
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._running: list[Request] = []
+        self._chunking: Request | None = None  # a long prompt being prefilled chunk by chunk (its row reserved)
+        self._chunked_tokens = 0  # how much of its prompt is in the decoder's staging slot
+        self._cond = threading.Condition()
+        self._closed = False
+        self._counters = {
+            "prompt_tokens": 0,
+            "generated_tokens": 0,
+            "decode_steps": 0,
+            "prefill_passes": 0,  # graph passes that prefill prompts (a batch of short ones, or one chunk)
+            "requests_finished": 0,
+        }
+        self._decode_step_seconds = 0.0
+        self._outbox: list[tuple[queue.SimpleQueue, object]] = []  # this step's (caller queue, item)
+        self._courier = _Courier()
+        self._thread = threading.Thread(target=self._loop, name="realizar-scheduler", daemon=True)
+        self._thread.start()
+
+    # ---- any thread ---------------------------------------------------------------------------------
+    def submit(self, request: Request) -> None:
+        with self._cond:
+            if self._closed or not self._thread.is_alive():
+                raise EngineClosedError("the engine is closed")
+            if len(self._waiting) >= self.max_queued:
+                raise QueueFullError(f"the request queue is full ({self.max_queued} waiting); retry later")
+            self._waiting.append(request)
+            self._cond.notify()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stats(self) -> dict[str, float | int]:
+        return {
+            "running": len(self._running),
+            "waiting": len(self._waiting) + (self._chunking is not None),
+            "max_batch_size": self.max_batch,
+            "kv_length": max((r.seq_length for r in self._running), default=0),
+            "kv_bytes_in_use": self.decoder.kv_bytes_in_use([r.seq_length for r in self._running]),
+            **self._counters,
+            "decode_step_seconds": self._decode_step_seconds,
+            "session_run_seconds": self.decoder.session_run_seconds,
+            "prefill_seconds": self.decoder.prefill_seconds,
+        }
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # ---- scheduler thread ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while True:
+                if not self._running:
+                    self._deliver(direct=True)  # no batch is waiting on this thread: skip the courier hop
+                with self._cond:
+                    while not self._closed and not self._waiting and not self._running and not self._chunking:
+                        self._cond.wait()
+                    if self._closed:
+                        break
+                    admitted = self._take_admissions()
+                self._retire(cancelled_only=True)
+                self._prefill_admitted(admitted)
+                if self._chunking is not None:
+                    self._prefill_next_chunk()
+                if self._running:
+                    self._decode_step()
+            self._fail_all(EngineClosedError("the engine was closed"))
+        except BaseException as exc:  # pragma: no cover - a bug in the loop itself: fail everyone loudly
+            log.exception("scheduler thread crashed")
+            self._fail_all(RealizarError(f"the engine's scheduler failed: {exc!r}"))
+            raise
+        finally:
+            self._courier.close()  # callers have every item before the thread counts as dead
+
+    def _take_admissions(self) -> list[Request]:
+        """Waiting requests to start at this boundary (lock held), in arrival order, while rows are free:
+        short prompts up to `prefill_chunk` tokens in all (always at least one), and at most one long
+        prompt to prefill in chunks (when the decoder can), so a burst of prompts delays the running
+        streams by a bounded amount per step."""
+        taken: list[Request] = []
+        budget = self.prefill_chunk
+        free_rows = self.max_batch - len(self._running) - (self._chunking is not None)
+        while self._waiting and len(taken) < free_rows:
+            cost = len(self._waiting[0].prompt_ids)
+            if cost > self.prefill_chunk and self.decoder.chunked_prefill:
+                if self._chunking is not None or any(len(r.prompt_ids) > self.prefill_chunk for r in taken):
+                    break  # one chunked prompt at a time
+            elif taken and cost > budget:
+                break
+            else:
+                budget -= cost
+            taken.append(self._waiting.popleft())
+        return taken
+
+    def _prefill_admitted(self, admitted: list[Request]) -> None:
+        """Stage 1: prefill this boundary's admissions. A long prompt starts its chunked prefill; short ones
+        run alone or, where the decoder can, right-padded in groups (one pass over the weights per group,
+        at most `prefill_chunk` padded positions each), and each starts with its first token."""
+        short: list[Request] = []
+        for request in admitted:
+            if request.cancelled:
+                continue
+            self._counters["prompt_tokens"] += len(request.prompt_ids)
+            if len(request.prompt_ids) > self.prefill_chunk and self.decoder.chunked_prefill:
+                self._chunking, self._chunked_tokens = request, 0
+            else:
+                short.append(request)
+        if not self.decoder.batched_prefill:
+            for request in short:
+                self._prefill_group([request])
+            return
+        group: list[Request] = []
+        width = 0  # the group's longest prompt: every row of the pass is padded to it
+        for request in short:
+            n = len(request.prompt_ids)
+            if group and max(width, n) * (len(group) + 1) > self.prefill_chunk:
+                self._prefill_group(group)
+                group, width = [], 0
+            group.append(request)
+            width = max(width, n)
+        if group:
+            self._prefill_group(group)
+
+    def _prefill_group(self, group: list[Request]) -> None:
+        """Run the prompts of `group` (one pass), sample each one's first token, admit those that go on."""
+        self._counters["prefill_passes"] += 1
+        try:
+            if len(group) == 1:
+                logits = self.decoder.prefill(group[0].prompt_ids)[None, :]  # [1, V]
+            else:
+                logits = self.decoder.prefill_batch([r.prompt_ids for r in group])  # [k, V]
+        except Exception as exc:  # noqa: BLE001 - a bad prompt fails its own requests only
+            for request in group:
+                request.finished = True
+                self._emit(request, exc)
+            return
+        sampled = sample_batch(logits, [r.sampler for r in group], [r.generated for r in group])
+        for j, (request, choice) in enumerate(zip(group, sampled)):
+            if isinstance(choice, BaseException):  # this request's logit processor failed
+                request.finished = True
+                self._emit(request, choice)
+            elif not self._accept(request, choice):
+                if len(group) == 1:
+                    self.decoder.admit()
+                else:
+                    self.decoder.admit_prefilled(j, len(request.prompt_ids))  # moved down past dropped rows
+                request.seq_length = len(request.prompt_ids)
+                self._running.append(request)
+
+    def _prefill_next_chunk(self) -> None:
+        """Run the next `prefill_chunk` tokens of the long prompt in flight; start it after its last chunk."""
+        request, done = self._chunking, self._chunked_tokens
+        if request.cancelled:
+            self._chunking = None
+            return
+        chunk = request.prompt_ids[done : done + self.prefill_chunk]
+        self._counters["prefill_passes"] += 1
+        try:
+            logits = self.decoder.prefill_chunk(chunk, done)  # [V]
+        except Exception as exc:  # noqa: BLE001 - a bad prompt fails this request only
+            self._chunking = None
+            request.finished = True
+            self._emit(request, exc)
+            return
+        self._chunked_tokens = done + len(chunk)
+        if self._chunked_tokens == len(request.prompt_ids):
+            self._chunking = None
+            self._start_staged(request, logits)
+
+    def _start_staged(self, request: Request, logits: np.ndarray) -> None:
+        """Sample a chunk-prefilled request's first token and, unless that ends it, add its row to the batch."""
+        (sampled,) = sample_batch(logits[None, :], [request.sampler], [request.generated])
+        if isinstance(sampled, BaseException):  # its logit processor failed
+            request.finished = True
+            self._emit(request, sampled)
+            return
+        if self._accept(request, sampled):
+            return
+        self.decoder.admit_staged(len(request.prompt_ids))  # row index == len(self._running)
+        request.seq_length = len(request.prompt_ids)
+        self._running.append(request)
+
+    def _decode_step(self) -> None:
+        """Stage 2: one token for every running row, then emit and retire."""
+        started = time.perf_counter()
+        running = self._running
+        next_tokens = np.fromiter((r.next_token for r in running), np.int64, len(running))  # [b]
+        seq_lengths = np.fromiter((r.seq_length for r in running), np.int64, len(running))  # [b]
+        try:
+            logits = self.decoder.decode_step(next_tokens, seq_lengths, self._deliver)  # [b, V]
+        except Exception as exc:
+            log.exception("decode step failed")
+            self._fail_running(RealizarError(f"inference failed: {exc}"))
+            return
+        self._counters["decode_steps"] += 1
+        sampled = sample_batch(logits, [r.sampler for r in running], [r.generated for r in running])
+        for request, choice in zip(running, sampled):
+            request.seq_length += 1
+            if isinstance(choice, BaseException):  # this request's logit processor failed
+                request.finished = True
+                self._emit(request, choice)
+            else:
+                self._accept(request, choice)
+        self._retire(cancelled_only=False)
+        self._decode_step_seconds += time.perf_counter() - started
+
+    def _accept(self, request: Request, sampled: SampledToken) -> bool:
+        """Record one sampled token, stream its delta, and say whether the request is finished."""
+        token = sampled.token_id
+        request.generated.append(token)
+        request.next_token = token
+        self._counters["generated_tokens"] += 1
+        finish, stop_reason = None, None
+        if token in request.stop_ids:  # a stop token ends the sequence; its text is never emitted
+            text = request.text.finish()
+            finish, stop_reason = "stop", token
+        else:
+            text = request.text.push(token)
+            if request.text.matched_stop is not None:
+                finish, stop_reason = "stop", request.text.matched_stop
+            elif len(request.generated) >= request.max_tokens:
+                text += request.text.finish()
+                finish = "length"
+        usage = None
+        if finish is not None:
+            request.finished = True
+            self._counters["requests_finished"] += 1
+            n_prompt, n_out = len(request.prompt_ids), len(request.generated)
+            usage = Usage(prompt_tokens=n_prompt, completion_tokens=n_out, total_tokens=n_prompt + n_out)
+        logprobs = (request.to_logprob(sampled),) if request.to_logprob is not None else None
+        self._emit(request, GenerationDelta(text, (token,), finish, usage, logprobs, stop_reason))
+        return request.finished
+
+    def _retire(self, cancelled_only: bool) -> None:
+        """Drop finished (and cancelled) rows from the batch: the last rows move into the holes they
+        leave, so the decoder copies only the rows that move."""
+        running = self._running
+        alive = [not (r.cancelled or (r.finished and not cancelled_only)) for r in running]
+        if all(alive):
+            return
+        kept = sum(alive)
+        movers = [i for i in range(kept, len(running)) if alive[i]]  # kept rows past the new end
+        rows = [i if alive[i] else movers.pop() for i in range(kept)]  # rows[j] >= j
+        self._running = [running[i] for i in rows]
+        self.decoder.keep_rows(rows, [r.seq_length for r in self._running])
+
+    def _emit(self, request: Request, item: GenerationDelta | Exception) -> None:
+        """Queue an item for a request's caller; `_deliver` hands it over (before the next graph run)."""
+        self._outbox.append((request.out, item))
+
+    def _deliver(self, direct: bool = False) -> None:
+        """Hand this step's items to the courier thread, which wakes the callers while the graph runs
+        (or, with `direct` or only a few items, put them on the callers' queues from this thread: one
+        wake-up fewer per step, which is what a batch of one or two streams pays for the courier)."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        if direct or len(outbox) <= DIRECT_DELIVERY_MAX:
+            self._courier.drain()  # keep each caller's items in order
+            for out, item in outbox:
+                out.put(item)
+        else:
+            self._courier.hand_over(outbox)
+
+    def _fail_running(self, error: Exception) -> None:
+        for request in self._running:
+            request.finished = True
+            self._emit(request, error)
+        self._deliver()
+        self._running = []
+        self.decoder.clear()
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._cond:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        if self._chunking is not None:
+            waiting.insert(0, self._chunking)
+            self._chunking = None
+        for request in waiting:
+            self._emit(request, error)
+        self._fail_running(error)
+
+
+class _Courier:
+    """Puts items on callers' queues from its own thread. Waking a blocked caller costs a context switch
+    (~0.1-1 ms on a busy machine); doing b of those per step on the scheduler thread stalled the batch, so
+    the scheduler hands over one list per step (one wake-up) and this thread does the puts, in order."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._batches: collections.deque[list[tuple[queue.SimpleQueue, object]]] = collections.deque()
+        self._closed = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._loop, name="realizar-courier", daemon=True)
+        self._thread.start()
+
+    def hand_over(self, items: list[tuple[queue.SimpleQueue, object]]) -> None:
+        with self._cond:
+            self._batches.append(items)
+            self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Block until everything handed over so far has been put."""
+        with self._cond:
+            while self._batches or self._busy:
+                self._cond.wait()
+
+    def close(self) -> None:
+        """Deliver everything handed over so far, then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()  # wakes drain()
+                while not self._batches and not self._closed:
+                    self._cond.wait()
+                if not self._batches:
+                    return
+                items = self._batches.popleft()
+                self._busy = True
+            for out, item in items:
+                out.put(item)

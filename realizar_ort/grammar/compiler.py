@@ -1,0 +1,380 @@
+"""The schema walk: JSON Schema keywords -> NFA fragments, ``$ref``/``$defs`` as rules, then one DFA.
+
+Every schema node becomes an NFA fragment over bytes (Thompson construction). Sub-schemas are inlined,
+so ``anyOf`` alternatives are merged by determinisation; only a *recursive* ``$ref`` (one already being
+inlined, e.g. a tree, or the nesting of generic JSON) becomes a **call** to a separate rule. Objects,
+arrays, strings and literals are built here; numbers in :mod:`.schema_numbers`, string contents in
+:mod:`.schema_strings`, ``pattern``/``format`` in :mod:`.schema_regex`, ``allOf``/``oneOf`` logic in
+:mod:`.schema_composition`; :func:`.schema_automaton.determinise` turns the rules into one table.
+
+Refuse, never ignore: a keyword outside ``SUPPORTED``, or one we cannot enforce in context, raises
+:class:`UnsupportedSchemaError` naming it. Compilation has a state budget and a deadline
+(:class:`GrammarTooLargeError`). Cost: pure Python, roughly 10-20 us per DFA state; one compiler per
+call, nothing shared, so concurrent calls are safe.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from typing import Any
+
+from .automaton import CLOSE, RESET, UNBOUNDED, Automaton, Nfa, determinise
+from .composition import (
+    ANNOTATIONS,
+    ANY_SCHEMA,
+    json_equal,
+    merge_schemas,
+    pairwise_disjoint,
+    type_set,
+    value_type_ok,
+)
+from .errors import GrammarError, GrammarTooLargeError, UnsupportedSchemaError
+from .numbers import number_frag
+from .regex import FORMAT_PATTERNS, regex_body
+from .strings import free_string_body, json_text, property_key_frag
+
+__all__ = ["MAX_ITEM_POSITIONS", "SUPPORTED", "compile_schema_automaton"]
+
+MAX_ITEM_POSITIONS = 128
+
+SUPPORTED = frozenset({
+    "type", "properties", "required", "additionalProperties", "enum", "const", "anyOf", "oneOf", "allOf",
+    "$ref", "$defs", "definitions", "items", "prefixItems", "additionalItems", "minItems", "maxItems",
+    "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum",
+    "exclusiveMaximum", "nullable", "uniqueItems",
+}) | ANNOTATIONS
+
+
+class _Compiler:
+    """One compilation: the NFA, the rule table (ref key -> index) and the deadline. Single use."""
+
+    def __init__(self, root: Any, whitespace: int, max_states: int, deadline_s: float) -> None:
+        self.root = root
+        self.ws = whitespace
+        self.nfa = Nfa(max_states)
+        self.deadline = time.perf_counter() + deadline_s
+        self.deadline_s = deadline_s
+        self.rules: dict[str, int] = {}  # ref key -> rule index
+        self.rule_keys: list[str] = []
+        self.rule_frags: list[tuple[int, int]] = []
+        self.counter_ticks = 0
+
+    # -- plumbing
+    def tick(self) -> None:
+        self.counter_ticks += 1
+        if self.counter_ticks % 64 == 0 and time.perf_counter() > self.deadline:
+            raise GrammarTooLargeError(f"schema compilation exceeded {self.deadline_s:.1f} s")
+
+    def resolve(self, ref: str, path: str) -> Any:
+        if ref == "#any":
+            return ANY_SCHEMA
+        if ref != "#" and not ref.startswith("#/"):
+            raise UnsupportedSchemaError(
+                "$ref", path, f"only local JSON-pointer references ('#' or '#/...') are supported, got {ref!r}")
+        node = self.root
+        for part in ref[2:].split("/") if ref != "#" else []:
+            part = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise GrammarError(f"$ref {ref!r} at {path} does not resolve")
+        return node
+
+    def rule(self, key: str) -> str:
+        if key not in self.rules:
+            self.rules[key] = len(self.rule_keys)
+            self.rule_keys.append(key)
+            self.rule_frags.append((-1, -1))
+        return key
+
+    def ws_frag(self, a: int) -> int:
+        if self.ws <= 0:
+            return a
+        end = self.nfa.state()
+        self.nfa.eps[a].append(end)
+        cur = a
+        for _ in range(self.ws):
+            nxt = self.nfa.state()
+            for byte in (0x20, 0x09, 0x0A):
+                self.nfa.edge(cur, byte, byte, nxt)
+            self.nfa.eps[nxt].append(end)
+            cur = nxt
+        return end
+
+    def lit(self, a: int, text: bytes) -> int:
+        return self.nfa.literal(a, text)
+
+    # -- dispatch
+    def frag(self, schema: Any, path: str, stack: tuple[str, ...]) -> tuple[int, int] | None:
+        """Start/end NFA states for ``schema``; None when it accepts nothing."""
+        self.tick()
+        if schema is True:
+            schema = {}
+        if schema is False:
+            return None
+        if not isinstance(schema, dict):
+            raise GrammarError(f"schema at {path} must be an object or boolean, got {type(schema).__name__}")
+        for key in schema:
+            if key not in SUPPORTED:
+                raise UnsupportedSchemaError(key, path)
+        if "$id" in schema and schema is not self.root:
+            raise UnsupportedSchemaError("$id", path, "a nested $id changes how references resolve")
+        if "$ref" in schema:
+            rest = {k: v for k, v in schema.items() if k not in ANNOTATIONS and k not in ("$ref", "$defs", "definitions")}
+            ref = schema["$ref"]
+            if rest:
+                return self.frag(merge_schemas(self.resolve(ref, path), rest, path, self), path, stack)
+            if ref in stack:
+                s, e = self.nfa.state(), self.nfa.state()
+                self.nfa.calls[s].append((self.rule(ref), e))
+                return s, e
+            return self.frag(self.resolve(ref, path), ref, stack + (ref,))
+        if "allOf" in schema:
+            merged = {k: v for k, v in schema.items() if k != "allOf"}
+            for i, sub in enumerate(schema["allOf"]):
+                merged = merge_schemas(merged, sub, f"{path}/allOf/{i}", self)
+            return self.frag(merged, path, stack)
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                rest = {k: v for k, v in schema.items() if k != key}
+                alts = [merge_schemas(rest, alt, f"{path}/{key}/{i}", self) if rest else alt
+                        for i, alt in enumerate(schema[key])]
+                if key == "oneOf" and not pairwise_disjoint(alts, self, path):
+                    raise UnsupportedSchemaError("oneOf", path, "alternatives may overlap; use anyOf")
+                return self.union([self.frag(alt, f"{path}/{key}/{i}", stack) for i, alt in enumerate(alts)])
+        types = type_set(schema, path)
+        if "const" in schema or "enum" in schema:
+            return self.literals(schema, types, path)
+        if schema.get("uniqueItems") is True:
+            raise UnsupportedSchemaError("uniqueItems", path, "uniqueItems: true cannot be enforced")
+        if not any(k not in ANNOTATIONS and k not in ("$defs", "definitions", "uniqueItems") for k in schema):
+            if "#any" in stack:
+                s, e = self.nfa.state(), self.nfa.state()
+                self.nfa.calls[s].append((self.rule("#any"), e))
+                return s, e
+            return self.frag(ANY_SCHEMA, path, stack + ("#any",))
+        if "integer" in types and "number" in types:
+            types = [t for t in types if t != "integer"]
+        builders = {"object": self.object_frag, "array": self.array_frag, "string": self.string_frag}
+        alts = []
+        for t in types:
+            if t in builders:
+                alts.append(builders[t](schema, path, stack, t))
+            elif t in ("number", "integer"):
+                alts.append(number_frag(self.nfa, schema, path, t))
+            elif t == "boolean":
+                alts += [self.literal_frag(b"true"), self.literal_frag(b"false")]
+            elif t == "null":
+                alts.append(self.literal_frag(b"null"))
+        return self.union(alts)
+
+    def union(self, alts: list[tuple[int, int] | None]) -> tuple[int, int] | None:
+        alts = [a for a in alts if a is not None]
+        if not alts:
+            return None
+        if len(alts) == 1:
+            return alts[0]
+        s, e = self.nfa.state(), self.nfa.state()
+        for a, b in alts:
+            self.nfa.eps[s].append(a)
+            self.nfa.eps[b].append(e)
+        return s, e
+
+    def literal_frag(self, text: bytes) -> tuple[int, int]:
+        s = self.nfa.state()
+        return s, self.lit(s, text)
+
+    def literals(self, schema: dict, types: list[str], path: str) -> tuple[int, int] | None:
+        for key in schema:
+            if key not in ANNOTATIONS and key not in ("const", "enum", "type", "nullable", "$defs", "definitions"):
+                raise UnsupportedSchemaError(key, path, "cannot be combined with enum/const")
+        values = [schema["const"]] if "const" in schema else list(schema["enum"])
+        if "const" in schema and "enum" in schema:
+            values = [v for v in values if any(json_equal(v, w) for w in schema["enum"])]
+        alts = []
+        for v in values:
+            if value_type_ok(v, types):
+                alts.append(self.literal_frag(json_text(v)))
+        return self.union(alts)
+
+    # -- objects
+    def object_frag(self, schema: dict, path: str, stack: tuple[str, ...], _t: str) -> tuple[int, int] | None:
+        for key in ("minProperties", "maxProperties", "patternProperties", "propertyNames"):
+            if key in schema:
+                raise UnsupportedSchemaError(key, path)
+        props: dict = schema.get("properties", {})
+        required = list(schema.get("required", []))
+        extra = schema.get("additionalProperties", not props)
+        nfa = self.nfa
+        for name in required:
+            if name not in props and extra is False:
+                return None  # required property that may not appear: no value
+            if name not in props:
+                raise UnsupportedSchemaError("required", path, f"required property {name!r} is not in properties")
+        s = nfa.state()
+        cur = {False: self.ws_frag(self.lit(s, b"{"))}  # emitted-any -> state
+        for name, sub in props.items():
+            value = self.frag(sub, f"{path}/properties/{name}", stack)
+            key_text = json_text(name) + b":"
+            if value is None:
+                if name in required:
+                    return None
+                continue
+            mid = nfa.state()
+            for emitted, st in cur.items():
+                a = self.ws_frag(self.lit(st, b",")) if emitted else st
+                nfa.eps[self.lit(a, key_text)].append(mid)
+            vs, ve = value
+            nfa.eps[self.ws_frag(mid)].append(vs)
+            after = self.ws_frag(ve)
+            nxt = {True: after}
+            if name not in required:
+                for emitted, st in cur.items():
+                    if emitted in nxt:
+                        nfa.eps[st].append(nxt[emitted])
+                    else:
+                        nxt[emitted] = st
+            cur = nxt
+        if extra is not False:
+            value = self.frag(extra, f"{path}/additionalProperties", stack)
+            if value is not None:
+                loop = cur.get(True) or nfa.state()
+                cur[True] = loop
+                key_start = nfa.state()
+                for emitted, st in cur.items():
+                    nfa.eps[self.ws_frag(self.lit(st, b",")) if emitted else st].append(key_start)
+                key_end = property_key_frag(nfa, key_start, [k for k in props])
+                vs, ve = value
+                nfa.eps[self.ws_frag(self.lit(key_end, b":"))].append(vs)
+                nfa.eps[self.ws_frag(ve)].append(loop)
+        e = nfa.state()
+        for st in cur.values():
+            nfa.eps[self.lit(st, b"}")].append(e)
+        return s, e
+
+    # -- strings
+    def string_frag(self, schema: dict, path: str, _stack: tuple[str, ...], _t: str) -> tuple[int, int] | None:
+        nfa = self.nfa
+        lo = int(schema.get("minLength", 0))
+        hi = schema.get("maxLength")
+        hi = UNBOUNDED if hi is None else int(hi)
+        if lo > hi:
+            return None
+        seg = (lo, hi) if (lo > 0 or hi < UNBOUNDED) else None
+        s = nfa.state()
+        body = nfa.state(seg)
+        nfa.edge(s, 0x22, 0x22, body, RESET)
+        e = nfa.state()
+        close = CLOSE if seg else 0
+        pattern = schema.get("pattern")
+        fmt = schema.get("format")
+        if fmt is not None and pattern is not None:
+            raise UnsupportedSchemaError("format", path, "format together with pattern is not supported")
+        if fmt is not None:
+            if fmt not in FORMAT_PATTERNS:
+                raise UnsupportedSchemaError("format", path, f"format {fmt!r} is not supported")
+            pattern, anchored = FORMAT_PATTERNS[fmt], True
+        else:
+            anchored = False
+        if pattern is None:
+            free_string_body(nfa, body, seg)
+            nfa.edge(body, 0x22, 0x22, e, close)
+            return s, e
+        keyword = "format" if fmt is not None else "pattern"
+        for end in regex_body(nfa, body, pattern, anchored, seg, path, keyword, self.tick):
+            nfa.edge(end, 0x22, 0x22, e, close)
+        return s, e
+
+    # -- arrays
+    def array_frag(self, schema: dict, path: str, stack: tuple[str, ...], _t: str) -> tuple[int, int] | None:
+        if "contains" in schema:
+            raise UnsupportedSchemaError("contains", path)
+        nfa = self.nfa
+        items = schema.get("items", True)
+        prefix = list(schema.get("prefixItems", []))
+        if isinstance(items, list):  # draft 4-7 tuple form
+            prefix, items = items, schema.get("additionalItems", True)
+        lo = int(schema.get("minItems", 0))
+        hi = schema.get("maxItems")
+        hi = None if hi is None else int(hi)
+        if hi is not None and lo > hi:
+            return None
+        for key, count in (("minItems", lo), ("maxItems", hi)):
+            if count is not None and count > MAX_ITEM_POSITIONS:
+                raise UnsupportedSchemaError(key, path, f"{key} above {MAX_ITEM_POSITIONS} is not supported "
+                                                        "(each counted position is a copy of the item grammar)")
+        s, e = nfa.state(), nfa.state()
+        after_open = self.ws_frag(self.lit(s, b"["))
+        positions = [after_open]  # state after j items
+        explicit = max(len(prefix), lo) if hi is None else hi
+        rest_ok = items is not False
+
+        def item_schema(j: int) -> Any:
+            return prefix[j] if j < len(prefix) else items
+
+        j = 0
+        last = (-1, -1)
+        while j < explicit:
+            if j >= len(prefix) and not rest_ok:
+                break
+            frag = self.frag(item_schema(j), f"{path}/items/{j}", stack)
+            if frag is None:
+                break
+            a = positions[j]
+            if j > 0:
+                a = self.ws_frag(self.lit(a, b","))
+            nfa.eps[a].append(frag[0])
+            positions.append(self.ws_frag(frag[1]))
+            last = frag
+            j += 1
+        if hi is None and rest_ok and j == explicit and j > len(prefix):
+            # more of the same item: loop back into the last explicit copy instead of building another
+            nfa.eps[self.ws_frag(self.lit(positions[j], b","))].append(last[0])
+        elif hi is None and rest_ok and j == explicit:
+            frag = self.frag(items, f"{path}/items", stack)
+            if frag is not None:
+                if j == 0:
+                    nfa.eps[positions[0]].append(frag[0])
+                    loop = self.ws_frag(frag[1])
+                    positions.append(loop)
+                else:
+                    loop = positions[j]
+                nfa.eps[self.ws_frag(self.lit(loop, b","))].append(frag[0])
+                if j > 0:
+                    nfa.eps[self.ws_frag(frag[1])].append(loop)
+        for count, st in enumerate(positions):
+            if count >= lo:
+                nfa.eps[self.lit(st, b"]")].append(e)
+        return s, e
+
+
+def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: int = 200_000,
+                             deadline_s: float = 5.0) -> Automaton:
+    """Compile a JSON Schema (dict/bool, or "any_json"/"any_object") into an :class:`Automaton`.
+
+    Raises :class:`UnsupportedSchemaError` for keywords we cannot enforce, :class:`GrammarError` for
+    schemas that accept nothing, :class:`GrammarTooLargeError` past the state budget or deadline.
+    """
+    if schema == "any_json":
+        schema = {}
+    elif schema == "any_object":
+        schema = {"type": "object"}
+    elif isinstance(schema, str):
+        raise GrammarError(f"unknown grammar mode {schema!r}: expected a JSON Schema, 'any_json' or 'any_object'")
+    if whitespace < 0:
+        raise GrammarError(f"whitespace must be >= 0, got {whitespace}")
+    comp = _Compiler(schema, whitespace, max_states, deadline_s)
+    comp.rule("#")
+    i = 0
+    while i < len(comp.rule_keys):
+        key = comp.rule_keys[i]
+        target = schema if key == "#" else comp.resolve(key, key)
+        frag = comp.frag(target, key, (key,))
+        if frag is None:
+            raise GrammarError(f"schema at {key} accepts no JSON value")
+        comp.rule_frags[i] = frag
+        i += 1
+    return determinise(comp.nfa, comp.rule_keys, comp.rule_frags, max_states, comp.tick)

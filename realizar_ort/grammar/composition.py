@@ -1,0 +1,223 @@
+"""Schema composition: ``allOf`` as one intersected schema, ``oneOf`` disjointness, and type helpers.
+
+- :func:`merge_schemas` intersects two schemas keyword by keyword (``allOf``, and the siblings of
+  ``anyOf``/``oneOf``/``$ref``); a pair it cannot intersect exactly (two different ``pattern`` values, ...)
+  is refused with :class:`UnsupportedSchemaError` naming ``allOf``.
+- :func:`pairwise_disjoint` proves ``oneOf`` alternatives cannot both match (disjoint types, or a
+  required property pinned to different ``const`` values); otherwise the compiler refuses ``oneOf``.
+- ``ANNOTATIONS`` are keywords that never constrain a value; ``ANY_SCHEMA`` is generic JSON, written
+  with the ``#any`` reference the compiler turns into a recursive rule.
+
+The functions take a :class:`SchemaResolver` (the compiler) for ``$ref`` lookups and its deadline tick.
+Cost: build time only, proportional to the schema's size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .errors import GrammarError, UnsupportedSchemaError
+from .strings import json_text
+
+__all__ = [
+    "ALL_TYPES",
+    "ANNOTATIONS",
+    "ANY_SCHEMA",
+    "SchemaResolver",
+    "json_equal",
+    "merge_schemas",
+    "pairwise_disjoint",
+    "type_set",
+    "value_type_ok",
+]
+
+ANNOTATIONS = frozenset({
+    "title", "description", "default", "examples", "$comment", "$schema", "$id", "deprecated", "readOnly",
+    "writeOnly", "$anchor", "contentMediaType", "contentEncoding", "discriminator", "strict",
+})
+ALL_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+
+ANY_SCHEMA = {"anyOf": [
+    {"type": "object", "additionalProperties": {"$ref": "#any"}},
+    {"type": "array", "items": {"$ref": "#any"}},
+    {"type": ["string", "number", "boolean", "null"]},
+]}
+
+
+class SchemaResolver(Protocol):
+    """What composition needs from the compiler: ``$ref`` lookup and the deadline check."""
+
+    def tick(self) -> None: ...
+
+    def resolve(self, ref: str, path: str) -> Any: ...
+
+
+def type_set(schema: dict, path: str) -> list[str]:
+    """The ``type`` list (plus ``nullable``); no ``type``: any type (``integer`` is inside ``number``)."""
+    t = schema.get("type")
+    if t is None:
+        types = list(ALL_TYPES)
+        types.remove("integer")
+    else:
+        types = [t] if isinstance(t, str) else list(t)
+        for name in types:
+            if name not in ALL_TYPES:
+                raise GrammarError(f"unknown type {name!r} at {path}")
+    if schema.get("nullable") is True and "null" not in types:
+        types.append("null")
+    return types
+
+
+def value_type_ok(v: Any, types: list[str]) -> bool:
+    """True if the JSON value ``v`` has one of ``types`` (``1.0`` counts as an integer)."""
+    if v is None:
+        return "null" in types
+    if isinstance(v, bool):
+        return "boolean" in types
+    if isinstance(v, int):
+        return "integer" in types or "number" in types
+    if isinstance(v, float):
+        return "number" in types or ("integer" in types and v.is_integer())
+    if isinstance(v, str):
+        return "string" in types
+    if isinstance(v, list):
+        return "array" in types
+    return "object" in types
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: same type and value, except that ``1`` equals ``1.0`` (booleans are not numbers)."""
+    return type(a) is type(b) and a == b or (
+        isinstance(a, (int, float)) and isinstance(b, (int, float))
+        and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
+
+
+_MERGE_MIN = ("minLength", "minItems", "minimum", "exclusiveMinimum")
+_MERGE_MAX = ("maxLength", "maxItems", "maximum", "exclusiveMaximum")
+
+
+def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
+    """The intersection of two schemas as one schema, for ``allOf`` and siblings of ``anyOf``/``$ref``."""
+    comp.tick()
+    if a is True or a == {}:
+        return b
+    if b is True or b == {}:
+        return a
+    if a is False or b is False:
+        return False
+    for side in (a, b):
+        if not isinstance(side, dict):
+            raise GrammarError(f"schema at {path} must be an object or boolean")
+    if "$ref" in a and "$ref" not in b:
+        a, b = b, a
+    if "$ref" in b:
+        rest = {k: v for k, v in b.items() if k != "$ref"}
+        return merge_schemas(a, merge_schemas(comp.resolve(b["$ref"], path), rest, path, comp), path, comp)
+    for side in (a, b):
+        for key in ("anyOf", "oneOf"):
+            if key in side:
+                other = b if side is a else a
+                rest = {k: v for k, v in side.items() if k != key}
+                base = merge_schemas(rest, other, path, comp)
+                if key == "oneOf":
+                    return {"oneOf": [merge_schemas(base, alt, path, comp) for alt in side[key]]}
+                return {"anyOf": [merge_schemas(base, alt, path, comp) for alt in side[key]]}
+        if "allOf" in side:
+            other = b if side is a else a
+            merged = {k: v for k, v in side.items() if k != "allOf"}
+            for sub in side["allOf"]:
+                merged = merge_schemas(merged, sub, path, comp)
+            return merge_schemas(merged, other, path, comp)
+    out = dict(a)
+    for key, v in b.items():
+        if key not in out:
+            out[key] = v
+        elif key in ANNOTATIONS or out[key] == v:
+            continue
+        elif key == "required":
+            out[key] = list(dict.fromkeys([*out[key], *v]))
+        elif key == "type":
+            ta = {out[key]} if isinstance(out[key], str) else set(out[key])
+            tb = {v} if isinstance(v, str) else set(v)
+            both = ta & tb
+            if "integer" in ta and "number" in tb or "number" in ta and "integer" in tb:
+                both.add("integer")
+            out[key] = sorted(both)
+        elif key in _MERGE_MIN and not isinstance(v, bool):
+            out[key] = max(out[key], v)
+        elif key in _MERGE_MAX and not isinstance(v, bool):
+            out[key] = min(out[key], v)
+        elif key == "enum":
+            out[key] = [x for x in out[key] if any(json_equal(x, y) for y in v)]
+        elif key in ("properties", "additionalProperties"):
+            continue  # handled below
+        else:
+            raise UnsupportedSchemaError("allOf", path, f"cannot intersect two different {key!r}")
+    if "properties" in a or "properties" in b or "additionalProperties" in a or "additionalProperties" in b:
+        pa, pb = a.get("properties", {}), b.get("properties", {})
+        xa = a.get("additionalProperties", True)
+        xb = b.get("additionalProperties", True)
+        props = {}
+        for name in list(dict.fromkeys([*pa, *pb])):
+            sa = pa.get(name, xa)
+            sb = pb.get(name, xb)
+            props[name] = merge_schemas(sa, sb, f"{path}/properties/{name}", comp)
+        out["properties"] = props
+        out["additionalProperties"] = merge_schemas(xa, xb, f"{path}/additionalProperties", comp)
+    return out
+
+
+def _types_of(schema: Any, comp: SchemaResolver, path: str, depth: int = 0) -> set[str] | None:
+    if depth > 8 or not isinstance(schema, dict):
+        return None
+    if "$ref" in schema and len(schema) == 1:
+        return _types_of(comp.resolve(schema["$ref"], path), comp, path, depth + 1)
+    if "const" in schema:
+        values = [schema["const"]]
+    elif "enum" in schema:
+        values = schema["enum"]
+    else:
+        values = None
+    if values is not None:
+        return {_value_kind(v) for v in values}
+    if "type" in schema:
+        types = {schema["type"]} if isinstance(schema["type"], str) else set(schema["type"])
+        return {"number" if t == "integer" else t for t in types}
+    return None
+
+
+def _value_kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}[type(v)]
+
+
+def _discriminator(schema: Any, comp: SchemaResolver, path: str) -> dict[str, str]:
+    """Required properties of an object schema pinned by ``const`` -> their JSON text."""
+    if isinstance(schema, dict) and "$ref" in schema:
+        schema = comp.resolve(schema["$ref"], path)
+    if not isinstance(schema, dict):
+        return {}
+    out = {}
+    for name, sub in schema.get("properties", {}).items():
+        if name in schema.get("required", []) and isinstance(sub, dict) and "const" in sub:
+            out[name] = json_text(sub["const"]).decode()
+    return out
+
+
+def pairwise_disjoint(alts: list[Any], comp: SchemaResolver, path: str) -> bool:
+    """True if no two alternatives can match one value (a sufficient check; False means 'maybe overlap')."""
+    types = [_types_of(a, comp, path) for a in alts]
+    discs = [_discriminator(a, comp, path) for a in alts]
+    for i in range(len(alts)):
+        for j in range(i + 1, len(alts)):
+            if types[i] is not None and types[j] is not None and not (types[i] & types[j]):
+                continue
+            if any(k in discs[j] and discs[j][k] != v for k, v in discs[i].items()):
+                continue
+            return False
+    return True

@@ -1,0 +1,157 @@
+"""Numbers and integers: ``minimum``/``maximum``/``exclusive*`` become a decimal automaton.
+
+Integers accept canonical decimals (no leading zeros, no ``-0``) in exactly ``[lo, hi]``: a digit-by-digit
+range construction whose size grows with the number of digits of the bounds, not with their value.
+Non-integer numbers accept the JSON number grammar; their only enforceable bound is ``minimum: 0`` (no
+sign), any other bound is refused, as is ``multipleOf``, with :class:`UnsupportedSchemaError` naming it.
+
+Cost: build time only (pure Python), proportional to the number of digits of the bounds. Not thread-safe
+on a shared :class:`~.schema_automaton.Nfa`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .automaton import Nfa
+from .errors import UnsupportedSchemaError
+
+__all__ = ["number_frag"]
+
+
+def number_frag(nfa: Nfa, schema: dict, path: str, t: str) -> tuple[int, int] | None:
+    """Start/end NFA states for a ``number`` or ``integer`` (``t``) schema; None when the range is empty."""
+    if "multipleOf" in schema:
+        raise UnsupportedSchemaError("multipleOf", path)
+    lo, hi, lo_key, hi_key = _bounds(schema, path)
+    s, e = nfa.state(), nfa.state()
+    digit19, digit = (0x31, 0x39), (0x30, 0x39)
+    if t == "integer":
+        lo_i = None if lo is None else math.ceil(lo[0]) + (1 if lo[1] and lo[0] == math.ceil(lo[0]) else 0)
+        hi_i = None if hi is None else math.floor(hi[0]) - (1 if hi[1] and hi[0] == math.floor(hi[0]) else 0)
+        if lo_i is not None and hi_i is not None and lo_i > hi_i:
+            return None
+        _integer_range(nfa, s, e, lo_i, hi_i)
+        return s, e
+    if hi is not None:
+        raise UnsupportedSchemaError(hi_key, path, "bounds on non-integer numbers are enforced only as minimum: 0")
+    if lo is not None and not (lo[0] == 0 and not lo[1]):
+        raise UnsupportedSchemaError(lo_key, path, "bounds on non-integer numbers are enforced only as minimum: 0")
+    start = s
+    if lo is None:
+        start = nfa.state()
+        nfa.eps[s].append(start)
+        nfa.edge(s, 0x2D, 0x2D, start)
+    int_end = nfa.state()
+    nfa.edge(start, 0x30, 0x30, int_end)
+    more = nfa.state()
+    nfa.edge(start, *digit19, more)
+    nfa.edge(more, *digit, more)
+    nfa.eps[more].append(int_end)
+    frac0, frac = nfa.state(), nfa.state()
+    nfa.edge(int_end, 0x2E, 0x2E, frac0)
+    nfa.edge(frac0, *digit, frac)
+    nfa.edge(frac, *digit, frac)
+    exp_at = nfa.state()
+    nfa.eps[int_end].append(exp_at)
+    nfa.eps[frac].append(exp_at)
+    nfa.eps[exp_at].append(e)
+    exp0, exp_sign, exp_d = nfa.state(), nfa.state(), nfa.state()
+    nfa.edge(exp_at, 0x45, 0x45, exp0)
+    nfa.edge(exp_at, 0x65, 0x65, exp0)
+    nfa.edge(exp0, 0x2B, 0x2B, exp_sign)
+    nfa.edge(exp0, 0x2D, 0x2D, exp_sign)
+    nfa.eps[exp0].append(exp_sign)
+    nfa.edge(exp_sign, *digit, exp_d)
+    nfa.edge(exp_d, *digit, exp_d)
+    nfa.eps[exp_d].append(e)
+    return s, e
+
+
+def _integer_range(nfa: Nfa, s: int, e: int, lo: int | None, hi: int | None) -> None:
+    """Canonical decimal integers in [lo, hi] (None = unbounded)."""
+    # non-negative part [max(lo, 0), hi]
+    if hi is None or hi >= 0:
+        _natural_range(nfa, s, e, max(lo, 0) if lo is not None else 0, hi)
+    # negative part: -n for n in [max(1, -hi), -lo]
+    if lo is None or lo < 0:
+        neg_lo = 1 if hi is None or hi >= 0 else -hi
+        neg_hi = None if lo is None else -lo
+        if neg_hi is None or neg_lo <= neg_hi:
+            m = nfa.state()
+            nfa.edge(s, 0x2D, 0x2D, m)
+            _natural_range(nfa, m, e, neg_lo, neg_hi)
+
+
+def _natural_range(nfa: Nfa, s: int, e: int, lo: int, hi: int | None) -> None:
+    """Canonical decimal naturals in [lo, hi] (``lo >= 0``; hi None = unbounded): one branch per length."""
+    if lo == 0:
+        nfa.edge(s, 0x30, 0x30, e)
+        if hi == 0:
+            return
+        lo = 1
+    top_len = len(str(hi)) if hi is not None else len(str(lo))
+    for length in range(len(str(lo)), top_len + 1):
+        a = max(lo, 10 ** (length - 1))
+        b = min(hi, 10 ** length - 1) if hi is not None else 10 ** length - 1
+        if a <= b:
+            _same_length_range(nfa, s, e, str(a), str(b))
+    if hi is None:  # every longer number
+        cur = nfa.state()
+        nfa.edge(s, 0x31, 0x39, cur)
+        for _ in range(top_len - 1):
+            nxt = nfa.state()
+            nfa.edge(cur, 0x30, 0x39, nxt)
+            cur = nxt
+        tail = nfa.state()
+        nfa.edge(cur, 0x30, 0x39, tail)
+        nfa.edge(tail, 0x30, 0x39, tail)
+        nfa.eps[tail].append(e)
+
+
+def _same_length_range(nfa: Nfa, s: int, e: int, a: str, b: str) -> None:
+    """Digit strings between ``a`` and ``b`` (same length, ``a <= b``), split on the first differing digit."""
+    if not a:
+        nfa.eps[s].append(e)
+        return
+    if a[0] == b[0]:
+        m = nfa.state()
+        nfa.edge(s, ord(a[0]), ord(a[0]), m)
+        _same_length_range(nfa, m, e, a[1:], b[1:])
+        return
+    rest = len(a) - 1
+    m = nfa.state()
+    nfa.edge(s, ord(a[0]), ord(a[0]), m)
+    _same_length_range(nfa, m, e, a[1:], "9" * rest)
+    if ord(a[0]) + 1 <= ord(b[0]) - 1:
+        cur = nfa.state() if rest else e
+        nfa.edge(s, ord(a[0]) + 1, ord(b[0]) - 1, cur)
+        for i in range(rest):
+            nxt = e if i == rest - 1 else nfa.state()
+            nfa.edge(cur, 0x30, 0x39, nxt)
+            cur = nxt
+    m2 = nfa.state()
+    nfa.edge(s, ord(b[0]), ord(b[0]), m2)
+    _same_length_range(nfa, m2, e, "0" * rest, b[1:])
+
+
+def _bounds(schema: dict, path: str):
+    """(lower, upper, lower keyword, upper keyword); a bound is ``(value, exclusive)``, the tighter wins."""
+    lo = hi = None
+    lo_key = hi_key = ""
+    if "minimum" in schema:
+        lo, lo_key = (float(schema["minimum"]), schema.get("exclusiveMinimum") is True), "minimum"
+    if "maximum" in schema:
+        hi, hi_key = (float(schema["maximum"]), schema.get("exclusiveMaximum") is True), "maximum"
+    for key in ("exclusiveMinimum", "exclusiveMaximum"):
+        v = schema.get(key)
+        if isinstance(v, bool) or v is None:
+            continue
+        if key == "exclusiveMinimum" and (lo is None or v >= lo[0]):
+            lo, lo_key = (float(v), True), key
+        if key == "exclusiveMaximum" and (hi is None or v <= hi[0]):
+            hi, hi_key = (float(v), True), key
+    for bound, key in ((lo, lo_key), (hi, hi_key)):
+        if bound is not None and not math.isfinite(bound[0]):
+            raise UnsupportedSchemaError(key, path, "bound must be finite")
+    return lo, hi, lo_key, hi_key

@@ -1,0 +1,223 @@
+"""JSON strings at the byte level: canonical escapes, and the NFA fragments for string bodies and keys.
+
+``json.dumps(..., ensure_ascii=False)`` is the canonical form: the text of ``const``/``enum`` values and
+known property names, and what a pattern's characters must look like (:mod:`.schema_regex`). A free
+string (no pattern) accepts *any* escape form; a property key that must differ from the known names is
+built as a byte trie of those names that drops into a free canonical-string loop when it leaves the trie.
+
+Cost: build time only (pure Python), a few NFA states per call; no per-token work. Not thread-safe on a
+shared :class:`~.schema_automaton.Nfa`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .automaton import INC, PLAIN_ASCII, ROOM, Nfa, utf8_multibyte_paths
+
+__all__ = [
+    "ASCII_CANONICAL",
+    "HEX",
+    "at_char_boundary",
+    "byte_ranges",
+    "canonical",
+    "canonical_any_loop",
+    "canonical_text",
+    "free_string_body",
+    "json_text",
+    "multibyte_char_edges",
+    "property_key_frag",
+]
+
+HEX = [(0x30, 0x39), (0x41, 0x46), (0x61, 0x66)]
+
+
+ASCII_CANONICAL = [json.dumps(chr(o))[1:-1].encode("ascii") for o in range(0x80)]
+
+
+def canonical(ch: str) -> bytes:
+    """The one encoding of ``ch`` inside a JSON string that ``json.dumps(ensure_ascii=False)`` writes."""
+    if ord(ch) < 0x80:
+        return ASCII_CANONICAL[ord(ch)]
+    return json.dumps(ch, ensure_ascii=False)[1:-1].encode("utf-8")
+
+
+def json_text(value: Any) -> bytes:
+    """Compact canonical JSON text of ``value`` as UTF-8 (the bytes a ``const``/``enum`` must match)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def canonical_text(name: str) -> bytes:
+    """The canonical content of the JSON string ``name``, without its quotes."""
+    return json_text(name)[1:-1]
+
+
+def at_char_boundary(prefix: bytes) -> bool:
+    """True if canonical string content ``prefix`` ends between characters."""
+    i = 0
+    while i < len(prefix):
+        b = prefix[i]
+        if b == 0x5C:
+            n = 6 if i + 1 < len(prefix) and prefix[i + 1] == ord("u") else 2
+        elif b < 0x80:
+            n = 1
+        elif b >= 0xF0:
+            n = 4
+        elif b >= 0xE0:
+            n = 3
+        else:
+            n = 2
+        if i + n > len(prefix):
+            return False
+        i += n
+    return True
+
+
+def _completions(prefix: bytes) -> list[list[tuple[int, int]]]:
+    """Byte-range paths that finish the partial character at the end of canonical ``prefix``."""
+    i = 0
+    while True:
+        b = prefix[i]
+        n = (6 if len(prefix) > i + 1 and prefix[i + 1] == ord("u") else 2) if b == 0x5C else (
+            1 if b < 0x80 else 4 if b >= 0xF0 else 3 if b >= 0xE0 else 2)
+        if i + n > len(prefix):
+            break
+        i += n
+    part = prefix[i:]
+    if part[0] == 0x5C:
+        options = [canonical(chr(o)) for o in range(0x80) if len(canonical(chr(o))) > 1]
+        return [[(x, x) for x in o[len(part):]] for o in options if o.startswith(part)]
+    out = []
+    for path in utf8_multibyte_paths():
+        if len(path) > len(part) and all(lo <= part[k] <= hi for k, (lo, hi) in enumerate(path[: len(part)])):
+            out.append(path[len(part):])
+    return out
+
+
+def multibyte_char_edges(nfa: Nfa, src: int, target: int, seg: tuple[int, int] | None, inc: int) -> None:
+    """Edges ``src`` -> ``target`` for every multi-byte UTF-8 character: fresh states between the bytes,
+    room for one more character checked on the first byte, the length counter moved (``inc``) on the last."""
+    for path in utf8_multibyte_paths():
+        cur = src
+        for i, (lo, hi) in enumerate(path):
+            last = i == len(path) - 1
+            nxt = target if last else nfa.state(seg)
+            nfa.edge(cur, lo, hi, nxt, inc if last else (ROOM if seg and i == 0 else 0))
+            cur = nxt
+
+
+def byte_ranges(values: list[int]) -> list[tuple[int, int]]:
+    """Sorted byte values -> inclusive ``(lo, hi)`` runs (duplicates collapse)."""
+    out: list[tuple[int, int]] = []
+    for v in values:
+        if out and out[-1][1] + 1 == v:
+            out[-1] = (out[-1][0], v)
+        elif not out or out[-1][1] != v:
+            out.append((v, v))
+    return out
+
+
+def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
+    """A quoted property name that is none of ``excluded`` (canonical escapes only)."""
+    body = nfa.state()
+    nfa.edge(a, 0x22, 0x22, body)
+    end = nfa.state()
+    if not excluded:
+        free = canonical_any_loop(nfa, body, None)
+        nfa.edge(free, 0x22, 0x22, end)
+        return end
+    # a byte trie of the excluded names; leaving the trie drops into a free canonical-string loop
+    free = nfa.state()
+    canonical_any_loop(nfa, free, free)
+    nfa.edge(free, 0x22, 0x22, end)
+    trie: dict[bytes, int] = {b"": body}
+    names = {canonical_text(k) for k in excluded}
+    prefixes = {n[:i] for n in names for i in range(len(n) + 1)}
+    for prefix in sorted(prefixes, key=len):
+        st = trie[prefix]
+        children = {p[len(prefix)] for p in prefixes if len(p) == len(prefix) + 1 and p.startswith(prefix)}
+        for byte in children:
+            trie[prefix + bytes([byte])] = nfa.state()
+            nfa.edge(st, byte, byte, trie[prefix + bytes([byte])])
+        if prefix not in names and at_char_boundary(prefix):
+            nfa.edge(st, 0x22, 0x22, end)
+        _canonical_step_except(nfa, st, prefix, children, free)
+    return end
+
+
+def _canonical_step_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], free: int) -> None:
+    """From a trie node, every canonical continuation byte not in ``taken`` leads into ``free``."""
+    if not at_char_boundary(prefix):
+        # inside a UTF-8 character or an escape: finish it by any route the trie does not take
+        for path in _completions(prefix):
+            first = [r for r in byte_ranges([x for x in range(path[0][0], path[0][1] + 1) if x not in taken])]
+            cur_states = [st]
+            for i, ranges in enumerate([first] + [[r] for r in path[1:]]):
+                nxt = free if i == len(path) - 1 else nfa.state()
+                for src in cur_states:
+                    for lo, hi in ranges:
+                        nfa.edge(src, lo, hi, nxt)
+                cur_states = [nxt]
+        return
+    for lo, hi in PLAIN_ASCII:
+        for byte in range(lo, hi + 1):
+            if byte not in taken:
+                nfa.edge(st, byte, byte, free)
+    sub = nfa.state()
+    canonical_any_loop(nfa, sub, free, ascii_plain=False)
+    for lo, hi, b, f in list(nfa.edges[sub]):
+        for byte in range(lo, hi + 1):
+            if byte not in taken:
+                nfa.edge(st, byte, byte, b, f)
+
+
+def canonical_any_loop(nfa: Nfa, a: int, back: int | None, ascii_plain: bool = True,
+                       seg: tuple[int, int] | None = None) -> int:
+    """Edges for one canonical JSON-string character from ``a`` to ``back`` (a loop when equal)."""
+    if back is None:
+        back = a
+    inc = INC if seg else 0
+    if ascii_plain:
+        for lo, hi in PLAIN_ASCII:
+            nfa.edge(a, lo, hi, back, inc)
+    multibyte_char_edges(nfa, a, back, seg, inc)
+    esc = nfa.state(seg)
+    nfa.edge(a, 0x5C, 0x5C, esc, ROOM if seg else 0)
+    for byte in b'"\\bfnrt':
+        nfa.edge(esc, byte, byte, back, inc)
+    u = [nfa.state(seg) for _ in range(4)]
+    nfa.edge(esc, ord("u"), ord("u"), u[0])
+    nfa.edge(u[0], 0x30, 0x30, u[1])
+    nfa.edge(u[1], 0x30, 0x30, u[2])
+    nfa.edge(u[2], 0x30, 0x30, u[3])
+    nfa.edge(u[2], 0x31, 0x31, u[3])
+    for lo, hi in HEX:  # \u00XX for control characters without a short escape
+        nfa.edge(u[3], lo, hi, back, inc)
+    return back
+
+
+def free_string_body(nfa: Nfa, body: int, seg: tuple[int, int] | None) -> None:
+    """Any JSON string content (any escape form), looping on ``body``."""
+    nfa.free_bodies.add(body)
+    inc = INC if seg else 0
+    for lo, hi in PLAIN_ASCII:
+        nfa.edge(body, lo, hi, body, inc)
+    multibyte_char_edges(nfa, body, body, seg, inc)
+    esc = nfa.state(seg)
+    nfa.edge(body, 0x5C, 0x5C, esc, ROOM if seg else 0)
+    for byte in b'"\\/bfnrt':
+        nfa.edge(esc, byte, byte, body, inc)
+    h = [nfa.state(seg) for _ in range(4)]
+    hd = nfa.state(seg)
+    nfa.edge(esc, ord("u"), ord("u"), h[0])
+    # no surrogate escapes (\uD800-\uDFFF): they are not characters
+    for lo, hi in [(0x30, 0x39), (0x41, 0x43), (0x45, 0x46), (0x61, 0x63), (0x65, 0x66)]:
+        nfa.edge(h[0], lo, hi, h[1])
+    for byte in (ord("d"), ord("D")):
+        nfa.edge(h[0], byte, byte, hd)
+    nfa.edge(hd, 0x30, 0x37, h[2])
+    for lo2, hi2 in HEX:
+        nfa.edge(h[1], lo2, hi2, h[2])
+        nfa.edge(h[2], lo2, hi2, h[3])
+        nfa.edge(h[3], lo2, hi2, body, inc)
