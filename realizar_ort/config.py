@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "EmbeddingModelConfig",
     "LlmModelConfig",
+    "RayServeConfig",
     "ServerConfig",
     "SessionConfig",
     "load_config",
@@ -65,12 +66,29 @@ class EmbeddingModelConfig:
 
 
 @dataclass(frozen=True)
+class RayServeConfig:
+    """``[server.ray]``: how ``realizar-ort serve --ray`` scales its Ray Serve replicas.
+
+    Ray Serve autoscales between ``min_replicas`` and ``max_replicas`` so that each replica has about
+    ``target_ongoing_requests`` requests in flight; a replica accepts at most ``max_ongoing_requests`` at
+    once (more wait in Serve's queue) and reserves ``num_cpus`` CPUs of the cluster.
+    """
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 4.0
+    max_ongoing_requests: int = 32
+    num_cpus: float = 1.0
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    ray: RayServeConfig = field(default_factory=RayServeConfig)
 
 
 @dataclass(frozen=True)
@@ -141,8 +159,8 @@ def _convert(hint: Any, value: Any, key: str, base_dir: Path) -> Any:
             raise ConfigError(f"config key '{key}' must be a non-empty path string, got {value!r}")
         p = Path(value).expanduser()
         return p if p.is_absolute() else (base_dir / p)
-    if hint is SessionConfig:
-        return _build(SessionConfig, value, key, base_dir)
+    if hint in (SessionConfig, RayServeConfig):  # nested tables
+        return _build(hint, value, key, base_dir)
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
@@ -176,7 +194,7 @@ def _convert(hint: Any, value: Any, key: str, base_dir: Path) -> Any:
 
 _POSITIVE = {
     "max_batch_size", "max_context", "max_queued", "default_max_tokens", "prefill_chunk_tokens", "batch_size",
-    "max_body_bytes",
+    "max_body_bytes", "max_replicas", "max_ongoing_requests", "target_ongoing_requests", "num_cpus",
 }
 
 
@@ -193,3 +211,8 @@ def _check_ranges(obj: Any, where: str) -> None:
             raise ConfigError(f"config key '{where}.max_wait_ms' must be >= 0, got {value}")
         if f.name == "providers" and not value:
             raise ConfigError(f"config key '{where}.providers' must name at least one provider")
+        if f.name == "min_replicas" and value < 0:
+            raise ConfigError(f"config key '{where}.min_replicas' must be >= 0, got {value}")
+    if isinstance(obj, RayServeConfig) and obj.min_replicas > obj.max_replicas:
+        raise ConfigError(f"config key '{where}.min_replicas' ({obj.min_replicas}) must be <= "
+                          f"'{where}.max_replicas' ({obj.max_replicas})")

@@ -1,4 +1,5 @@
-"""``realizar-ort serve [--config config.toml] [--host HOST] [--port PORT]``: run the API under uvicorn.
+"""``realizar-ort serve [--config config.toml] [--host HOST] [--port PORT] [--ray]``: run the API under uvicorn,
+or (``--ray``) as Ray Serve replicas behind Serve's proxy (:mod:`.ray_serve`).
 
 The models load once, in the app's lifespan, before the socket accepts requests; the startup log names
 each model, the execution provider it runs on, and the address the server listens on.
@@ -11,7 +12,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-__all__ = ["add_arguments", "build_server", "run"]
+__all__ = ["add_arguments", "build_server", "load_server_config", "run"]
 
 log = logging.getLogger("realizar_ort.server")
 
@@ -21,15 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the config file naming the models and server settings (default: ./config.toml)")
     parser.add_argument("--host", default=None, help="interface to bind (default: [server].host)")
     parser.add_argument("--port", type=int, default=None, help="port to bind (default: [server].port; 0 = any free)")
+    parser.add_argument("--ray", action="store_true",
+                        help="serve as Ray Serve replicas sized by [server.ray] (needs the `ray` extra)")
+    parser.add_argument("--ray-address", default=None,
+                        help="--ray: the Ray cluster to join (default: $RAY_ADDRESS, else start a local Ray)")
 
 
-def build_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The configured ``uvicorn.Server`` for ``args`` (not started)."""
-    import uvicorn
-
+def load_server_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The config file named by ``args`` with ``--host``/``--port`` applied."""
     from realizar_ort.config import load_config
-
-    from .app import create_app
 
     config = load_config(args.config)
     server_cfg = config.server
@@ -37,7 +38,17 @@ def build_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         server_cfg = dataclasses.replace(server_cfg, host=args.host)
     if args.port is not None:
         server_cfg = dataclasses.replace(server_cfg, port=args.port)
-    config = dataclasses.replace(config, server=server_cfg)
+    return dataclasses.replace(config, server=server_cfg)
+
+
+def build_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The configured ``uvicorn.Server`` for ``args`` (not started)."""
+    import uvicorn
+
+    from .app import create_app
+
+    config = load_server_config(args)
+    server_cfg = config.server
     app = create_app(config)
     uv_config = uvicorn.Config(app, host=server_cfg.host, port=server_cfg.port, log_level=server_cfg.log_level,
                                access_log=server_cfg.log_level == "debug", lifespan="on", timeout_graceful_shutdown=5)
@@ -58,6 +69,18 @@ def build_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace) -> int:
     from realizar_ort.config import ConfigError
 
+    if getattr(args, "ray", False):
+        try:
+            config = load_server_config(args)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return 2
+        try:
+            from . import ray_serve
+        except ImportError as exc:
+            log.error("--ray needs Ray Serve: pip install 'realizar-ort[ray]' (%s)", exc)
+            return 2
+        return ray_serve.run(args, config)
     try:
         server = build_server(args)
     except ConfigError as exc:
