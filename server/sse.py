@@ -41,7 +41,8 @@ def sse_error(error: APIError) -> bytes:
 class SSEResponse:
     """An ASGI response streaming ``events`` (already framed bytes) until it ends or the client leaves.
 
-    ``on_disconnect`` is called (once) when the client disconnects before the stream ended.
+    ``on_disconnect`` is called (once) when the client disconnects before the stream ended, or when the
+    request task is cancelled.
     """
 
     def __init__(self, events: AsyncIterator[bytes], *, on_disconnect: Callable[[], Awaitable[None]] | None = None,
@@ -52,6 +53,17 @@ class SSEResponse:
         self.status_code = 200
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._run(receive, send)
+        except anyio.get_cancelled_exc_class():
+            # The server cancelled the request task (a proxy such as Ray Serve's does this when the client
+            # hangs up, instead of sending http.disconnect): the same as a disconnect.
+            if self.on_disconnect is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.on_disconnect()
+            raise
+
+    async def _run(self, receive: Receive, send: Send) -> None:
         disconnected = False
         failure: list[BaseException] = []
         async with anyio.create_task_group() as tg:

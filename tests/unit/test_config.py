@@ -48,12 +48,28 @@ def test_defaults_fill_missing_keys() -> None:
         ({"models": {"llm": {"path": "m", "session": {"graph_optimization": "max"}}}}, "graph_optimization' must be one of"),
         ({"models": {"llm": "m"}}, "[models.llm] must be a table"),
         ({"models": {"llm": {"path": "m", "session": {"huge_pages": 1}}}}, "huge_pages' must be true or false"),
+        ({"server": {"ray": {"replicas": 2}}}, "unknown config key 'server.ray.replicas'"),
+        ({"server": {"ray": {"min_replicas": -1}}}, "'server.ray.min_replicas' must be >= 0"),
+        ({"server": {"ray": {"max_replicas": 0}}}, "'server.ray.max_replicas' must be > 0"),
+        ({"server": {"ray": {"min_replicas": 3, "max_replicas": 2}}},
+         "'server.ray.min_replicas' (3) must be <= 'server.ray.max_replicas' (2)"),
+        ({"server": {"ray": {"target_ongoing_requests": "4"}}}, "'server.ray.target_ongoing_requests' must be a number"),
+        ({"server": {"ray": {"target_ongoing_requests": 0}}}, "'server.ray.target_ongoing_requests' must be > 0"),
+        ({"server": {"ray": {"num_cpus": 0}}}, "'server.ray.num_cpus' must be > 0"),
+        ({"server": {"ray": 2}}, "[server.ray] must be a table"),
     ],
 )
 def test_bad_config_names_the_key(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         _parse(raw)
     assert message in str(info.value)
+
+
+def test_server_ray_section() -> None:
+    ray = _parse({"server": {"ray": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 6}}}).server.ray
+    assert (ray.min_replicas, ray.max_replicas, ray.target_ongoing_requests) == (1, 4, 6.0)
+    default = _parse({}).server.ray
+    assert (default.min_replicas, default.max_replicas, default.num_cpus) == (1, 1, 1.0)
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:

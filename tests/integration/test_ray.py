@@ -1,0 +1,192 @@
+"""Past one machine, on a local Ray cluster (``ray.init(num_cpus=2)``, one for the whole module):
+
+- ``serve --ray``: two Ray Serve replicas of the app (tiny-llama3 chat + MiniLM) answer chat, streamed chat,
+  tools and embeddings through Serve's proxy to the official openai client; requests spread over both
+  replicas (each replica's own /metrics says so); a killed replica is replaced and later requests succeed;
+  a client that hangs up mid-stream cancels the engine request on its replica.
+- the Ray Data embedding job: ids from the row number, ``--format text``, and resume after a killed job
+  with every row written exactly once.
+
+The only test module that imports ray; skipped when the `ray` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+from realizar_ort.server import ray_serve  # noqa: E402  (needs ray)
+
+from realizar_ort.config import (  # noqa: E402
+    Config,
+    EmbeddingModelConfig,
+    LlmModelConfig,
+    RayServeConfig,
+    ServerConfig,
+    SessionConfig,
+)
+
+pytestmark = pytest.mark.slow
+
+PORT = 18610  # Serve's proxy; this project's test range for Ray is 18600-18699
+URL = f"http://127.0.0.1:{PORT}"
+LLM = "tiny-llama3"
+EMB = "all-minilm-l6-v2"
+MAX_TOKENS = 960  # for the request a disconnect cuts short
+QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+WEATHER_TOOL = {"type": "function", "function": {  # bounded: a random-weight model finishes every call
+    "name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"], "additionalProperties": False}}}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="class")
+def served(cluster, tiny_llama3_dir: Path, minilm_dir: Path):
+    config = Config(
+        llm=LlmModelConfig(path=tiny_llama3_dir, max_batch_size=4, max_context=MAX_TOKENS + 64, max_queued=16,
+                           default_max_tokens=16, session=SessionConfig(intra_op_threads=1)),
+        embedding=EmbeddingModelConfig(path=minilm_dir, session=SessionConfig(intra_op_threads=1)),
+        server=ServerConfig(port=PORT, ray=RayServeConfig(min_replicas=2, max_replicas=2, num_cpus=0.5)),
+    )
+    ray_serve.deploy(config)
+    yield config
+    serve.shutdown()
+
+
+@pytest.fixture(scope="class")
+def client(served):
+    with openai.OpenAI(base_url=URL + "/v1", api_key="unused", max_retries=0, timeout=120) as c:
+        yield c
+
+
+def replica_metrics(wanted: set[str], attempts: int = 60) -> dict[str, str]:
+    """Each wanted replica's own /metrics text (GET /metrics lands on one replica at a time)."""
+    found: dict[str, str] = {}
+    for _ in range(attempts):
+        r = httpx.get(URL + "/metrics", timeout=30)
+        name = r.headers[ray_serve.REPLICA_HEADER]
+        if name in wanted:
+            found[name] = r.text
+        if set(found) == wanted:
+            return found
+    raise AssertionError(f"did not reach {wanted - set(found)} in {attempts} scrapes")
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def live_replicas(count: int = 2, attempts: int = 60) -> set[str]:
+    """The names of ``count`` replicas answering now (from the header of each response)."""
+    seen: set[str] = set()
+    for _ in range(attempts):
+        seen.add(httpx.get(URL + "/health", timeout=30).headers[ray_serve.REPLICA_HEADER])
+        if len(seen) == count:
+            return seen
+    raise AssertionError(f"only {seen} answered in {attempts} requests")
+
+
+def running_replicas() -> int:
+    status = serve.status().applications[ray_serve.APP_NAME].deployments["RealizarReplica"]
+    return status.replica_states.get("RUNNING", 0)
+
+
+class TestServe:
+    def test_chat_stream_tools_and_embeddings_through_the_proxy(self, client):
+        full = client.chat.completions.create(model=LLM, messages=QUESTION, temperature=0, max_tokens=12)
+        assert full.choices[0].message.content and full.usage.completion_tokens == 12
+        stream = client.chat.completions.create(model=LLM, messages=QUESTION, temperature=0, max_tokens=12,
+                                                stream=True)
+        pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+        assert "".join(pieces) == full.choices[0].message.content  # same greedy answer, on either replica
+        called = client.chat.completions.create(model=LLM, messages=QUESTION, tools=[WEATHER_TOOL],
+                                                tool_choice="required", temperature=0, max_tokens=80)
+        (call,) = called.choices[0].message.tool_calls
+        assert called.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER_TOOL["function"]["parameters"])
+        vectors = client.embeddings.create(model=EMB, input=["hello", "world"])
+        assert [len(d.embedding) for d in vectors.data] == [384, 384]
+        assert [m.id for m in client.models.list().data] == [LLM, EMB]
+        assert httpx.get(URL + "/ready").json()["models"] == [LLM, EMB]
+        bad = httpx.post(URL + "/v1/chat/completions", json={"model": LLM, "messages": QUESTION, "n": 2})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "n"
+
+    def test_requests_spread_across_both_replicas(self, client):
+        names: list[str] = []
+
+        def ask() -> None:
+            r = client.chat.completions.with_raw_response.create(model=LLM, messages=QUESTION, max_tokens=24)
+            names.append(r.headers[ray_serve.REPLICA_HEADER])
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(names) == 8 and len(set(names)) == 2, names
+        # each replica's own metrics count the chat requests it answered
+        per_replica = replica_metrics(set(names))
+        route = 'realizar_requests_total{route="/v1/chat/completions",status="200"}'
+        for name, text in per_replica.items():
+            assert metric(text, route) >= names.count(name) >= 1, (name, text)
+
+    def test_client_disconnect_mid_stream_cancels_the_engine_request(self):
+        tokens = f'realizar_generation_tokens_total{{model="{LLM}"}}'
+        before = {name: metric(text, tokens) for name, text in replica_metrics(live_replicas()).items()}
+        body = {"model": LLM, "messages": QUESTION, "max_tokens": MAX_TOKENS, "ignore_eos": True, "stream": True}
+        with httpx.Client(timeout=60) as c, c.stream("POST", URL + "/v1/chat/completions", json=body) as r:
+            name = r.headers[ray_serve.REPLICA_HEADER]
+            events = 0
+            for line in r.iter_lines():
+                events += line.startswith("data: ")
+                if events == 5:
+                    break  # hang up mid-stream
+        deadline = time.monotonic() + 30
+        while True:
+            text = replica_metrics({name})[name]
+            if metric(text, "realizar_running_batch_size") == 0:
+                break
+            assert time.monotonic() < deadline, "the engine request kept running after the client left"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        after = replica_metrics({name})[name]
+        assert metric(after, tokens) == metric(text, tokens)  # nothing more generated: the slot is free
+        assert 5 <= metric(after, tokens) - before[name] < MAX_TOKENS  # stopped early, not run to max_tokens
+        assert metric(after, "realizar_cancelled_requests_total") == 1
+
+    def test_a_killed_replica_is_replaced(self, client):
+        r = client.chat.completions.with_raw_response.create(model=LLM, messages=QUESTION, max_tokens=4)
+        victim = r.headers[ray_serve.REPLICA_HEADER]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        deadline = time.monotonic() + 150
+        seen: set[str] = set()
+        while len(seen - {victim}) < 2:  # two live replicas answer, the new one among them
+            assert time.monotonic() < deadline, f"no replacement for {victim}; seen {seen}"
+            try:
+                seen.add(httpx.get(URL + "/ready", timeout=10).headers[ray_serve.REPLICA_HEADER])
+            except (httpx.HTTPError, KeyError):
+                pass
+            time.sleep(0.2)
+        assert running_replicas() == 2
+        for _ in range(4):
+            ok = client.chat.completions.create(model=LLM, messages=QUESTION, max_tokens=4)
+            assert ok.choices[0].finish_reason == "length"
