@@ -19,149 +19,35 @@ are imported when the job runs (the ``batch`` extra), never by the runtime.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ..config import ConfigError, EmbeddingModelConfig, load_config
-from .engine import EmbeddingEngine, InputTooLongError
-from .job import BAD_ROWS_DIR, BatchJobError, JobSpec, JobSummary, Record, parse_json_line, record_from_object
+from .engine import EmbeddingEngine
+from .job import (
+    BAD_ROWS_DIR,
+    BatchJobError,
+    JobSpec,
+    JobSummary,
+    Record,
+    atomic_write,
+    bad_rows_jsonl,
+    bad_rows_name,
+    embed_chunk,
+    write_part,
+)
+from .records import FORMATS, count_records, detect_format, read_records
 
-__all__ = ["FORMATS", "add_arguments", "detect_format", "read_records", "run", "run_local_job"]
+__all__ = ["add_arguments", "run", "run_local_job"]
 
-FORMATS = ("jsonl", "csv", "parquet", "text")
 PROGRESS_FILE = "_progress.json"
-_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
-             ".txt": "text", ".text": "text"}
-
-
-# ---- reading --------------------------------------------------------------------------------------------
-
-
-def detect_format(path: Path) -> str:
-    fmt = _SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise BatchJobError(f"cannot tell the format of {path} from its suffix: pass --format {'|'.join(FORMATS)}")
-    return fmt
-
-
-def read_records(path: Path, fmt: str, text_field: str, id_field: str | None) -> Iterator[Record]:
-    """Stream the input's records in order; bad ones carry an ``error`` instead of text."""
-    if fmt == "jsonl":
-        with path.open("rb") as f:
-            for row, line in enumerate(f):
-                yield parse_json_line(row, line.rstrip(b"\r\n"), text_field, id_field)
-    elif fmt == "text":
-        with path.open("rb") as f:
-            for row, raw in enumerate(f):
-                try:
-                    yield Record(row, None, raw.rstrip(b"\r\n").decode("utf-8"))
-                except UnicodeDecodeError as exc:
-                    yield Record(row, None, None, f"not valid UTF-8: {exc}")
-    elif fmt == "csv":
-        yield from _read_csv(path, text_field, id_field)
-    elif fmt == "parquet":
-        yield from _read_parquet(path, text_field, id_field)
-    else:
-        raise BatchJobError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
-
-
-def _read_csv(path: Path, text_field: str, id_field: str | None) -> Iterator[Record]:
-    with path.open("r", encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return
-        _check_columns(path, header, text_field, id_field)
-        for row, values in enumerate(reader):
-            if len(values) != len(header):
-                yield Record(row, None, None, f"has {len(values)} fields, the header has {len(header)}")
-            else:
-                yield record_from_object(row, dict(zip(header, values)), text_field, id_field)
-
-
-def _read_parquet(path: Path, text_field: str, id_field: str | None) -> Iterator[Record]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(path)
-    schema = parquet.schema_arrow
-    _check_columns(path, schema.names, text_field, id_field)
-    kind = schema.field(text_field).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise BatchJobError(f"{path}: column '{text_field}' has type {kind}, expected a string column")
-    columns = [text_field] + ([id_field] if id_field and id_field != text_field else [])
-    row = 0
-    for batch in parquet.iter_batches(batch_size=1024, columns=columns):
-        data = batch.to_pydict()
-        texts = data[text_field]
-        ids = data[id_field] if id_field else [None] * len(texts)
-        for text, record_id in zip(texts, ids):
-            yield record_from_object(row, {text_field: text, **({id_field: record_id} if id_field else {})}, text_field, id_field)
-            row += 1
-
-
-def _check_columns(path: Path, names: list[str], text_field: str, id_field: str | None) -> None:
-    for name in (text_field, id_field):
-        if name is not None and name not in names:
-            raise BatchJobError(f"{path} has no column '{name}' (columns: {', '.join(names)})")
-
-
-def count_records(path: Path, fmt: str) -> int:
-    """Records in the input, for the progress bar (one streaming pass; Parquet reads its footer only)."""
-    if fmt in ("jsonl", "text"):
-        lines, last = 0, b"\n"
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                lines += block.count(b"\n")
-                last = block[-1:]
-        return lines + (last != b"\n")
-    if fmt == "csv":
-        with path.open("r", encoding="utf-8", newline="") as f:
-            return max(0, sum(1 for _ in csv.reader(f)) - 1)
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
 
 
 # ---- writing -----------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _part_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
-
-
-def _write_part(out: Path, index: int, ids: list[Any], vectors: Any, dim: int, string_ids: bool) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    table = pa.table({
-        "id": pa.array(ids, type=pa.string() if string_ids else pa.int64()),
-        "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
-    })
-    tmp = out / (_part_name(index) + ".tmp")
-    pq.write_table(table, tmp)
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out / _part_name(index))
 
 
 def _fingerprint(spec: JobSpec, engine: EmbeddingEngine) -> dict[str, Any]:
@@ -207,19 +93,6 @@ def _prepare_output(spec: JobSpec, job: dict[str, Any], overwrite: bool) -> dict
 # ---- the local job -------------------------------------------------------------------------------------
 
 
-def _embed_chunk(engine: EmbeddingEngine, records: list[Record], batch_size: int) -> tuple[list[Record], list[Record], Any, int]:
-    """Embed the good records; over-long texts (config overflow = "error") become bad rows."""
-    good = [r for r in records if r.error is None]
-    bad = [r for r in records if r.error is not None]
-    while True:
-        try:
-            result = engine.embed_with_usage([r.text or "" for r in good], batch_size=batch_size)
-            return good, bad, result.vectors, result.total_tokens
-        except InputTooLongError as exc:
-            record = good.pop(exc.index)
-            bad.append(Record(record.row, record.id, None, str(exc)))
-
-
 def run_local_job(spec: JobSpec, engine: EmbeddingEngine, *, overwrite: bool = False, progress_bar: bool = True) -> JobSummary:
     """Run (or resume) the job on this machine; see the module doc. Raises :class:`BatchJobError`."""
     started = time.perf_counter()
@@ -256,20 +129,19 @@ def run_local_job(spec: JobSpec, engine: EmbeddingEngine, *, overwrite: bool = F
     summary.complete = True
     summary.seconds += time.perf_counter() - started
     progress["summary"] = asdict(summary)
-    _atomic_write(spec.output / PROGRESS_FILE, json.dumps(progress, indent=2).encode())
+    atomic_write(spec.output / PROGRESS_FILE, json.dumps(progress, indent=2).encode())
     return summary
 
 
 def _commit(spec: JobSpec, engine: EmbeddingEngine, chunk: list[Record], part: int, summary: JobSummary,
             progress: dict[str, Any]) -> None:
-    good, bad, vectors, tokens = _embed_chunk(engine, chunk, spec.batch_size)
+    good, bad, vectors, tokens = embed_chunk(engine, chunk, spec.batch_size)
     if bad and spec.on_bad_row == "fail":
         raise BatchJobError(f"row {bad[0].row} of {spec.input}: {bad[0].error} (pass --on-bad-row skip to skip bad rows)")
     ids = [r.id if spec.id_field else r.row for r in good]
-    _write_part(spec.output, part, ids, vectors, engine.dimension, spec.id_field is not None)
+    write_part(spec.output, part, ids, vectors, engine.dimension, spec.id_field is not None)
     if bad:
-        lines = b"".join(orjson.dumps({"row": r.row, "id": r.id, "reason": r.error}) + b"\n" for r in sorted(bad, key=lambda r: r.row))
-        _atomic_write(spec.output / BAD_ROWS_DIR / f"part-{part:05d}.jsonl", lines)
+        atomic_write(spec.output / BAD_ROWS_DIR / bad_rows_name(part), bad_rows_jsonl(bad))
     summary.rows_read += len(chunk)
     summary.rows_embedded += len(good)
     summary.bad_rows += len(bad)
@@ -277,7 +149,7 @@ def _commit(spec: JobSpec, engine: EmbeddingEngine, chunk: list[Record], part: i
     summary.parts = part + 1
     progress["parts_done"] = part + 1
     progress["summary"] = asdict(summary)
-    _atomic_write(spec.output / PROGRESS_FILE, json.dumps(progress, indent=2).encode())
+    atomic_write(spec.output / PROGRESS_FILE, json.dumps(progress, indent=2).encode())
 
 
 class _NoBar:

@@ -1,16 +1,24 @@
-"""What the local and the Ray embedding jobs share: the job's arguments, its summary, an input record, and
-how one JSON object becomes a record. Both jobs import this module; neither imports the other's internals.
+"""What the local and the Ray embedding jobs share: the job's arguments, its summary, an input record, how
+one JSON object becomes a record, and how one chunk of records is embedded and committed (a part file
+written to a temporary name and renamed, with its bad rows beside it). Both jobs import this module;
+neither imports the other's internals. pyarrow is imported only when a part is written.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-__all__ = ["BAD_ROWS_DIR", "BatchJobError", "JobSpec", "JobSummary", "Record", "parse_json_line", "record_from_object"]
+from .engine import EmbeddingEngine, InputTooLongError
+
+__all__ = [
+    "BAD_ROWS_DIR", "BatchJobError", "JobSpec", "JobSummary", "Record", "atomic_write", "bad_rows_name",
+    "bad_rows_jsonl", "embed_chunk", "parse_json_line", "part_name", "record_from_object", "write_part",
+]
 
 BAD_ROWS_DIR = "_bad_rows"
 
@@ -81,3 +89,62 @@ def record_from_object(row: int, obj: dict[str, Any], text_field: str, id_field:
         kind = "null" if text is None else type(text).__name__
         return Record(row, record_id, None, f"field '{text_field}' is {kind}, expected a string")
     return Record(row, record_id, text)
+
+
+# ---- one chunk: embed, then commit --------------------------------------------------------------------------
+
+
+def embed_chunk(engine: EmbeddingEngine, records: list[Record], batch_size: int) -> tuple[list[Record], list[Record], Any, int]:
+    """Embed the good records: (good, bad, vectors, tokens); over-long texts (overflow = "error") become bad."""
+    good = [r for r in records if r.error is None]
+    bad = [r for r in records if r.error is not None]
+    while True:
+        try:
+            result = engine.embed_with_usage([r.text or "" for r in good], batch_size=batch_size)
+            return good, bad, result.vectors, result.total_tokens
+        except InputTooLongError as exc:
+            record = good.pop(exc.index)
+            bad.append(Record(record.row, record.id, None, str(exc)))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def bad_rows_name(index: int) -> str:
+    return f"part-{index:05d}.jsonl"
+
+
+def bad_rows_jsonl(bad: list[Record]) -> bytes:
+    return b"".join(orjson.dumps({"row": r.row, "id": r.id, "reason": r.error}) + b"\n"
+                    for r in sorted(bad, key=lambda r: r.row))
+
+
+def write_part(out: Path, index: int, ids: list[Any], vectors: Any, dim: int, string_ids: bool,
+               metadata: dict[str, str] | None = None) -> None:
+    """``out/part-<index>.parquet`` (columns ``id``, ``vector``), written under a temporary name and renamed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    table = pa.table({
+        "id": pa.array(ids, type=pa.string() if string_ids else pa.int64()),
+        "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+    })
+    if metadata:
+        table = table.replace_schema_metadata({f"realizar.{k}": v for k, v in metadata.items()})
+    tmp = out / (part_name(index) + ".tmp")
+    pq.write_table(table, tmp)
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out / part_name(index))

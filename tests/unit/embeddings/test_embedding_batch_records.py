@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from realizar_ort.embeddings.batch import (
-    BatchJobError,
-    Record,
-    count_records,
-    detect_format,
-    parse_json_line,
-    read_records,
-)
+from realizar_ort.embeddings.job import BatchJobError, Record, parse_json_line
+from realizar_ort.embeddings.records import count_records, detect_format, read_records
 
 
 @pytest.mark.parametrize(
