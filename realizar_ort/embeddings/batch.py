@@ -186,7 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-bad-row", choices=("skip", "fail"), default="skip",
                         help="skip bad rows (listed in OUT/_bad_rows/) or stop at the first (default: skip)")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
-                        help="local: this process, resumable; ray: Ray Data actors (needs the ray extra)")
+                        help="local: this process; ray: Ray Data actors (needs the ray extra); both resumable")
     parser.add_argument("--batch-size", type=int, help="texts per model run (default: the config's batch_size)")
     parser.add_argument("--chunk-rows", type=int, default=4096, help="input rows per committed part file")
     model = parser.add_mutually_exclusive_group()

@@ -7,6 +7,7 @@ neither imports the other's internals. pyarrow is imported only when a part is w
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,17 @@ def embed_chunk(engine: EmbeddingEngine, records: list[Record], batch_size: int)
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _temporary(path)
     with tmp.open("wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _temporary(path: Path) -> Path:
+    """A temporary name beside ``path``, unique to this writer (two writers of one part never share it)."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def part_name(index: int) -> str:
@@ -143,7 +149,7 @@ def write_part(out: Path, index: int, ids: list[Any], vectors: Any, dim: int, st
     })
     if metadata:
         table = table.replace_schema_metadata({f"realizar.{k}": v for k, v in metadata.items()})
-    tmp = out / (part_name(index) + ".tmp")
+    tmp = _temporary(out / part_name(index))
     pq.write_table(table, tmp)
     with tmp.open("rb") as f:
         os.fsync(f.fileno())

@@ -1,124 +1,253 @@
 """``realizar-ort embed --engine ray``: the batch job on Ray Data, one :class:`EmbeddingEngine` per actor.
 
-Pipeline: ``read_text | read_csv | read_parquet -> map_batches(parse) -> filter(good) ->
-map_batches(EmbedderActor, concurrency=N, batch_size=B) -> write_parquet``. Rows are parsed by the same
-code as the local job (:func:`realizar_ort.embeddings.job.parse_json_line`), so both jobs accept and refuse the
-same rows; bad rows go to ``OUT/_bad_rows/`` as JSON (skip) or stop the job before any embedding (fail).
+Pipeline: ``from_items([input]) -> map_batches(read_chunks) -> map_batches(ChunkEmbedder, batch_size=1,
+concurrency=N)``, and the driver collects each chunk's counts. One task reads the input once, in order,
+with the local job's reader (:func:`~.records.read_records`: JSONL, CSV, Parquet or ``--format text``, the
+same rows accepted and refused), and emits one Ray Data row per chunk of ``--chunk-rows`` input rows
+(row numbers, ids, texts, bad rows). Each actor embeds whole chunks and commits each one as the local job
+does: its bad rows to ``OUT/_bad_rows/part-<k>.jsonl``, then ``OUT/part-<k>.parquet``, each written under a
+temporary name and renamed. The output is the local job's: ids are the 0-based row number in the input
+file (or ``--id-field``, as strings), so one input gives the same Parquet rows on either engine.
 
-Ray Data reads blocks in parallel and has no global row number, so this engine needs ``--id-field`` (ids are
-written as strings, like the local job's with ``--id-field``). It is not resumable by this tool: Ray retries
-failed tasks itself; rerun with ``--overwrite`` after a crash. Costs: the input is read twice (a cheap
-validation pass, then the embedding pass); each actor loads the model once (~0.3 s, ~200 MB).
+Resume, exactly once: chunk ``k`` always holds input rows ``[k * chunk_rows, (k + 1) * chunk_rows)``, and
+``part-<k>.parquet`` appears (by rename) only after it is complete, so a rerun of the same job (checked
+against ``OUT/_job.json``: input size and mtime, fields, chunk size, model) skips every chunk whose part
+exists and redoes the rest; a task Ray retries rewrites the same part. Each part records its counts in
+its Parquet metadata, from which the final summary is summed (``resumed_from_row`` is then the number of
+rows already committed before this run).
+
+``--output`` must be a folder every node can write (a shared filesystem) and the model folder must exist
+at the same path on every node. Costs: each actor loads the model once (~0.3 s, ~200 MB); chunks travel
+through Ray's object store once.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import time
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..config import EmbeddingModelConfig
-from .job import BAD_ROWS_DIR, BatchJobError, JobSpec, JobSummary, Record, parse_json_line, record_from_object
+from ..manifest import load_manifest
+from .job import (
+    BAD_ROWS_DIR,
+    BatchJobError,
+    JobSpec,
+    JobSummary,
+    Record,
+    atomic_write,
+    bad_rows_jsonl,
+    bad_rows_name,
+    embed_chunk,
+    part_name,
+    write_part,
+)
+from .records import read_records
 
-__all__ = ["EmbedderActor", "parse_batch", "run_ray_job"]
+__all__ = ["JOB_FILE", "ChunkEmbedder", "read_chunks", "run_ray_job"]
+
+JOB_FILE = "_job.json"
+_COUNTS = ("rows_read", "rows_embedded", "bad_rows", "tokens")
 
 
-def parse_batch(batch: Any, *, fmt: str, text_field: str, id_field: str) -> Any:
-    """Ray ``map_batches`` function (pyarrow in, pyarrow out): columns ``id``, ``text``, ``error``."""
+# ---- the read task: the input, once, as whole chunks ----------------------------------------------------
+
+
+def read_chunks(batch: Any, *, spec: JobSpec, done: frozenset[int]) -> Iterator[Any]:
+    """Ray ``map_batches`` generator: one pyarrow row per chunk not in ``done`` (list columns ``rows``,
+    ``ids``, ``texts``, ``errors``). Raises :class:`BatchJobError` at a bad row when ``on_bad_row`` is fail."""
+    chunk: list[Record] = []
+    index = -1
+    for record in read_records(spec.input, spec.format, spec.text_field, spec.id_field):
+        k = record.row // spec.chunk_rows
+        if k != index:
+            if chunk:
+                yield _chunk_table(index, chunk)
+            chunk, index = [], k
+        if k in done:
+            continue
+        if record.error is not None and spec.on_bad_row == "fail":
+            raise BatchJobError(_bad_row_message(spec, record))
+        chunk.append(record)
+    if chunk:
+        yield _chunk_table(index, chunk)
+
+
+def _chunk_table(index: int, records: list[Record]) -> Any:
     import pyarrow as pa
 
-    records: list[Record] = []
-    if fmt == "jsonl":
-        records = [parse_json_line(-1, line, text_field, id_field) for line in batch.column("text").to_pylist()]
-    else:
-        data = batch.to_pydict()
-        for i in range(batch.num_rows):
-            records.append(record_from_object(-1, {k: v[i] for k, v in data.items()}, text_field, id_field))
     return pa.table({
-        "id": pa.array([r.id for r in records], type=pa.string()),
-        "text": pa.array([r.text for r in records], type=pa.string()),
-        "error": pa.array([r.error for r in records], type=pa.string()),
+        "chunk": pa.array([index], pa.int64()),
+        "rows": pa.array([[r.row for r in records]], pa.list_(pa.int64())),
+        "ids": pa.array([[r.id for r in records]], pa.list_(pa.string())),
+        "texts": pa.array([[r.text for r in records]], pa.list_(pa.string())),
+        "errors": pa.array([[r.error for r in records]], pa.list_(pa.string())),
     })
 
 
-class EmbedderActor:
-    """Loads one EmbeddingEngine per Ray actor and embeds ``text`` batches into ``id`` + ``vector``."""
+def _bad_row_message(spec: JobSpec, record: Record) -> str:
+    return f"row {record.row} of {spec.input}: {record.error} (pass --on-bad-row skip to skip bad rows)"
 
-    def __init__(self, model_config: EmbeddingModelConfig, batch_size: int) -> None:
+
+# ---- the actors: embed and commit whole chunks ---------------------------------------------------------
+
+
+class ChunkEmbedder:
+    """One EmbeddingEngine per Ray actor; each call embeds and commits the chunks it is given."""
+
+    def __init__(self, model_config: EmbeddingModelConfig, spec: JobSpec) -> None:
         from .engine import EmbeddingEngine
 
         self.engine = EmbeddingEngine.from_folder(model_config.path, model_config)
-        self.batch_size = batch_size
+        self.spec = spec
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        vectors = self.engine.embed_numpy(batch.column("text").to_pylist(), batch_size=self.batch_size)
-        flat = pa.array(vectors.reshape(-1), type=pa.float32())
-        return pa.table({"id": batch.column("id"),
-                         "vector": pa.FixedSizeListArray.from_arrays(flat, self.engine.dimension)})
+        counts: dict[str, list[int]] = {"chunk": [], **{name: [] for name in _COUNTS}}
+        for row in batch.to_pylist():
+            records = [Record(*fields) for fields in zip(row["rows"], row["ids"], row["texts"], row["errors"])]
+            for name, value in zip(_COUNTS, self._commit(row["chunk"], records)):
+                counts[name].append(value)
+            counts["chunk"].append(row["chunk"])
+        return pa.table({name: pa.array(values, pa.int64()) for name, values in counts.items()})
+
+    def _commit(self, index: int, records: list[Record]) -> tuple[int, int, int, int]:
+        spec = self.spec
+        good, bad, vectors, tokens = embed_chunk(self.engine, records, spec.batch_size)
+        if bad and spec.on_bad_row == "fail":
+            raise BatchJobError(_bad_row_message(spec, bad[0]))
+        counts = (len(records), len(good), len(bad), tokens)
+        if bad:  # first the bad rows, then the part: a part on disk means its whole chunk is committed
+            atomic_write(spec.output / BAD_ROWS_DIR / bad_rows_name(index), bad_rows_jsonl(bad))
+        ids = [r.id if spec.id_field else r.row for r in good]
+        write_part(spec.output, index, ids, vectors, self.engine.dimension, spec.id_field is not None,
+                   metadata={name: str(value) for name, value in zip(_COUNTS, counts)})
+        return counts
 
 
-def _read(spec: JobSpec) -> Any:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import ray.data
+# ---- the driver ----------------------------------------------------------------------------------------
 
-    path = str(spec.input)
-    if spec.format in ("jsonl", "text"):
-        return ray.data.read_text(path, drop_empty_lines=False)  # column "text": one line per row
-    if spec.format == "csv":
-        types = {spec.text_field: pa.string(), spec.id_field: pa.string()}
-        return ray.data.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
-    return ray.data.read_parquet(path, columns=[spec.text_field, spec.id_field])
+
+def _fingerprint(spec: JobSpec, model_config: EmbeddingModelConfig) -> dict[str, Any]:
+    stat = spec.input.stat()
+    manifest = load_manifest(model_config.path)
+    return {
+        "engine": "ray", "input": str(spec.input.resolve()), "input_size": stat.st_size,
+        "input_mtime_ns": stat.st_mtime_ns, "format": spec.format, "text_field": spec.text_field,
+        "id_field": spec.id_field, "chunk_rows": spec.chunk_rows, "model": manifest.name,
+        "model_sha256": manifest.source.get("sha256"), "overflow": model_config.overflow,
+    }
+
+
+def _prepare_output(spec: JobSpec, job: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+    """The saved job state (fresh or resumed), after removing anything uncommitted."""
+    out = spec.output
+    job_path = out / JOB_FILE
+    if out.exists() and not out.is_dir():
+        raise BatchJobError(f"--output {out} exists and is not a directory")
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    state: dict[str, Any] = {"job": job, "complete": False, "summary": None}
+    if job_path.is_file():
+        saved = json.loads(job_path.read_text(encoding="utf-8"))
+        if saved.get("job") != job:
+            changed = sorted(k for k in job if saved.get("job", {}).get(k) != job[k])
+            raise BatchJobError(f"{out} holds a different job ({', '.join(changed)} changed); pass --overwrite "
+                                f"to start over or choose another --output")
+        state = saved
+    elif out.is_dir() and any(out.iterdir()):
+        raise BatchJobError(f"{out} is not empty and holds no {JOB_FILE}; pass --overwrite or another --output")
+    (out / BAD_ROWS_DIR).mkdir(parents=True, exist_ok=True)
+    done = _done_chunks(out)
+    for path in list(out.glob("*.tmp")) + list((out / BAD_ROWS_DIR).glob("*.tmp")):
+        path.unlink()
+    for path in (out / BAD_ROWS_DIR).glob("part-*.jsonl"):  # bad rows of a chunk whose part never landed
+        if int(path.name.split(".")[0].split("-")[1]) not in done:
+            path.unlink()
+    atomic_write(job_path, json.dumps(state, indent=2).encode())
+    return state
+
+
+def _done_chunks(out: Path) -> set[int]:
+    return {int(p.name.split(".")[0].split("-")[1]) for p in out.glob("part-*.parquet")}
+
+
+def _committed_counts(out: Path) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    totals = dict.fromkeys(_COUNTS, 0)
+    for path in out.glob("part-*.parquet"):
+        meta = pq.read_schema(path).metadata or {}
+        for name in _COUNTS:
+            totals[name] += int(meta.get(f"realizar.{name}".encode(), b"0"))
+    return totals
 
 
 def run_ray_job(spec: JobSpec, model_config: EmbeddingModelConfig, *, concurrency: int = 2,
                 address: str | None = None, overwrite: bool = False) -> JobSummary:
-    """Run the job on Ray Data (a local Ray unless ``address`` names a cluster)."""
+    """Run (or resume) the job on Ray Data (a local Ray unless ``address`` names a cluster)."""
     try:
         import ray
+        import ray.data
     except ImportError as exc:
         raise BatchJobError("--engine ray needs Ray Data: pip install 'realizar-ort[ray]'") from exc
-    if spec.id_field is None:
-        raise BatchJobError("--engine ray needs --id-field (Ray Data has no global row number to use as id)")
-    if spec.output.exists():
-        if not overwrite and any(spec.output.iterdir()):
-            raise BatchJobError(f"{spec.output} is not empty; pass --overwrite or choose another --output")
-        shutil.rmtree(spec.output)
+    if concurrency <= 0:
+        raise BatchJobError("--concurrency must be > 0")
     started = time.perf_counter()
+    state = _prepare_output(spec, _fingerprint(spec, model_config), overwrite)
+    if state["complete"]:
+        print(f"[embed] {spec.output} is already complete; nothing to do", file=sys.stderr, flush=True)
+        return JobSummary(**state["summary"])
+    done = frozenset(_done_chunks(spec.output))
+    before = _committed_counts(spec.output)
     if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
 
-    parsed = _read(spec).map_batches(
-        parse_batch, batch_format="pyarrow",
-        fn_kwargs={"fmt": spec.format, "text_field": spec.text_field, "id_field": spec.id_field},
-    )
-    bad = parsed.filter(lambda row: row["error"] is not None)
-    bad_rows = bad.count()
-    if bad_rows and spec.on_bad_row == "fail":
-        first = bad.take(1)[0]
-        raise BatchJobError(f"{bad_rows} bad rows in {spec.input}, e.g. id {first['id']}: {first['error']} "
-                            f"(pass --on-bad-row skip to skip bad rows)")
-    if bad_rows:
-        bad.select_columns(["id", "error"]).write_json(str(spec.output / BAD_ROWS_DIR))
-    good = parsed.filter(lambda row: row["error"] is None).select_columns(["id", "text"])
-    # Actors must leave a CPU for the read/parse tasks, or the pipeline starves (Ray schedules by CPU count).
-    actor_cpus = min(1.0, max(0.25, (ray.cluster_resources().get("CPU", 1.0) - 1.0) / concurrency))
-    embedded = good.map_batches(
-        EmbedderActor, batch_format="pyarrow", batch_size=spec.chunk_rows, concurrency=concurrency,
-        num_cpus=actor_cpus,
-        fn_constructor_kwargs={"model_config": model_config, "batch_size": spec.batch_size},
-    )
-    embedded.write_parquet(str(spec.output))
-    rows_embedded = sum(1 for _ in Path(spec.output).glob("*.parquet")) and _count_rows(spec.output)
-    return JobSummary(rows_read=rows_embedded + bad_rows, rows_embedded=rows_embedded, bad_rows=bad_rows,
-                      parts=sum(1 for _ in spec.output.glob("*.parquet")),
-                      seconds=time.perf_counter() - started, complete=True)
+    # The read task is light; the actors get the rest of the free CPUs (Ray schedules by CPU count).
+    free = ray.available_resources().get("CPU", 1.0)
+    read_cpus = 0.25
+    actor_cpus = min(1.0, max(0.25, (free - read_cpus) / concurrency))
+    context = ray.data.DataContext.get_current()
+    block_size = context.target_max_block_size
+    context.target_max_block_size = 1  # every chunk its own block: embedding starts while the input is read
+    try:
+        # Remote args given as a function keep the read a task of its own: fused into the actors' operator
+        # (Ray Data's default), the one input row would make one actor read *and* embed everything.
+        chunks = ray.data.from_items([{"input": str(spec.input)}]).map_batches(
+            read_chunks, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": spec, "done": done},
+            ray_remote_args_fn=lambda: {"num_cpus": read_cpus})
+        committed = chunks.map_batches(
+            ChunkEmbedder, batch_size=1, batch_format="pyarrow", concurrency=concurrency, num_cpus=actor_cpus,
+            fn_constructor_kwargs={"model_config": model_config, "spec": spec})
+        for _ in committed.iter_batches(batch_size=None):
+            pass
+    except Exception as exc:
+        raise _job_error(exc) from exc
+    finally:
+        context.target_max_block_size = block_size
+    totals = _committed_counts(spec.output)
+    summary = JobSummary(**totals, parts=len(_done_chunks(spec.output)), resumed_from_row=before["rows_read"],
+                         seconds=time.perf_counter() - started, complete=True)
+    state.update(complete=True, summary=asdict(summary))
+    atomic_write(spec.output / JOB_FILE, json.dumps(state, indent=2).encode())
+    return summary
 
 
-def _count_rows(folder: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("*.parquet"))
+def _job_error(exc: BaseException) -> BaseException:
+    """Our BatchJobError out of Ray's wrappers (a bad row in fail mode), else the Ray error as it is."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BatchJobError):
+            return BatchJobError(str(seen).splitlines()[-1])
+        seen = seen.__cause__ or getattr(seen, "cause", None)
+    text = str(exc)
+    marker = "BatchJobError: "
+    if marker in text:
+        return BatchJobError(text[text.rindex(marker) + len(marker):].strip().splitlines()[0])
+    return exc

@@ -1,11 +1,10 @@
 """`realizar-ort embed` on the real MiniLM: every input format round-trips, bad rows are reported, an
-interrupted job resumes without losing or duplicating rows, and the Ray Data job writes the same rows."""
+interrupted job resumes without losing or duplicating rows. (The Ray Data job: tests/integration/test_ray.py.)"""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import signal
@@ -171,31 +170,3 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path: Path, minilm_d
     final = json.loads(progress.read_text())["summary"]
     assert final["resumed_from_row"] == state["parts_done"] * 100 and final["rows_embedded"] == 3000
     np.testing.assert_allclose(vectors, engine.embed_numpy(rows), atol=1e-5)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'realizar-ort[ray]')")
-def test_ray_job_writes_the_same_rows_as_the_local_job(tmp_path: Path, minilm_dir: Path, engine: EmbeddingEngine) -> None:
-    path = tmp_path / "mixed.jsonl"
-    lines = [json.dumps({"id": f"doc-{i}", "text": TEXTS[i % len(TEXTS)] + f" #{i}"}, ensure_ascii=False) for i in range(200)]
-    lines[17] = '{"id": "doc-17", "text": 3.5}'
-    lines[40] = "{broken"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    local = run_local_job(_spec(tmp_path, path, "jsonl", id_field="id", chunk_rows=64, output=tmp_path / "local"),
-                          engine, progress_bar=False)
-    script = (
-        "import argparse, sys, ray; ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False); "
-        "from realizar_ort.embeddings import batch as b; p = argparse.ArgumentParser(); b.add_arguments(p); "
-        "sys.exit(b.run(p.parse_args(sys.argv[1:])))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, "--input", str(path), "--output", str(tmp_path / "ray"), "--model", str(minilm_dir),
-         "--engine", "ray", "--id-field", "id", "--concurrency", "2", "--chunk-rows", "64", "--batch-size", "8"],
-        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "done: 198 rows embedded, 2 bad rows" in proc.stderr
-    local_ids, local_vectors = _read_output(tmp_path / "local")
-    ray_ids, ray_vectors = _read_output(tmp_path / "ray")
-    assert local.bad_rows == 2 and ray_ids == local_ids and len(ray_ids) == 198
-    np.testing.assert_allclose(ray_vectors, local_vectors, atol=1e-5)

@@ -190,3 +190,107 @@ class TestServe:
         for _ in range(4):
             ok = client.chat.completions.create(model=LLM, messages=QUESTION, max_tokens=4)
             assert ok.choices[0].finish_reason == "length"
+
+
+# ---- the Ray Data embedding job (after the Serve app is gone: its actors get the cluster's CPUs) --------
+
+TEXTS = ["The cat sat on the mat.", "", "Zürich, São Paulo, 東京 and 🚀", 'quotes "inside", commas, too',
+         "a much longer sentence " * 30, "short", "Ελληνικά και русский"]
+
+
+@pytest.fixture(scope="module")
+def embedder(minilm_dir: Path):
+    from realizar_ort.embeddings.engine import EmbeddingEngine
+
+    with EmbeddingEngine.from_folder(minilm_dir, EmbeddingModelConfig(path=minilm_dir)) as engine:
+        yield engine
+
+
+def job_spec(path: Path, out: Path, fmt: str, **kw: object):
+    from realizar_ort.embeddings.job import JobSpec
+
+    base = {"input": path, "output": out, "format": fmt, "text_field": "text", "id_field": None,
+            "on_bad_row": "skip", "batch_size": 8, "chunk_rows": 32}
+    return JobSpec(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def read_output(folder: Path):
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(folder, format="parquet").to_table().sort_by("id")
+    vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 384)
+    return table.column("id").to_pylist(), vectors
+
+
+def bad_rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted((folder / "_bad_rows").glob("*.jsonl"))
+            for line in f.read_text().splitlines()]
+
+
+def test_ray_job_writes_the_local_jobs_rows(cluster, tmp_path: Path, minilm_dir: Path, embedder):
+    """JSONL without --id-field (ids: row numbers) and with bad rows; --format text: the resume test."""
+    import numpy as np
+
+    from realizar_ort.embeddings.batch import run_local_job
+    from realizar_ort.embeddings.ray_job import run_ray_job
+
+    fmt = "jsonl"
+    path = tmp_path / "input.jsonl"
+    lines = [json.dumps({"text": TEXTS[i % len(TEXTS)] + f" #{i}"}, ensure_ascii=False) for i in range(150)]
+    lines[17], lines[40] = '{"text": 3.5}', "{broken"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    local = run_local_job(job_spec(path, tmp_path / "local", fmt), embedder, progress_bar=False)
+    model = EmbeddingModelConfig(path=minilm_dir, session=SessionConfig(intra_op_threads=1))
+    remote = run_ray_job(job_spec(path, tmp_path / "ray", fmt), model, concurrency=2)
+    for field in ("rows_read", "rows_embedded", "bad_rows", "tokens", "parts"):
+        assert getattr(remote, field) == getattr(local, field), field
+    local_ids, local_vectors = read_output(tmp_path / "local")
+    ray_ids, ray_vectors = read_output(tmp_path / "ray")
+    assert ray_ids == local_ids == [i for i in range(150) if i not in (17, 40)]
+    np.testing.assert_allclose(ray_vectors, local_vectors, atol=1e-5)
+    assert bad_rows(tmp_path / "ray") == bad_rows(tmp_path / "local")
+
+
+def test_ray_job_resumes_after_a_kill_exactly_once(cluster, tmp_path: Path, minilm_dir: Path, embedder):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from realizar_ort.embeddings.ray_job import run_ray_job
+
+    rows = [f"row {i}: {TEXTS[i % len(TEXTS)][:60]}" for i in range(2400)]
+    path = tmp_path / "input.txt"
+    path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["--input", str(path), "--output", str(out), "--model", str(minilm_dir), "--engine", "ray",
+            "--chunk-rows", "100", "--batch-size", "16", "--no-progress"]
+    script = ("import argparse, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
+              "from realizar_ort.embeddings import batch as b; p = argparse.ArgumentParser(); "
+              "b.add_arguments(p); sys.exit(b.run(p.parse_args(sys.argv[2:])))")
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-c", script, address, *args], stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("part-*.parquet"))) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    committed = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert 3 <= len(committed) < 24
+
+    model = EmbeddingModelConfig(path=minilm_dir, session=SessionConfig(intra_op_threads=1))
+    spec = job_spec(path, out, "text", chunk_rows=100, batch_size=16)
+    summary = run_ray_job(spec, model, concurrency=2)
+    ids, vectors = read_output(out)
+    assert ids == list(range(2400))  # every row exactly once
+    assert (summary.rows_read, summary.rows_embedded, summary.parts) == (2400, 2400, 24)
+    still = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    resumed = {name for name in committed if still.get(name) == committed[name]}
+    assert summary.resumed_from_row >= 100 * len(resumed) >= 300  # committed parts were not redone
+    np.testing.assert_allclose(vectors, embedder.embed_numpy(rows), atol=1e-5)
+    again = run_ray_job(spec, model, concurrency=2)  # a finished job: nothing to do
+    assert again.rows_embedded == 2400 and {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == still
