@@ -44,7 +44,6 @@ from .job import (
     bad_rows_jsonl,
     bad_rows_name,
     embed_chunk,
-    part_name,
     write_part,
 )
 from .records import read_records

@@ -261,12 +261,12 @@ def test_ray_job_resumes_after_a_kill_exactly_once(cluster, tmp_path: Path, mini
 
     from realizar_ort.embeddings.ray_job import run_ray_job
 
-    rows = [f"row {i}: {TEXTS[i % len(TEXTS)][:60]}" for i in range(2400)]
+    rows = [f"row {i}: {TEXTS[i % len(TEXTS)][:60]}" for i in range(1200)]
     path = tmp_path / "input.txt"
     path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "out"
     args = ["--input", str(path), "--output", str(out), "--model", str(minilm_dir), "--engine", "ray",
-            "--chunk-rows", "100", "--batch-size", "16", "--no-progress"]
+            "--chunk-rows", "50", "--batch-size", "16", "--no-progress"]
     script = ("import argparse, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
               "from realizar_ort.embeddings import batch as b; p = argparse.ArgumentParser(); "
               "b.add_arguments(p); sys.exit(b.run(p.parse_args(sys.argv[2:])))")
@@ -283,14 +283,14 @@ def test_ray_job_resumes_after_a_kill_exactly_once(cluster, tmp_path: Path, mini
     assert 3 <= len(committed) < 24
 
     model = EmbeddingModelConfig(path=minilm_dir, session=SessionConfig(intra_op_threads=1))
-    spec = job_spec(path, out, "text", chunk_rows=100, batch_size=16)
+    spec = job_spec(path, out, "text", chunk_rows=50, batch_size=16)
     summary = run_ray_job(spec, model, concurrency=2)
     ids, vectors = read_output(out)
-    assert ids == list(range(2400))  # every row exactly once
-    assert (summary.rows_read, summary.rows_embedded, summary.parts) == (2400, 2400, 24)
+    assert ids == list(range(1200))  # every row exactly once
+    assert (summary.rows_read, summary.rows_embedded, summary.parts) == (1200, 1200, 24)
     still = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     resumed = {name for name in committed if still.get(name) == committed[name]}
-    assert summary.resumed_from_row >= 100 * len(resumed) >= 300  # committed parts were not redone
+    assert summary.resumed_from_row >= 50 * len(resumed) >= 150  # committed parts were not redone
     np.testing.assert_allclose(vectors, embedder.embed_numpy(rows), atol=1e-5)
     again = run_ray_job(spec, model, concurrency=2)  # a finished job: nothing to do
-    assert again.rows_embedded == 2400 and {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == still
+    assert again.rows_embedded == 1200 and {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == still
