@@ -32,7 +32,7 @@ from realizar_ort.config import Config
 
 from .app import create_app
 
-__all__ = ["APP_NAME", "REPLICA_HEADER", "RealizarReplica", "application", "deploy", "run"]
+__all__ = ["APP_NAME", "REPLICA_HEADER", "RealizarReplica", "application", "check", "deploy", "run"]
 
 log = logging.getLogger("realizar_ort.server")
 
@@ -138,11 +138,18 @@ def application(config: Config) -> Any:
     return deployment.bind(config)
 
 
+def check(config: Config) -> None:
+    """Refuse what Serve cannot do with ``config`` (before any cluster is started)."""
+    if config.server.port == 0:
+        raise ValueError("config key 'server.port' must name a port for --ray (Ray Serve's proxy needs one)")
+    if config.llm is None and config.embedding is None:
+        raise ValueError("--ray: the config names no model ([models.llm] or [models.embedding])")
+
+
 def deploy(config: Config, *, blocking: bool = False) -> None:
     """Start Serve's proxy on ``[server]`` host/port and deploy the app (Ray must be initialised)."""
     server = config.server
-    if server.port == 0:
-        raise ValueError("config key 'server.port' must name a port for --ray (Ray Serve's proxy needs one)")
+    check(config)
     serve.start(http_options={"host": server.host, "port": server.port})
     serve.run(application(config), name=APP_NAME, route_prefix="/", blocking=blocking)
 
@@ -151,6 +158,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """``realizar-ort serve --ray``: deploy, then wait for SIGINT/SIGTERM and take the app down."""
     import ray
 
+    check(config)
     if not ray.is_initialized():
         ray.init(address=args.ray_address, log_to_driver=config.server.log_level == "debug")
     deploy(config)

@@ -110,6 +110,19 @@ def running_replicas() -> int:
     return status.replica_states.get("RUNNING", 0)
 
 
+def test_serve_ray_refuses_a_bad_config_before_starting_ray(tmp_path: Path, capsys, caplog) -> None:
+    from realizar_ort.cli import main
+
+    bad = tmp_path / "config.toml"
+    bad.write_text('[models.embedding]\npath = "m"\n[server.ray]\nmin_replicas = 3\nmax_replicas = 2\n')
+    assert main(["serve", "--ray", "--config", str(bad)]) == 2
+    assert "'server.ray.min_replicas' (3) must be <= 'server.ray.max_replicas' (2)" in caplog.text
+    bad.write_text('[models.embedding]\npath = "m"\n')
+    assert main(["serve", "--ray", "--config", str(bad), "--port", "0"]) == 2
+    assert "'server.port' must name a port for --ray" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
 class TestServe:
     def test_chat_stream_tools_and_embeddings_through_the_proxy(self, client):
         full = client.chat.completions.create(model=LLM, messages=QUESTION, temperature=0, max_tokens=12)
