@@ -24,6 +24,7 @@ through Ray's object store once.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
@@ -241,12 +242,11 @@ def run_ray_job(spec: JobSpec, model_config: EmbeddingModelConfig, *, concurrenc
 def _job_error(exc: BaseException) -> BaseException:
     """Our BatchJobError out of Ray's wrappers (a bad row in fail mode), else the Ray error as it is."""
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, BatchJobError):
-            return BatchJobError(str(seen).splitlines()[-1])
-        seen = seen.__cause__ or getattr(seen, "cause", None)
-    text = str(exc)
-    marker = "BatchJobError: "
-    if marker in text:
-        return BatchJobError(text[text.rindex(marker) + len(marker):].strip().splitlines()[0])
-    return exc
+    for _ in range(16):  # Ray's task error keeps the original in `.cause`; Ray Data chains with __cause__
+        if seen is None:
+            break
+        if type(seen) is BatchJobError:
+            return BatchJobError(str(seen))
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    match = re.search(r"BatchJobError: (.+)", str(exc))
+    return BatchJobError(match.group(1).strip()) if match else exc

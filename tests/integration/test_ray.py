@@ -264,6 +264,16 @@ def test_ray_job_writes_the_local_jobs_rows(cluster, tmp_path: Path, minilm_dir:
     assert bad_rows(tmp_path / "ray") == bad_rows(tmp_path / "local")
 
 
+def test_ray_job_bad_row_in_fail_mode_names_the_row(cluster, tmp_path: Path, minilm_dir: Path):
+    from realizar_ort.embeddings.job import BatchJobError
+    from realizar_ort.embeddings.ray_job import run_ray_job
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": 5}\n', encoding="utf-8")
+    with pytest.raises(BatchJobError, match=r"^row 1 of .*bad.jsonl: field 'text' is int, expected a string \(pass"):
+        run_ray_job(job_spec(path, tmp_path / "out", "jsonl", on_bad_row="fail"), EmbeddingModelConfig(path=minilm_dir))
+
+
 def test_ray_job_resumes_after_a_kill_exactly_once(cluster, tmp_path: Path, minilm_dir: Path, embedder):
     import os
     import signal
