@@ -2,7 +2,8 @@
 
 Owns ``EmbeddingEngine`` (``engine``: batching, pooling as the model's config says), the local batch job
 behind ``realizar-ort embed`` (``batch``) and its Ray Data variant (``ray_job``); what both jobs share
-lives in ``job``, so neither imports the other's internals.
+lives in ``records`` (reading the input) and ``job`` (records, specs, committing a chunk), so neither
+imports the other's internals.
 
 May import: the shared core (``config``, ``manifest``, ``onnx_session``). Never ``generation``,
 ``grammar`` or ``tools``. pyarrow, tqdm and ray are imported only when a job runs.
