@@ -28,11 +28,11 @@ from typing import Any
 from ray import serve
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from realizar_ort.config import Config
+from realizar_ort.config import Config, load_config
 
 from .app import create_app
 
-__all__ = ["APP_NAME", "REPLICA_HEADER", "RealizarReplica", "application", "check", "deploy", "run"]
+__all__ = ["APP_NAME", "REPLICA_HEADER", "RealizarReplica", "application", "build", "check", "deploy", "run"]
 
 log = logging.getLogger("realizar_ort.server")
 
@@ -136,6 +136,16 @@ def application(config: Config) -> Any:
         health_check_timeout_s=_HEALTH_CHECK_TIMEOUT_S,
     )
     return deployment.bind(config)
+
+
+def build(args: dict[str, str]) -> Any:
+    """Serve's application builder, for Serve's own tools and KubeRay's ``RayService`` (``import_path``):
+    ``serve run realizar_ort.server.ray_serve:build config=/app/config.toml``. There Serve's config, not
+    ``[server]``, says where the proxy listens."""
+    unknown = set(args) - {"config"}
+    if unknown:
+        raise ValueError(f"unknown application argument(s) {sorted(unknown)}; expected: config=PATH")
+    return application(load_config(args.get("config", "config.toml")))
 
 
 def check(config: Config) -> None:
