@@ -2,14 +2,14 @@
 job vs the local one.
 
     flock /work/bench.lock .venv/bin/python bench/ray_overhead.py [--model models/smollm2-135m-instruct]
-        [--requests 6] [--max-tokens 64] [--streams 4] [--rounds 2] [--rows 3000] [--skip-serve] [--skip-embed]
+        [--requests 4] [--max-tokens 64] [--streams 4] [--rounds 4] [--rows 3000] [--skip-serve] [--skip-embed]
 
 Serving: the same config served twice, both in child processes: ``realizar-ort serve`` (uvicorn) and a
 Ray Serve deployment with one replica (``realizar_ort.server.ray_serve``, on a local ``ray.init(num_cpus=2)``).
-Each round runs, on each server in turn (order swapped every round), ``requests`` sequential streaming
-requests (TTFT and decode tokens/s measured at the client from the SSE events; ``ignore_eos`` fixes every
-answer at ``max-tokens``) and then ``streams`` concurrent streams (aggregate tokens/s). Reported: medians,
-and Serve/plain ratios (target: within 10%).
+Each round sends ``requests`` streaming requests to both servers, interleaved one by one (order swapped
+each pair; TTFT and decode tokens/s measured at the client from the SSE events; ``ignore_eos`` fixes every
+answer at ``max-tokens``), then ``streams`` concurrent streams to each (aggregate tokens/s). Reported:
+medians, and the median of per-pair Serve/plain ratios with their range (target: within 10%).
 
 Embedding: ``rows`` sentences embedded by the local job (one process, 2 threads) and by the Ray Data job
 (2 actors, 1 thread each); rows/s over the whole job, start-up included.
@@ -91,19 +91,28 @@ async def one_stream(client: httpx.AsyncClient, url: str, model: str, prompt: st
     return first - started, end - first, tokens
 
 
-async def measure(url: str, model: str, requests: int, streams: int, max_tokens: int) -> dict[str, float]:
+async def measure_pairs(urls: dict[str, str], model: str, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Paired runs, interleaved request by request (order swapped each pair), so drift on a shared machine
+    hits both servers alike: per-pair TTFT, batch-1 decode tok/s, and aggregate tok/s of ``streams`` streams."""
+    out: dict[str, list[float]] = {f"{name}_{key}": [] for name in urls for key in ("ttft_ms", "tok_s", "agg_tok_s")}
     async with httpx.AsyncClient(timeout=300) as client:
-        await one_stream(client, url, model, "warm up", 4)
-        ttfts, rates = [], []
-        for i in range(requests):
-            ttft, decode, tokens = await one_stream(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens)
-            ttfts.append(ttft)
-            rates.append((tokens - 1) / decode)
-        started = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens)
-                                         for i in range(streams)))
-        aggregate = sum(r[2] for r in results) / (time.perf_counter() - started)
-    return {"ttft_ms": 1000 * statistics.median(ttfts), "tok_s": statistics.median(rates), "agg_tok_s": aggregate}
+        for url in urls.values():
+            await one_stream(client, url, model, "warm up", 4)
+        for r in range(args.rounds):
+            for i in range(args.requests):
+                order = list(urls) if (r * args.requests + i) % 2 == 0 else list(urls)[::-1]
+                for name in order:
+                    ttft, decode, tokens = await one_stream(client, urls[name], model, PROMPTS[i % len(PROMPTS)],
+                                                            args.max_tokens)
+                    out[f"{name}_ttft_ms"].append(1000 * ttft)
+                    out[f"{name}_tok_s"].append((tokens - 1) / decode)
+            for name in (list(urls) if r % 2 == 0 else list(urls)[::-1]):
+                started = time.perf_counter()
+                results = await asyncio.gather(*(one_stream(client, urls[name], model, PROMPTS[k % len(PROMPTS)],
+                                                            args.max_tokens) for k in range(args.streams)))
+                out[f"{name}_agg_tok_s"].append(sum(x[2] for x in results) / (time.perf_counter() - started))
+            print(f"  round {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in out.items()), flush=True)
+    return out
 
 
 def bench_serve(args: argparse.Namespace, folder: Path) -> None:
@@ -122,21 +131,17 @@ def bench_serve(args: argparse.Namespace, folder: Path) -> None:
         urls = {"plain": f"http://127.0.0.1:{PLAIN_PORT}", "serve": f"http://127.0.0.1:{SERVE_PORT}"}
         wait_ready(urls["plain"])
         wait_ready(urls["serve"])
-        runs: dict[str, list[dict[str, float]]] = {"plain": [], "serve": []}
-        for r in range(args.rounds):
-            for name in (("plain", "serve") if r % 2 == 0 else ("serve", "plain")):
-                result = asyncio.run(measure(urls[name], model_name, args.requests, args.streams, args.max_tokens))
-                runs[name].append(result)
-                print(f"  round {r} {name:5s}: TTFT {result['ttft_ms']:.1f} ms, {result['tok_s']:.1f} tok/s batch-1, "
-                      f"{result['agg_tok_s']:.1f} tok/s with {args.streams} streams", flush=True)
-        print(f"\n{model_name}, {args.max_tokens} tokens/answer, medians over {args.rounds} rounds "
-              f"({args.requests} sequential requests + {args.streams} concurrent streams each):")
-        print(f"{'metric':28s} {'plain':>10s} {'Ray Serve':>10s} {'serve/plain':>12s}")
+        runs = asyncio.run(measure_pairs(urls, model_name, args))
+        print(f"\n{model_name}, {args.max_tokens} tokens/answer, {args.rounds} rounds of {args.requests} paired "
+              f"sequential requests + {args.streams} concurrent streams per server:")
+        print(f"{'metric':28s} {'plain':>10s} {'Ray Serve':>10s} {'serve/plain':>12s} {'pairs: median (min..max)':>26s}")
         for key, label in (("ttft_ms", "TTFT ms (batch 1)"), ("tok_s", "decode tok/s (batch 1)"),
                            ("agg_tok_s", f"tok/s, {args.streams} streams")):
-            p = statistics.median(x[key] for x in runs["plain"])
-            s = statistics.median(x[key] for x in runs["serve"])
-            print(f"{label:28s} {p:10.1f} {s:10.1f} {s / p:11.2f}x")
+            p, s = runs[f"plain_{key}"], runs[f"serve_{key}"]
+            ratios = [b / a for a, b in zip(p, s)]
+            print(f"{label:28s} {statistics.median(p):10.1f} {statistics.median(s):10.1f} "
+                  f"{statistics.median(s) / statistics.median(p):11.2f}x {statistics.median(ratios):12.2f}x "
+                  f"({min(ratios):.2f}..{max(ratios):.2f})")
     finally:
         from ray import serve
 
@@ -190,10 +195,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "models" / "smollm2-135m-instruct")
     parser.add_argument("--embedder", type=Path, default=REPO / "models" / "all-minilm-l6-v2")
-    parser.add_argument("--requests", type=int, default=6)
+    parser.add_argument("--requests", type=int, default=4)
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--skip-embed", action="store_true")
