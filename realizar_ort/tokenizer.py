@@ -73,6 +73,14 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def pretoken_ends(self, text: str) -> list[int]:
+        """Where the tokenizer's pre-tokenizer ends its pieces of `text` (character offsets, ascending):
+        tokens never cross these boundaries. One piece (the whole text) when it has no pre-tokenizer."""
+        pre = self._tok.pre_tokenizer
+        if pre is None:
+            return [len(text)]
+        return [end for _, (_, end) in pre.pre_tokenize_str(text)]
+
     def token_id(self, text: str) -> int | None:
         """The id of a token written exactly as `text` (e.g. ``"<|python_tag|>"``), or None."""
         return self._tok.token_to_id(text)

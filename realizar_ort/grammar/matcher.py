@@ -31,10 +31,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from ..kernels.forced_bytes import FORCED_DEAD, allocate_forced_scratch, forced_bytes
 from ..kernels.token_classes import (
     class_loop_entries,
     loop_byte_groups,
@@ -300,6 +301,9 @@ class GrammarMatcher(CachedMaskFill):
         self._cache = grammar._mask_cache
         self._out: np.ndarray | None = None  # the last bitmask filled, and its uint32 view
         self._out_bits: np.ndarray | None = None
+        self._ff_arena: np.ndarray | None = None  # fast-forward scratch, made on first use
+        self._ff_capacity = 0
+        self._ff_stack = np.zeros(grammar.max_depth, dtype=np.int32)
         self.reset()
 
     def reset(self) -> None:
@@ -383,21 +387,49 @@ class GrammarMatcher(CachedMaskFill):
     def num_accepted(self) -> int:
         return len(self._history)
 
+    # -- fast-forward (used by :mod:`realizar_ort.grammar.forced`)
+    def forced_bytes(self, out: np.ndarray, next_allowed: np.ndarray) -> tuple[int, int]:
+        """The bytes the grammar allows one at a time from here, written into ``out`` (uint8); returns
+        (count, why the run ended: ``kernels.forced_bytes.FORCED_*``); ``next_allowed`` (bool [256]) gets the
+        bytes allowed after them. Does not move the matcher. ~1-2 us per forced byte."""
+        if self._error or self._terminated:
+            next_allowed[:] = False
+            return 0, FORCED_DEAD
+        arena = self._ff_arena
+        if arena is None or self._ff_capacity < out.shape[0]:
+            arena = self._ff_arena = allocate_forced_scratch(self.grammar.max_depth, out.shape[0])
+            self._ff_capacity = out.shape[0]
+        return forced_bytes(self.grammar.automaton_arrays, self._state, self._counter, self._stack, self._stack_len,
+                            self.grammar.max_depth, arena, out, next_allowed)
+
+    def accepts_bytes(self, data: np.ndarray) -> bool:
+        """Whether ``data`` (uint8) may follow from here (as a prefix of the rest). Does not move the matcher."""
+        if self._error or self._terminated or data.shape[0] == 0:
+            return False
+        stack = self._ff_stack
+        stack[: self._stack_len] = self._stack[: self._stack_len]
+        q, _, _ = advance_token_bytes(self.grammar.automaton_arrays, data, self._state, self._counter, stack,
+                                      self._stack_len, self.grammar.max_depth, self._scratch)
+        return q >= 0
+
 
 class JsonGrammar:
     """The :class:`~realizar_ort.generation.logits.LogitProcessor` that keeps one sequence inside a grammar.
 
     ``process`` catches the matcher up on newly generated ids, fills its own preallocated bitmask and sets
     disallowed logits to ``-inf`` in place. After a disallowed token only stop tokens remain allowed.
+    With a ``forcer`` (a :class:`~realizar_ort.grammar.forced.ForcedTokenizer`), ``forced_tokens`` says which
+    tokens the grammar forces next (fast-forward).
     """
 
-    def __init__(self, grammar: CompiledGrammar) -> None:
+    def __init__(self, grammar: CompiledGrammar, forcer: Any = None) -> None:
         self.grammar = grammar
         self.matcher = grammar.matcher()
         self._bitmask = allocate_token_bitmask(grammar.vocab.vocab_size)
         self._seen = 0
+        self.fast_forward = forcer.fast_forward(self.matcher) if forcer is not None else None
 
-    def process(self, generated_ids: Sequence[int], logits: np.ndarray) -> None:
+    def _catch_up(self, generated_ids: Sequence[int]) -> None:
         n = len(generated_ids)
         if n < self._seen:  # the caller rolled the sequence back
             self.matcher.rollback(min(self._seen - n, self.matcher.num_accepted))
@@ -406,6 +438,14 @@ class JsonGrammar:
             if not self.matcher.advance(generated_ids[i]):
                 break
         self._seen = n
+
+    def forced_tokens(self, generated_ids: Sequence[int], limit: int) -> list[int]:
+        """The tokens the grammar forces after ``generated_ids`` (at most ``limit``; none without a forcer)."""
+        self._catch_up(generated_ids)
+        return self.fast_forward.tokens(limit) if self.fast_forward is not None else []
+
+    def process(self, generated_ids: Sequence[int], logits: np.ndarray) -> None:
+        self._catch_up(generated_ids)
         self.matcher.fill_next_token_bitmask(self._bitmask)
         vocab = self.grammar.vocab.vocab_size
         if logits.shape[-1] > vocab:

@@ -1,0 +1,209 @@
+"""Fast-forward: the forced-bytes kernel against its reference, and forced tokens on real vocabularies.
+
+The property on the Llama 3 (128k) and SmolLM2 vocabularies: random masked generation with fast-forward
+on, where every forced run is exactly what the tokenizer writes for its text (alone, and at the start of
+everything generated from there on: no token the model could have written spans the run's end), and every
+finished output still validates against its schema.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from realizar_ort.kernels.forced_bytes import (
+    FORCED_CHOICE,
+    FORCED_DEAD,
+    FORCED_FULL,
+    FORCED_STOP,
+    forced_bytes_reference,
+)
+
+from realizar_ort.grammar.forced import ForcedTokenizer, TokenIndex
+from realizar_ort.grammar.matcher import JsonGrammar, TokenVocabulary, compile_json_schema
+from realizar_ort.tokenizer import Tokenizer
+
+WEATHER = {"type": "object", "properties": {
+    "city": {"type": "string", "maxLength": 12},
+    "unit": {"enum": ["celsius", "fahrenheit"]},
+    "days": {"type": "integer", "minimum": 1, "maximum": 14}},
+    "required": ["city", "unit"], "additionalProperties": False}
+TOOL_CALL = {"anyOf": [
+    {"type": "object", "properties": {"name": {"const": "get_weather"}, "parameters": WEATHER},
+     "required": ["name", "parameters"], "additionalProperties": False},
+    {"type": "object", "properties": {"name": {"const": "get_time"}, "parameters": {
+        "type": "object", "properties": {"timezone": {"type": "string", "maxLength": 10}},
+        "required": ["timezone"], "additionalProperties": False}},
+     "required": ["name", "parameters"], "additionalProperties": False},
+    {"type": "object", "properties": {"name": {"const": "search_documents"}, "parameters": {
+        "type": "object", "properties": {"query": {"type": "string", "maxLength": 16},
+                                         "limit": {"type": "integer", "minimum": 1, "maximum": 50}},
+        "required": ["query"], "additionalProperties": False}},
+     "required": ["name", "parameters"], "additionalProperties": False},
+]}
+SCHEMAS = {
+    "tool_call": TOOL_CALL,
+    "nested": {"type": "object", "properties": {
+        "orderId": {"type": "string", "maxLength": 6},
+        "orderName": {"type": "string", "maxLength": 6},
+        "name_of_the_person": {"type": "string", "maxLength": 8},
+        "tags": {"type": "array", "items": {"enum": ["red", "green", "greenish"]}, "maxItems": 3},
+        "kind": {"enum": ["alpha", "beta", None]},
+        "café": {"type": "boolean"},
+        "when": {"type": "string", "format": "date"}},
+        "required": ["name_of_the_person", "kind", "café"], "additionalProperties": False},
+    "tree": {"$defs": {"n": {"type": "object", "properties": {"value": {"type": "integer", "minimum": 0, "maximum": 99},
+                                                               "children": {"type": "array", "items": {
+                                                                   "$ref": "#/$defs/n"}, "maxItems": 2}},
+                             "required": ["value", "children"], "additionalProperties": False}},
+             "$ref": "#/$defs/n"},
+}
+CLOSERS = [b'"', b"}", b"]", b'"}', b"0", b"1", b"null", b"a"]
+
+
+# ------------------------------------------------------------------------------------ kernel vs reference
+def _tiny_vocab() -> TokenVocabulary:
+    toks: list[bytes | None] = [None, None] + [bytes([b]) for b in range(0x20, 0x7F)]
+    toks += [bytes([b]) for b in range(0x80, 0x100)] + [b'":"', b'{"', b'name', b'","', b"true"]
+    return TokenVocabulary.from_token_bytes(toks, stop_token_ids=(1,))
+
+
+TINY = _tiny_vocab()
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_forced_bytes_kernel_matches_reference(name, seed):
+    grammar = compile_json_schema(SCHEMAS[name], TINY)
+    matcher = grammar.matcher()
+    rng = np.random.default_rng(seed)
+    out = np.zeros(24, dtype=np.uint8)
+    nxt = np.zeros(256, dtype=bool)
+    for _ in range(80):
+        n, why = matcher.forced_bytes(out, nxt)
+        stack = matcher._stack[: matcher._stack_len].tolist()
+        ref, ref_why, ref_next = forced_bytes_reference(grammar.automaton_arrays, matcher._state, matcher._counter,
+                                                        stack, grammar.max_depth, out.shape[0])
+        assert (out[:n].tobytes(), why) == (ref, ref_why)
+        assert set(np.flatnonzero(nxt).tolist()) == ref_next
+        if why == FORCED_STOP or why == FORCED_DEAD:
+            return
+        allowed = matcher.allowed_token_ids()
+        assert why != FORCED_FULL or n == out.shape[0]
+        if why == FORCED_CHOICE and n == 0:
+            assert len(allowed) >= 1
+        assert matcher.advance(int(rng.choice(allowed)))
+        if matcher.is_terminated():
+            return
+
+
+def test_forced_bytes_stop_only_and_choice():
+    grammar = compile_json_schema({"enum": ["greenish", "green"]}, TINY)
+    m = grammar.matcher()
+    out = np.zeros(32, dtype=np.uint8)
+    nxt = np.zeros(256, dtype=bool)
+    assert m.forced_bytes(out, nxt) == (6, FORCED_CHOICE)  # "green then '"' or 'i'
+    assert out[:6].tobytes() == b'"green' and set(np.flatnonzero(nxt)) == {ord('"'), ord("i")}
+    for b in b'"green"':
+        assert m.advance(2 + b - 0x20)
+    assert m.forced_bytes(out, nxt) == (0, FORCED_STOP)
+    assert m.forced_bytes(out[:2], nxt) == (0, FORCED_STOP)
+    m2 = grammar.matcher()
+    assert m2.forced_bytes(out[:3], nxt) == (3, FORCED_FULL)
+    assert not m2.accepts_bytes(np.frombuffer(b'"red', dtype=np.uint8))
+    assert m2.accepts_bytes(np.frombuffer(b'"greeni', dtype=np.uint8))
+    assert m2.num_accepted == 0  # neither moved the matcher
+
+
+def test_token_index_ranges():
+    index = TokenIndex.of(TINY)
+    lo, hi = index.starting_with(b'"')
+    assert sorted(index.keys[lo:hi]) == [b'"', b'","', b'":"']
+    lo, hi = index.starting_with(b"\xff")
+    assert index.keys[lo:hi] == [b"\xff"]
+    assert TokenIndex.of(TINY) is index
+
+
+# ------------------------------------------------------------------------------------ real vocabularies
+@pytest.fixture(scope="module", params=["llama3", "smollm2"])
+def real(request, llama3_tokenizer_json, smollm2_dir):
+    path = llama3_tokenizer_json if request.param == "llama3" else smollm2_dir / "tokenizer.json"
+    tok = Tokenizer.from_file(path)
+    stop = tok.token_id("<|eot_id|>") if request.param == "llama3" else tok.token_id("<|im_end|>")
+    vocab = TokenVocabulary.from_tokenizer_file(path, stop_token_ids=(stop,))
+    return tok, vocab, ForcedTokenizer(vocab, tok), stop
+
+
+def _generate(schema, tok, vocab, forcer, stop, rng, max_steps=120):
+    """Random masked generation with fast-forward: (generated ids, forced runs as (start, ids), done)."""
+    jg = JsonGrammar(compile_json_schema(schema, vocab), forcer)
+    gen: list[int] = []
+    runs: list[tuple[int, list[int]]] = []
+    closers = [i for i in (tok.encode(c.decode()) for c in CLOSERS) if len(i) == 1]
+    for step in range(max_steps):
+        forced = jg.forced_tokens(gen, 64)
+        if forced:
+            runs.append((len(gen), forced))
+            gen += forced
+            if forced[-1] == stop:
+                return gen, runs, True
+            continue
+        m = jg.matcher
+        assert not m.is_error, tok.decode(gen)
+        allowed = m.allowed_token_ids()
+        token = int(rng.choice(allowed))
+        if step > 50:
+            preferred = [t[0] for t in closers if t[0] in set(allowed.tolist())]
+            token = stop if stop in set(allowed.tolist()) else (preferred[0] if preferred else token)
+        gen.append(token)
+        if token == stop:
+            return gen, runs, True
+    return gen, runs, False
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_forced_runs_are_canonical_and_outputs_validate(real, name, seed):
+    tok, vocab, forcer, stop = real
+    schema = SCHEMAS[name]
+    gen, runs, done = _generate(schema, tok, vocab, forcer, stop, np.random.default_rng(seed))
+    assert done, f"did not finish: {tok.decode(gen)!r}"
+    assert runs, "nothing was forced"
+    body = gen[:-1] if gen[-1] == stop else gen
+    text = b"".join(vocab.token_bytes(i) for i in body)
+    jsonschema.validate(json.loads(text), schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    for start, run in runs:
+        ids = [i for i in run if i != stop]
+        if not ids:
+            continue
+        spelled = b"".join(vocab.token_bytes(i) for i in ids)
+        assert tok.encode(spelled.decode("utf-8")) == ids  # what the tokenizer writes for the run's text
+        rest = b"".join(vocab.token_bytes(i) for i in body[start:])
+        assert tok.encode(rest.decode("utf-8"))[: len(ids)] == ids, (spelled, rest)  # nothing spans its end
+
+
+def test_forced_tool_call_prefix_on_llama3(llama3_tokenizer_json):
+    tok = Tokenizer.from_file(llama3_tokenizer_json)
+    vocab = TokenVocabulary.from_tokenizer_file(llama3_tokenizer_json, stop_token_ids=(tok.token_id("<|eot_id|>"),))
+    forcer = ForcedTokenizer(vocab, tok)
+    schema = {"type": "object", "properties": {"name": {"const": "get_weather"}, "parameters": WEATHER},
+              "required": ["name", "parameters"], "additionalProperties": False}
+    jg = JsonGrammar(compile_json_schema(schema, vocab), forcer)
+    forced = jg.forced_tokens([], 100)
+    # the whole prefix up to the city's value is forced; the closing '":"' is left to the model ('":"' and
+    # longer tokens like '":"' + text could start there)
+    assert b"".join(vocab.token_bytes(i) for i in forced) == b'{"name":"get_weather","parameters":{"city'
+    assert jg.forced_tokens([], 3) == forced[:3]
+    assert jg.forced_tokens([], 0) == []
+    # "orderId" / "orderName": after '{"', "order" alone is not forced (llguidance's example)
+    two = {"type": "object", "properties": {"orderId": {"type": "string"}, "orderName": {"type": "string"}},
+           "additionalProperties": False}
+    jg = JsonGrammar(compile_json_schema(two, vocab), forcer)
+    assert jg.forced_tokens(tok.encode('{"'), 10) == []
