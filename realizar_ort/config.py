@@ -52,6 +52,7 @@ class LlmModelConfig:
     max_queued: int = 256
     default_max_tokens: int = 512
     prefill_chunk_tokens: int = 256  # prompt tokens prefilled per decode step while other streams run
+    fast_forward: bool = True  # tokens a grammar forces are appended and fed without sampling (per request too)
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,7 @@ def sampling_params(req: ChatCompletionRequest, processors: tuple[Any, ...] = ()
         top_logprobs=req.top_logprobs,
         logit_processors=processors,
         ignore_eos=req.ignore_eos,
+        fast_forward=req.fast_forward,
     )
 
 

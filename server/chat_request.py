@@ -36,7 +36,7 @@ _CHAT_FIELDS = {
     "model", "messages", "tools", "tool_choice", "parallel_tool_calls", "response_format", "max_tokens",
     "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs", "n", "stream", "stream_options",
-    "logit_bias", "ignore_eos",
+    "logit_bias", "ignore_eos", "fast_forward",
 } | _CHAT_METADATA_FIELDS
 
 
@@ -63,6 +63,7 @@ class ChatCompletionRequest:
     stream: bool = False
     include_usage: bool = False
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
+    fast_forward: bool = True  # ours: false samples every token even where a grammar forces it
 
     @property
     def uses_tools(self) -> bool:
@@ -140,6 +141,7 @@ def validate_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
         stream=stream,
         include_usage=include_usage,
         ignore_eos=read_bool(data, "ignore_eos", default=False),
+        fast_forward=read_bool(data, "fast_forward", default=True),
     )
 
 

@@ -51,6 +51,7 @@ class JsonModeService:
         self._metrics = metrics
         self._lock = threading.Lock()
         self._vocab: Any = None
+        self._forcer: Any = None
 
     def vocabulary(self) -> Any:
         """The engine's ``TokenVocabulary`` (built on first call; blocking, ~0.1-1 s)."""
@@ -63,6 +64,17 @@ class JsonModeService:
                     stop_token_ids=self._stop_token_ids,
                 )
             return self._vocab
+
+    def forcer(self) -> Any:
+        """The engine's ``ForcedTokenizer`` (fast-forward: forced bytes -> the tokenizer's own tokens)."""
+        vocab = self.vocabulary()
+        with self._lock:
+            if self._forcer is None:
+                from realizar_ort.grammar.forced import ForcedTokenizer
+                from realizar_ort.tokenizer import Tokenizer
+
+                self._forcer = ForcedTokenizer(vocab, Tokenizer.from_file(self._model_dir / "tokenizer.json"))
+            return self._forcer
 
     def compiled(self, schema: dict[str, Any] | str) -> Any:
         """The compiled grammar for ``schema`` (or ``"any_object"``); blocking on a cache miss."""
@@ -79,11 +91,13 @@ class JsonModeService:
         JIT compilation inside the scheduler thread (which would stall the whole batch). Blocking, ~1 s."""
         from realizar_ort.grammar.matcher import JsonGrammar
 
-        JsonGrammar(self.compiled(ANY_OBJECT)).process([], np.zeros(self._vocab_size, dtype=np.float32))
+        warm = JsonGrammar(self.compiled(ANY_OBJECT), self.forcer())
+        warm.forced_tokens([], 1)
+        warm.process([], np.zeros(self._vocab_size, dtype=np.float32))
 
     def processor(self, fmt: JsonSchemaFormat) -> TimedProcessor:
         """A fresh per-request processor enforcing ``fmt`` (blocking when the grammar is not cached)."""
         from realizar_ort.grammar.matcher import JsonGrammar
 
         grammar = self.compiled(fmt.schema if fmt.type == "json_schema" and fmt.schema else ANY_OBJECT)
-        return TimedProcessor(JsonGrammar(grammar), self._metrics)
+        return TimedProcessor(JsonGrammar(grammar, self.forcer()), self._metrics)

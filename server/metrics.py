@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics"]
@@ -39,7 +39,7 @@ class _EngineCollector(Collector):
     def __init__(self, engine_stats: Callable[[], dict[str, Any] | None]) -> None:
         self._engine_stats = engine_stats
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         try:
             stats = self._engine_stats() or {}
         except Exception:  # a closed engine has no gauges; the scrape still succeeds
@@ -53,6 +53,15 @@ class _EngineCollector(Collector):
             running.add_metric([], r)
         yield queue
         yield running
+        forced = CounterMetricFamily("realizar_forced_tokens", "Tokens appended because a grammar forced them "
+                                     "(fast-forward), without sampling.")
+        saved = CounterMetricFamily("realizar_model_steps_saved", "Model steps saved by feeding forced tokens "
+                                    "several per pass.")
+        for family, key in ((forced, "forced_tokens"), (saved, "model_steps_saved")):
+            value = stat(stats, (key,))
+            if value is not None:
+                family.add_metric([], value)
+            yield family
 
 
 class ServerMetrics:

@@ -33,7 +33,7 @@ __all__ = ["Decoder", "InPlaceDecoder", "PaddedDecoder", "create_decoder"]
 class Decoder(Protocol):
     session_run_seconds: float  # cumulative time inside session.run for decode steps
     prefill_seconds: float
-    chunked_prefill: bool  # whether prefill_chunk / admit_staged exist (InPlaceDecoder)
+    chunked_prefill: bool  # whether prefill_chunk / admit_staged / extend exist (InPlaceDecoder)
     batched_prefill: bool  # whether prefill_batch / admit_prefilled exist (InPlaceDecoder)
 
     def prefill(self, prompt_ids: list[int]) -> np.ndarray:

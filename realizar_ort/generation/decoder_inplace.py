@@ -82,6 +82,16 @@ class InPlaceDecoder:
         Returns the chunk's last position's logits ``[V]`` (the prompt's, once the last chunk ran)."""
         return self._run_prompts([chunk_ids], done, self.kv.staging_slot)[0]
 
+    def extend(self, slot: int, token_ids: Sequence[int], done: int) -> np.ndarray:
+        """Several tokens for one sequence in one pass: `token_ids` into positions ``[done, done + n)`` of
+        `slot` (a running row's, or the staging slot), on top of the `done` there. Returns the last
+        position's logits ``[V]`` (a view into scratch, valid until the next prefill). A running row's
+        forced tokens go this way, in a pass of their own: GroupQueryAttention feeds every row of a pass
+        the same number of tokens, and the graph's last-position pick assumes it."""
+        if not 0 <= slot <= self.kv.max_batch:
+            raise ValueError(f"slot {slot} does not exist")
+        return self._run_prompts([list(token_ids)], done, slot)[0]
+
     def admit_staged(self, length: int) -> int:
         """The fully prefilled staging slot (`length` tokens) becomes the batch's last row."""
         return self.kv.admit_from(self.kv.staging_slot, length)

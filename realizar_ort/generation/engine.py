@@ -208,6 +208,7 @@ class ModelEngine:
             sampler=RequestSampler(params, prompt_ids, self.vocab_size),
             text=TextStream(self.tokenizer, params.stop, params.skip_special_tokens),
             to_logprob=self._to_logprob if params.wants_logprobs else None,
+            forcer=self._forcer(params),
         )
         self._scheduler.submit(request)
         return GenerationStream(request, self._scheduler)
@@ -270,6 +271,17 @@ class ModelEngine:
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError(f"params must be SamplingParams, got {type(params).__name__}", "params")
         return params
+
+    def _forcer(self, params: SamplingParams) -> Any:
+        """The logit processor whose forced tokens this request takes without sampling (fast-forward): its
+        only processor, when that one can say what its grammar forces; None when fast-forward is off here or
+        for the request, or when logprobs are wanted (forced tokens have none)."""
+        if not (self.config.fast_forward and params.fast_forward) or params.wants_logprobs:
+            return None
+        processors = params.logit_processors
+        if len(processors) != 1 or not callable(getattr(processors[0], "forced_tokens", None)):
+            return None
+        return processors[0]
 
     def _resolve_max_tokens(self, prompt_tokens: int, params: SamplingParams) -> int:
         """Explicit max_tokens must fit; unset max_tokens is the config default clamped to what is left."""

@@ -37,6 +37,9 @@ class SamplingParams:
     matched on the decoded text and never appear in the output; `stop_token_ids` add to the model's eos
     ids. `logprobs` are of the raw model distribution. `logit_processors` are per-request (stateful)
     instances, applied first, in order. `ignore_eos` keeps generating past eos ids (benchmarks).
+    `fast_forward=False` samples every token even where a grammar forces it (step-identical sampling);
+    with it on (the default), the tokens a grammar processor forces are appended without a sampling step
+    (see the scheduler). It never applies with logprobs, or with logit processors other than one grammar.
     """
 
     max_tokens: int | None = None
@@ -55,6 +58,7 @@ class SamplingParams:
     logit_processors: tuple[LogitProcessor, ...] = ()
     skip_special_tokens: bool = True
     ignore_eos: bool = False
+    fast_forward: bool = True
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -81,6 +85,8 @@ class SamplingParams:
                 raise InvalidRequestError(f"stop strings must be non-empty strings, got {s!r}", "stop")
         for t in self.stop_token_ids:
             _check_int(t, "stop_token_ids", minimum=0)
+        if not isinstance(self.fast_forward, bool):
+            raise InvalidRequestError(f"fast_forward must be a boolean, got {self.fast_forward!r}", "fast_forward")
         if not isinstance(self.logprobs, bool):
             raise InvalidRequestError(f"logprobs must be a boolean, got {self.logprobs!r}", "logprobs")
         _check_int(self.top_logprobs, "top_logprobs", minimum=0)

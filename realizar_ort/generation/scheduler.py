@@ -11,6 +11,14 @@ to `prefill_chunk` tokens per boundary (always at least one prompt); with a deco
 longer prompt is prefilled `prefill_chunk` tokens per boundary (one such prompt at a time, its row
 reserved) and joins the batch when its last chunk has run. Tokens are the same either way.
 
+Fast-forward: a request whose grammar forces its next tokens (`Request.forcer`, a logit processor with
+`forced_tokens`) gets them appended and streamed at once after each sampled token, and fed to the model
+without sampling: a row alone in the batch feeds its sampled token and all its forced ones in one pass
+(`decoder.extend`, the chunked-prefill path); in a larger batch a row with at least as many forced tokens
+as there are rows gets a pass of its own for them first (that pass costs about what one batch step does,
+and saves the row that many steps), and otherwise feeds one forced token per step, never sampling until
+they are all in. The Optimum graph (no `extend`) feeds them one per step.
+
 Threading: `submit` and `Request.cancel` may be called from any thread; everything else runs on the
 scheduler thread. A failure inside one request's logit processors fails that request only; a failure
 of the graph fails the requests in the batch and the loop carries on.
@@ -26,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +69,9 @@ class Request:
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # GenerationDelta | BaseException
     generated: list[int] = field(default_factory=list)
     seq_length: int = 0  # tokens in this row's KV
-    next_token: int = -1  # sampled, not yet fed
+    next_token: int = -1  # sampled (or forced), not yet fed
+    forcer: Any = None  # the logit processor that says which tokens its grammar forces (fast-forward), if any
+    pending: list[int] = field(default_factory=list)  # forced tokens to feed after next_token, in order
     cancelled: bool = False
     finished: bool = False
 
@@ -88,6 +99,8 @@ class Scheduler:
             "decode_steps": 0,
             "prefill_passes": 0,  # graph passes that prefill prompts (a batch of short ones, or one chunk)
             "requests_finished": 0,
+            "forced_tokens": 0,  # tokens appended because the grammar forced them (fast-forward), not sampled
+            "model_steps_saved": 0,  # tokens fed beyond one per pass for their row (multi-token passes)
         }
         self._decode_step_seconds = 0.0
         self._outbox: list[tuple[queue.SimpleQueue, object]] = []  # this step's (caller queue, item)
@@ -221,7 +234,7 @@ class Scheduler:
             if isinstance(choice, BaseException):  # this request's logit processor failed
                 request.finished = True
                 self._emit(request, choice)
-            elif not self._accept(request, choice):
+            elif not self._accept(request, choice) and not self._fast_forward(request):
                 if len(group) == 1:
                     self.decoder.admit()
                 else:
@@ -256,61 +269,132 @@ class Scheduler:
             request.finished = True
             self._emit(request, sampled)
             return
-        if self._accept(request, sampled):
+        if self._accept(request, sampled) or self._fast_forward(request):
             return
         self.decoder.admit_staged(len(request.prompt_ids))  # row index == len(self._running)
         request.seq_length = len(request.prompt_ids)
         self._running.append(request)
 
     def _decode_step(self) -> None:
-        """Stage 2: one token for every running row, then emit and retire."""
+        """Stage 2: one token for every running row (several for a row feeding forced tokens), then sample
+        the rows that have nothing left to feed, emit and retire."""
         started = time.perf_counter()
         running = self._running
-        next_tokens = np.fromiter((r.next_token for r in running), np.int64, len(running))  # [b]
-        seq_lengths = np.fromiter((r.seq_length for r in running), np.int64, len(running))  # [b]
         try:
-            logits = self.decoder.decode_step(next_tokens, seq_lengths, self._deliver)  # [b, V]
+            if len(running) == 1 and running[0].pending and self.decoder.chunked_prefill:
+                logits = self._feed_alone(running[0])  # [1, V]
+            else:
+                if self.decoder.chunked_prefill:
+                    self._feed_long_runs(running)
+                next_tokens = np.fromiter((r.next_token for r in running), np.int64, len(running))  # [b]
+                seq_lengths = np.fromiter((r.seq_length for r in running), np.int64, len(running))  # [b]
+                logits = self.decoder.decode_step(next_tokens, seq_lengths, self._deliver)  # [b, V]
+                for request in running:
+                    request.seq_length += 1
         except Exception as exc:
             log.exception("decode step failed")
             self._fail_running(RealizarError(f"inference failed: {exc}"))
             return
         self._counters["decode_steps"] += 1
-        sampled = sample_batch(logits, [r.sampler for r in running], [r.generated for r in running])
-        for request, choice in zip(running, sampled):
-            request.seq_length += 1
+        feeding = [bool(r.pending) for r in running]  # rows whose next token is forced: nothing to sample
+        if any(feeding):
+            rows = [i for i, f in enumerate(feeding) if not f]
+            for request in running:
+                if request.pending:
+                    request.next_token = request.pending.pop(0)
+            sampled = sample_batch(logits[rows], [running[i].sampler for i in rows], [running[i].generated for i in rows])
+            pairs = [(running[i], choice) for i, choice in zip(rows, sampled)]
+        else:
+            sampled = sample_batch(logits, [r.sampler for r in running], [r.generated for r in running])
+            pairs = list(zip(running, sampled))
+        for request, choice in pairs:
             if isinstance(choice, BaseException):  # this request's logit processor failed
                 request.finished = True
                 self._emit(request, choice)
-            else:
-                self._accept(request, choice)
+            elif not self._accept(request, choice):
+                self._fast_forward(request)
         self._retire(cancelled_only=False)
         self._decode_step_seconds += time.perf_counter() - started
 
+    def _feed_alone(self, request: Request) -> np.ndarray:
+        """The only row: its sampled token and every forced one in one pass (a prefill chunk); logits [1, V]."""
+        self._deliver()
+        tokens = [request.next_token, *request.pending]
+        logits = self.decoder.extend(0, tokens, request.seq_length)[None, :]
+        request.seq_length += len(tokens)
+        request.pending = []
+        self._counters["model_steps_saved"] += len(tokens) - 1
+        return logits
+
+    def _feed_long_runs(self, running: list[Request]) -> None:
+        """Rows with at least as many forced tokens as the batch has rows feed all but their last in a pass
+        of their own (its cost is about one batch step's; it saves that row as many steps); the last one
+        goes with the batch step, whose logits they sample from."""
+        for row, request in enumerate(running):
+            if len(request.pending) >= len(running):
+                tokens = [request.next_token, *request.pending[:-1]]
+                self.decoder.extend(row, tokens, request.seq_length)
+                request.seq_length += len(tokens)
+                request.next_token = request.pending[-1]
+                request.pending = []
+                self._counters["model_steps_saved"] += len(tokens) - 1
+
+    def _fast_forward(self, request: Request) -> bool:
+        """Append (and stream) the tokens the request's grammar forces next, to be fed without sampling.
+        Says whether that finished the request."""
+        if request.forcer is None:
+            return False
+        try:
+            forced = request.forcer.forced_tokens(request.generated, request.max_tokens - len(request.generated))
+        except Exception as exc:  # noqa: BLE001 - a failing processor fails its own request only
+            request.finished = True
+            self._emit(request, exc)
+            return True
+        if not forced:
+            return False
+        self._counters["forced_tokens"] += len(forced)
+        if self._accept_tokens(request, [int(t) for t in forced], None):
+            return True
+        request.pending = [int(t) for t in forced]
+        return False
+
     def _accept(self, request: Request, sampled: SampledToken) -> bool:
         """Record one sampled token, stream its delta, and say whether the request is finished."""
-        token = sampled.token_id
-        request.generated.append(token)
-        request.next_token = token
-        self._counters["generated_tokens"] += 1
+        request.next_token = sampled.token_id
+        return self._accept_tokens(request, [sampled.token_id], sampled)
+
+    def _accept_tokens(self, request: Request, tokens: list[int], sampled: SampledToken | None) -> bool:
+        """Record tokens (one sampled, or a forced run), stream them as one delta, say whether it finished.
+        A stop token, a stop string or `max_tokens` inside a forced run ends it there."""
         finish, stop_reason = None, None
-        if token in request.stop_ids:  # a stop token ends the sequence; its text is never emitted
-            text = request.text.finish()
-            finish, stop_reason = "stop", token
-        else:
-            text = request.text.push(token)
-            if request.text.matched_stop is not None:
-                finish, stop_reason = "stop", request.text.matched_stop
-            elif len(request.generated) >= request.max_tokens:
+        text = ""
+        taken: list[int] = []
+        for token in tokens:
+            request.generated.append(token)
+            taken.append(token)
+            self._counters["generated_tokens"] += 1
+            if sampled is None:
+                request.sampler.record(token)
+            if token in request.stop_ids:  # a stop token ends the sequence; its text is never emitted
                 text += request.text.finish()
-                finish = "length"
+                finish, stop_reason = "stop", token
+            else:
+                text += request.text.push(token)
+                if request.text.matched_stop is not None:
+                    finish, stop_reason = "stop", request.text.matched_stop
+                elif len(request.generated) >= request.max_tokens:
+                    text += request.text.finish()
+                    finish = "length"
+            if finish is not None:
+                break
         usage = None
         if finish is not None:
             request.finished = True
             self._counters["requests_finished"] += 1
             n_prompt, n_out = len(request.prompt_ids), len(request.generated)
             usage = Usage(prompt_tokens=n_prompt, completion_tokens=n_out, total_tokens=n_prompt + n_out)
-        logprobs = (request.to_logprob(sampled),) if request.to_logprob is not None else None
-        self._emit(request, GenerationDelta(text, (token,), finish, usage, logprobs, stop_reason))
+        logprobs = (request.to_logprob(sampled),) if request.to_logprob is not None and sampled is not None else None
+        self._emit(request, GenerationDelta(text, tuple(taken), finish, usage, logprobs, stop_reason))
         return request.finished
 
     def _retire(self, cancelled_only: bool) -> None:

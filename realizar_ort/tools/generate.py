@@ -33,6 +33,7 @@ from typing import Any, Self
 from ..errors import InvalidRequestError
 from ..generation.results import FinishReason, GenerationDelta, Usage
 from ..generation.sampling import SamplingParams
+from ..grammar.forced import ForcedTokenizer
 from ..grammar.matcher import GrammarError, TokenVocabulary, UnsupportedSchemaError, compile_json_schema
 from .definitions import (
     ToolCall,
@@ -208,8 +209,9 @@ def _prepare(
         if mode != "none":
             selected = [t for t in definitions if t.name == choice.name] if choice.mode == "named" else list(definitions)
             grammar = _call_grammar(engine, call_format, selected, tables.stop_ids.tolist(), definitions, parallel)
+        forcer = ForcedTokenizer(grammar.vocab, engine.tokenizer) if grammar is not None else None
         sampler = HybridSampler(tables, grammar, mode, json_at_start=call_format.json_at_start,
-                                parallel=parallel and mode != "none")
+                                parallel=parallel and mode != "none", forcer=forcer)
         processors = (sampler,) + processors  # the grammar mask comes first
     stop_ids = tuple(dict.fromkeys(tuple(base.stop_token_ids) + tuple(int(t) for t in tables.stop_ids)))
     run_params = dataclasses.replace(base, logit_processors=processors, stop_token_ids=stop_ids)

@@ -16,6 +16,10 @@ A `LogitProcessor` for one request. Its phases, driven only by the tokens the re
 - ``between`` (the call, or the array of parallel calls, is complete), ``done``, ``error``: only the stop
   tokens (the processor contract: never raise on model output).
 
+Fast-forward (with a ``forcer``, a :class:`~realizar_ort.grammar.forced.ForcedTokenizer`):
+``forced_tokens`` gives the opening token where only it may come, then what the call grammar forces from
+there (the tokenizer's own tokens for those bytes), and a lone stop token where only it may come.
+
 Costs per step: ``free`` nothing; ``call`` one grammar mask fill plus one bitmask apply; ``start`` a
 few index operations over the (hundreds of) ``{`` tokens. Per request: one fresh-matcher mask to learn
 the grammar's first tokens. The vocabulary tables (`CallTokenTables`) are built once per tokenizer and
@@ -118,6 +122,7 @@ class HybridSampler:
         *,
         json_at_start: bool = True,
         parallel: bool = False,
+        forcer: Any = None,
     ) -> None:
         """`grammar`: the compiled JSON grammar of what follows the opening (one call body, or with
         `parallel` a body or an array of bodies); None only with ``mode="none"``. `parallel`: a reply
@@ -134,6 +139,8 @@ class HybridSampler:
         self._grammar = grammar
         self._json_at_start = json_at_start
         self._matcher: _Matcher | None = None
+        self._forcer = forcer
+        self._fast_forward: Any = None  # the forcer's cursor over the current call's matcher
         self._seen = 0
         self._bitmask = allocate_token_bitmask(tables.vocab_size)
         self.phase: Phase = "start"
@@ -159,10 +166,32 @@ class HybridSampler:
 
     # ---- LogitProcessor ----------------------------------------------------------------------------
     def process(self, generated_ids: Sequence[int], logits: np.ndarray) -> None:
+        self._catch_up(generated_ids)
+        self._mask(logits)
+
+    def _catch_up(self, generated_ids: Sequence[int]) -> None:
         for token in generated_ids[self._seen :]:
             self._advance(int(token))
-        self._seen = len(generated_ids)
-        self._mask(logits)
+        self._seen = max(self._seen, len(generated_ids))
+
+    def forced_tokens(self, generated_ids: Sequence[int], limit: int) -> list[int]:
+        """The tokens forced after ``generated_ids`` (at most ``limit``): the caller appends all of them."""
+        if self._forcer is None:
+            return []
+        self._catch_up(generated_ids)
+        out: list[int] = []
+        if self.phase == "force_opening" and limit > 0:
+            assert self.tables.opening_id is not None
+            out.append(self.tables.opening_id)
+            self._advance(self.tables.opening_id)  # counted as seen: the caller appends it
+            self._seen += 1
+        if self.phase == "call" and len(out) < limit:
+            if self._fast_forward is None or self._fast_forward.matcher is not self._matcher:
+                self._fast_forward = self._forcer.fast_forward(self._matcher)
+            out += self._fast_forward.tokens(limit - len(out))
+        elif self.phase in ("between", "done") and len(self.tables.stop_ids) == 1 and len(out) < limit:
+            out.append(int(self.tables.stop_ids[0]))
+        return out
 
     # ---- phase changes ------------------------------------------------------------------------------
     def _start_call(self) -> None:

@@ -1,0 +1,167 @@
+"""Fast-forward end to end: forced tokens appended without sampling, fed several per pass, outputs valid.
+
+SmolLM2 (greedy, real answers) and the random-weight tiny Llama 3 on the real 128k vocabulary (fused graph,
+and the Optimum concat graph that feeds forced tokens one per step). Validity is checked with fast-forward on
+(the default); the forced runs are the tokenizer's own tokens for their text.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from realizar_ort.config import LlmModelConfig
+from realizar_ort.generation.engine import ModelEngine
+from realizar_ort.generation.results import GenerationResult
+from realizar_ort.generation.sampling import SamplingParams
+from realizar_ort.grammar.forced import ForcedTokenizer
+from realizar_ort.grammar.matcher import JsonGrammar, TokenVocabulary, compile_json_schema
+from realizar_ort.tools.generate import generate_with_tools
+
+pytestmark = pytest.mark.slow
+
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 16},
+    "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    "hobbies": {"type": "array", "items": {"enum": ["reading", "swimming", "chess"]}, "maxItems": 2},
+    "address": {"type": "object", "properties": {"street_name": {"type": "string", "maxLength": 16},
+                                                 "postal_code": {"type": "string", "pattern": "^[0-9]{5}$"}},
+                "required": ["street_name", "postal_code"], "additionalProperties": False}},
+    "required": ["name", "age", "hobbies", "address"], "additionalProperties": False}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"]}}},
+    {"type": "function", "function": {"name": "search_documents", "parameters": {"type": "object", "properties": {
+        "query": {"type": "string", "maxLength": 12}, "limit": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["query"]}}},
+]
+ASK = [{"role": "user", "content": "Describe a person as JSON."}]
+
+
+def _engine(folder: Path, **config) -> ModelEngine:
+    return ModelEngine.from_folder(folder, LlmModelConfig(path=folder, max_batch_size=4, **config))
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir: Path):
+    with _engine(smollm2_dir) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama3_dir: Path):
+    with _engine(tiny_llama3_dir) as engine:
+        yield engine
+
+
+def _grammar(engine: ModelEngine, schema: dict) -> tuple[JsonGrammar, ForcedTokenizer]:
+    vocab = TokenVocabulary.from_tokenizer_file(engine.model_dir / "tokenizer.json", vocab_size=engine.vocab_size,
+                                                stop_token_ids=tuple(sorted(engine.eos_token_ids)))
+    forcer = ForcedTokenizer(vocab, engine.tokenizer)
+    return JsonGrammar(compile_json_schema(schema, vocab), forcer), forcer
+
+
+def _run(engine: ModelEngine, params: SamplingParams) -> tuple[GenerationResult, list, dict]:
+    before = engine.stats()
+    with engine.chat_stream(ASK, params) as stream:
+        deltas = list(stream)
+    after = engine.stats()
+    counts = {k: after[k] - before[k] for k in ("forced_tokens", "model_steps_saved", "decode_steps")}
+    return GenerationResult.fold(iter(deltas)), deltas, counts
+
+
+def test_smollm2_json_schema_forced_tokens_stream_at_once_and_save_steps(smollm2: ModelEngine) -> None:
+    grammar, _ = _grammar(smollm2, PERSON)
+    on, deltas, counts = _run(smollm2, SamplingParams(max_tokens=120, temperature=0, logit_processors=(grammar,)))
+    jsonschema.validate(json.loads(on.text), PERSON)
+    assert on.finish_reason == "stop"
+    assert counts["forced_tokens"] >= 10  # keys, quotes, colons, braces
+    assert counts["model_steps_saved"] >= 10
+    assert counts["decode_steps"] < on.usage.completion_tokens - counts["forced_tokens"] + 2
+    assert max(len(d.token_ids) for d in deltas) > 3  # a forced run streams in one delta
+    grammar, _ = _grammar(smollm2, PERSON)
+    off, _, counts = _run(smollm2, SamplingParams(max_tokens=120, temperature=0, logit_processors=(grammar,),
+                                                   fast_forward=False))
+    jsonschema.validate(json.loads(off.text), PERSON)
+    assert counts["forced_tokens"] == 0 and counts["model_steps_saved"] == 0
+    assert counts["decode_steps"] >= off.usage.completion_tokens - 1
+
+
+def test_forced_runs_are_what_the_tokenizer_writes(smollm2: ModelEngine) -> None:
+    grammar, forcer = _grammar(smollm2, PERSON)
+    _, deltas, _ = _run(smollm2, SamplingParams(max_tokens=120, temperature=0, logit_processors=(grammar,)))
+    runs = [list(d.token_ids) for d in deltas if len(d.token_ids) > 1]  # a sampled token comes alone
+    assert len(runs) >= 3
+    for run in runs:
+        spelled = forcer.spell(run)
+        assert spelled is not None
+        assert smollm2.tokenizer.encode(spelled.decode("utf-8")) == run
+
+
+def test_batched_rows_feed_forced_tokens_next_to_sampled_ones(tiny: ModelEngine) -> None:
+    """Four streams at once on the tiny Llama 3: some rows feed forced runs (in passes of their own or one
+    per step) while others sample; every answer validates and tokens were saved."""
+    results: list = [None] * 4
+    before = tiny.stats()
+
+    def worker(i: int) -> None:
+        grammar, _ = _grammar(tiny, PERSON)
+        params = SamplingParams(max_tokens=160, temperature=1.0, seed=i, logit_processors=(grammar,))
+        results[i] = tiny.chat(ASK, params)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = tiny.stats()
+    for r in results:
+        assert r.finish_reason == "stop", r.text
+        jsonschema.validate(json.loads(r.text), PERSON)
+    assert after["forced_tokens"] - before["forced_tokens"] >= 40
+    assert after["model_steps_saved"] > before["model_steps_saved"]
+
+
+@pytest.mark.parametrize("model", ["smollm2", "tiny"])
+def test_required_tool_calls_fast_forward_and_validate(model: str, request: pytest.FixtureRequest) -> None:
+    engine: ModelEngine = request.getfixturevalue(model)
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    for seed in range(4):
+        before = engine.stats()
+        params = SamplingParams(max_tokens=80, temperature=1.0, seed=seed)
+        result = generate_with_tools(engine, [{"role": "user", "content": "Weather in Paris?"}], TOOLS, "required",
+                                     params=params)
+        forced = engine.stats()["forced_tokens"] - before["forced_tokens"]
+        assert result.finish_reason == "tool_calls", result
+        (call,) = result.tool_calls
+        jsonschema.validate(call.arguments, schemas[call.name])
+        assert forced >= 4, forced  # '{"name": "' and the rest of the call's fixed text
+        assert result.usage.completion_tokens == len(result.token_ids)
+
+
+def test_fast_forward_off_in_the_config(tiny_llama3_dir: Path) -> None:
+    with _engine(tiny_llama3_dir, fast_forward=False) as engine:
+        grammar, _ = _grammar(engine, PERSON)
+        result = engine.chat(ASK, SamplingParams(max_tokens=160, temperature=0, logit_processors=(grammar,)))
+        jsonschema.validate(json.loads(result.text), PERSON)
+        assert engine.stats()["forced_tokens"] == 0
+
+
+def test_concat_graph_feeds_forced_tokens_one_per_step(tiny_llama3_optimum_dir: Path) -> None:
+    with _engine(tiny_llama3_optimum_dir) as engine:
+        grammar, _ = _grammar(engine, PERSON)
+        result = engine.chat(ASK, SamplingParams(max_tokens=160, temperature=0, logit_processors=(grammar,)))
+        jsonschema.validate(json.loads(result.text), PERSON)
+        stats = engine.stats()
+        assert stats["forced_tokens"] >= 10 and stats["model_steps_saved"] == 0
+
+
+def test_max_tokens_cuts_a_forced_run(tiny: ModelEngine) -> None:
+    grammar, _ = _grammar(tiny, PERSON)
+    result = tiny.chat(ASK, SamplingParams(max_tokens=2, temperature=0, logit_processors=(grammar,)))
+    assert result.finish_reason == "length" and result.usage.completion_tokens == 2
