@@ -11,7 +11,8 @@ to `prefill_chunk` tokens per boundary (always at least one prompt); with a deco
 longer prompt is prefilled `prefill_chunk` tokens per boundary (one such prompt at a time, its row
 reserved) and joins the batch when its last chunk has run. Tokens are the same either way.
 
-Fast-forward: a request whose grammar forces its next tokens (`Request.forcer`, a logit processor with
+Fast-forward: tokens a grammar forces at the very start are prefilled with the prompt. A request whose
+grammar forces its next tokens (`Request.forcer`, a logit processor with
 `forced_tokens`) gets them appended and streamed at once after each sampled token, and fed to the model
 without sampling: a row alone in the batch feeds its sampled token and all its forced ones in one pass
 (`decoder.extend`, the chunked-prefill path); in a larger batch a row with at least as many forced tokens
@@ -72,6 +73,7 @@ class Request:
     next_token: int = -1  # sampled (or forced), not yet fed
     forcer: Any = None  # the logit processor that says which tokens its grammar forces (fast-forward), if any
     pending: list[int] = field(default_factory=list)  # forced tokens to feed after next_token, in order
+    prompt_forced: int = 0  # forced tokens at the very start, prefilled with the prompt (the end of prompt_ids)
     cancelled: bool = False
     finished: bool = False
 
@@ -101,6 +103,7 @@ class Scheduler:
             "requests_finished": 0,
             "forced_tokens": 0,  # tokens appended because the grammar forced them (fast-forward), not sampled
             "model_steps_saved": 0,  # tokens fed beyond one per pass for their row (multi-token passes)
+            "forced_passes": 0,  # extra passes that fed one row's forced tokens next to a batch step
         }
         self._decode_step_seconds = 0.0
         self._outbox: list[tuple[queue.SimpleQueue, object]] = []  # this step's (caller queue, item)
@@ -196,6 +199,11 @@ class Scheduler:
             if request.cancelled:
                 continue
             self._counters["prompt_tokens"] += len(request.prompt_ids)
+            if self._fast_forward(request):  # forced from the start: prefilled with the prompt
+                continue
+            if request.pending:
+                request.prompt_ids = [*request.prompt_ids, *request.pending]
+                request.prompt_forced, request.pending = len(request.pending), []
             if len(request.prompt_ids) > self.prefill_chunk and self.decoder.chunked_prefill:
                 self._chunking, self._chunked_tokens = request, 0
             else:
@@ -334,6 +342,7 @@ class Scheduler:
             if len(request.pending) >= len(running):
                 tokens = [request.next_token, *request.pending[:-1]]
                 self.decoder.extend(row, tokens, request.seq_length)
+                self._counters["forced_passes"] += 1
                 request.seq_length += len(tokens)
                 request.next_token = request.pending[-1]
                 request.pending = []
@@ -391,7 +400,7 @@ class Scheduler:
         if finish is not None:
             request.finished = True
             self._counters["requests_finished"] += 1
-            n_prompt, n_out = len(request.prompt_ids), len(request.generated)
+            n_prompt, n_out = len(request.prompt_ids) - request.prompt_forced, len(request.generated)
             usage = Usage(prompt_tokens=n_prompt, completion_tokens=n_out, total_tokens=n_prompt + n_out)
         logprobs = (request.to_logprob(sampled),) if request.to_logprob is not None and sampled is not None else None
         self._emit(request, GenerationDelta(text, tuple(taken), finish, usage, logprobs, stop_reason))
