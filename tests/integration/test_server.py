@@ -150,6 +150,28 @@ def test_json_schema_strict_content_validates(client):
     jsonschema.validate(json.loads(r.choices[0].message.content), PERSON_SCHEMA)
 
 
+def _forced_total(live) -> float:
+    line = next(x for x in httpx.get(live.url + "/metrics").text.splitlines()
+                if x.startswith("realizar_forced_tokens_total "))
+    return float(line.split()[1])
+
+
+def test_json_schema_fast_forward_on_by_default_and_off_per_request(client, live):
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA}}
+    ask = [{"role": "user", "content": "Describe a person called Ada who is 36, as JSON."}]
+    before = _forced_total(live)
+    on = client.chat.completions.create(model=LLM, temperature=0, max_tokens=60, messages=ask, response_format=fmt)
+    middle = _forced_total(live)
+    off = client.chat.completions.create(model=LLM, temperature=0, max_tokens=60, messages=ask, response_format=fmt,
+                                         extra_body={"fast_forward": False})
+    assert middle > before and _forced_total(live) == middle  # forced keys on, none with it off
+    for r in (on, off):
+        jsonschema.validate(json.loads(r.choices[0].message.content), PERSON_SCHEMA)
+    assert "realizar_model_steps_saved_total" in httpx.get(live.url + "/metrics").text
+    bad = httpx.post(live.url + "/v1/chat/completions", json={"model": LLM, "messages": ask, "fast_forward": "no"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "fast_forward"
+
+
 def test_json_object_content_is_an_object(client):
     r = client.chat.completions.create(model=LLM, temperature=0, max_tokens=60, messages=QUESTION,
                                        response_format={"type": "json_object"})
