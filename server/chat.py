@@ -178,7 +178,7 @@ class _Run:
                 n = len(getattr(delta, "token_ids", ()) or ())
                 if n:
                     self._observe_tokens(n)
-                chunk = self.builder.delta(
+                chunks = self.builder.delta(
                     content=_text(delta),
                     tool_calls=_tool_fragments(delta),
                     logprobs=getattr(delta, "logprobs", None),
@@ -186,7 +186,7 @@ class _Run:
                 )
                 if getattr(delta, "usage", None) is not None:
                     self.usage = delta.usage
-                if chunk is not None:
+                for chunk in chunks:
                     yield chunk
         finally:
             self.source.cancel()
