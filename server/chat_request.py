@@ -25,7 +25,7 @@ from .protocol_fields import (
     type_name,
 )
 
-__all__ = ["ChatCompletionRequest", "validate_chat_request"]
+__all__ = ["ChatCompletionRequest", "read_stop", "validate_chat_request"]
 
 MAX_STOP = 16
 MAX_STOP_LENGTH = 1024  # characters per stop string (they are matched on every step)
@@ -157,3 +157,6 @@ def _stop(value: Any) -> tuple[str, ...]:
         if len(s) > MAX_STOP_LENGTH:
             raise invalid(f"stop[{i}] is {len(s)} characters long; at most {MAX_STOP_LENGTH} are allowed.", "stop")
     return tuple(items)
+
+
+read_stop = _stop  # ``stop`` as every route reads it (the completions route shares it)
