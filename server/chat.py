@@ -127,7 +127,7 @@ def sampling_params(req: ChatCompletionRequest, processors: tuple[Any, ...] = ()
 
 
 async def _params_with_grammar(req: ChatCompletionRequest, llm: LlmService, state: ServerState) -> SamplingParams:
-    if req.response_format is None:
+    if req.response_format is None or req.uses_tools:  # with tools, the tool sampler enforces the format
         return sampling_params(req)
     if llm.json_mode is None:
         raise invalid("response_format json_object/json_schema is not available: the grammar module is not "
@@ -152,8 +152,10 @@ def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingPa
                           "tools") from None
 
         tools = [dict(t) for t in req.tools]
+        fmt = req.response_format
+        answer = None if fmt is None else (fmt.schema if fmt.type == "json_schema" and fmt.schema else {"type": "object"})
         return lambda: generate_with_tools_stream(llm.engine, messages, tools, req.tool_choice,
-                                                  req.parallel_tool_calls, params)
+                                                  req.parallel_tool_calls, params, answer)
     return lambda: llm.engine.chat_stream(messages, params)
 
 

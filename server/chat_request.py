@@ -80,9 +80,6 @@ def validate_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
     tool_choice = read_tool_choice(data.get("tool_choice"), tools)
     parallel = read_bool(data, "parallel_tool_calls", default=None)
     response_format = read_response_format(data.get("response_format"))
-    if response_format is not None and tools and tool_choice != "none":
-        raise invalid("response_format json_object/json_schema cannot be combined with tools; "
-                      "set tool_choice to 'none' or drop one of them.", "response_format")
 
     max_tokens = read_int(data, "max_tokens", minimum=1)
     max_completion = read_int(data, "max_completion_tokens", minimum=1)
