@@ -160,3 +160,30 @@ def test_openai_agents_agent_with_a_function_tool(live):
         result = asyncio.run(run(streamed))
         assert result.final_output == "It is sunny in Paris."
     assert seen == ["Paris", "Paris"]
+
+
+def test_openai_agents_agent_with_tools_and_an_output_type(live):
+    """openai-agents sends tools and text.format together for ``Agent(tools=..., output_type=...)``."""
+    agents = pytest.importorskip("agents")
+    pydantic = pytest.importorskip("pydantic")
+    agents.set_tracing_disabled(True)
+
+    class Person(pydantic.BaseModel):
+        name: str
+        age: int
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        return f"It is sunny in {city}."
+
+    async def run():
+        async with openai.AsyncOpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0) as client:
+            agent = agents.Agent(name="people", instructions="You describe people.", tools=[get_weather],
+                                 output_type=Person,
+                                 model=agents.OpenAIResponsesModel(model=LLM, openai_client=client),
+                                 model_settings=agents.ModelSettings(temperature=0, max_tokens=64))
+            return await agents.Runner.run(agent, "Describe a person called Ada who is 36.", max_turns=2)
+
+    result = asyncio.run(run())
+    assert isinstance(result.final_output, Person) and result.final_output.name

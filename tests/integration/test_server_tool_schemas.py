@@ -145,3 +145,47 @@ def test_stream_chunk_layout_is_openais(live):
     assert all(len(c) == 1 for c in calls) and calls[0][0]["function"]["name"] == "get_weather"
     assert json.loads("".join(c[0]["function"]["arguments"] for c in calls))["city"]
     assert choices[-1]["delta"] == {} and choices[-1]["finish_reason"] == "tool_calls"
+
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+          "required": ["name", "age"], "additionalProperties": False}  # "name" overlaps a call body's key
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tools_with_a_response_format(client, stream):
+    def ask(question, choice):
+        kwargs = dict(model=LLM, messages=[{"role": "user", "content": question}], tools=[WEATHER],
+                      tool_choice=choice, response_format=PERSON_FORMAT, temperature=0, max_tokens=40)
+        if not stream:
+            r = client.chat.completions.create(**kwargs)
+            m = r.choices[0].message
+            return r.choices[0].finish_reason, m.content, [(c.function.name, c.function.arguments)
+                                                           for c in m.tool_calls or ()]
+        content, calls, finish = "", {}, None
+        for chunk in client.chat.completions.create(**kwargs, stream=True):
+            for c in chunk.choices:
+                content += c.delta.content or ""
+                for t in c.delta.tool_calls or ():
+                    call = calls.setdefault(t.index, ["", ""])
+                    call[0] += t.function.name or ""
+                    call[1] += t.function.arguments or ""
+                finish = c.finish_reason or finish
+        return finish, content or None, [tuple(c) for _, c in sorted(calls.items())]
+
+    # auto: the model picks; either way the reply is a valid call or a valid answer, never free text
+    finish, content, calls = ask("What is the weather in Paris?", "auto")
+    assert (finish, content) == ("tool_calls", None) and calls[0][0] == "get_weather"
+    assert json.loads(calls[0][1])["city"]
+    finish, content, calls = ask("Describe a person called Ada who is 36.", "auto")
+    assert finish == "stop" and not calls
+    jsonschema.validate(json.loads(content), PERSON)
+    # none: only the formatted answer, even for a weather question
+    finish, content, calls = ask("What is the weather in Paris?", "none")
+    assert finish == "stop" and not calls
+    jsonschema.validate(json.loads(content), PERSON)
+    # required: only calls, the format does not apply
+    finish, content, calls = ask("Describe a person called Ada who is 36.", "required")
+    assert finish == "tool_calls" and calls and calls[0][0] == "get_weather"
