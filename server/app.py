@@ -4,7 +4,8 @@
 and closes them when it stops; tests and embedders of the server may pass ready engines instead
 (``llm=``, ``embedder=``), which the app then uses but does not close.
 
-Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/models[/{model}]``,
+Routes: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``POST /v1/completions``,
+``POST /v1/embeddings``, ``GET /v1/models[/{model}]``,
 ``GET /health`` (liveness: the process answers), ``GET /ready`` (readiness: models loaded, engine
 running), ``GET /metrics`` (Prometheus). With ``[server].api_keys`` set, every ``/v1/`` route needs
 ``Authorization: Bearer <key>``; health, readiness and metrics stay open for probes and scrapers.
@@ -33,11 +34,13 @@ from realizar_ort.config import Config, SessionConfig
 from realizar_ort.onnx_session import available_providers
 
 from .chat import chat_completions
+from .completions import completions
 from .embeddings import embeddings
 from .errors import APIError, error_body, error_response, to_api_error
 from .json_mode import JsonModeService
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .models_route import list_models, retrieve_model
+from .responses import create_response
 from .state import EmbeddingService, LlmService, ServerState, state_of
 
 __all__ = ["create_app", "engine_provider"]
@@ -46,7 +49,7 @@ log = logging.getLogger("realizar_ort.server")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 _ROUTE_LABELS = {
-    "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/health", "/ready", "/metrics",
+    "/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/ready", "/metrics",
 }
 
 
@@ -72,6 +75,8 @@ def create_app(config: Config, *, llm: Any = None, embedder: Any = None) -> Star
 
     routes = [
         Route("/v1/chat/completions", _guard(chat_completions), methods=["POST"]),
+        Route("/v1/responses", _guard(create_response), methods=["POST"]),
+        Route("/v1/completions", _guard(completions), methods=["POST"]),
         Route("/v1/embeddings", _guard(embeddings), methods=["POST"]),
         Route("/v1/models", _guard(list_models), methods=["GET"]),
         Route("/v1/models/{model:path}", _guard(retrieve_model), methods=["GET"]),

@@ -30,7 +30,7 @@ from .protocol import ChatCompletionRequest, parse_json_body, validate_chat_requ
 from .sse import SSE_DONE, SSEResponse, sse_error, sse_event
 from .state import LlmService, ServerState, read_body, run_unless_disconnected, state_of
 
-__all__ = ["chat_completions", "sampling_params"]
+__all__ = ["chat_completions", "sampling_params", "start_completion"]
 
 log = logging.getLogger("realizar_ort.server")
 
@@ -40,6 +40,30 @@ async def chat_completions(request: Request) -> Response:
     arrived = time.perf_counter()
     body = await read_body(request, state.config.server.max_body_bytes)
     req = validate_chat_request(parse_json_body(body))
+    started = await start_completion(request, state, req, arrived)
+    if started is None:
+        return Response(status_code=499)
+    first, chunks, run = started
+    if req.stream:
+        return SSEResponse(_sse(first, chunks, run), on_disconnect=run.disconnected)
+
+    async def fold() -> Response:
+        collected = [first]
+        async for chunk in chunks:
+            collected.append(chunk)
+        completion = fold_chunks(collected, usage_dict(run.usage) if run.usage else _no_usage())
+        return Response(orjson.dumps(completion), media_type="application/json")
+
+    response = await run_unless_disconnected(request, fold, run.disconnected_now)
+    return response if response is not None else Response(status_code=499)
+
+
+async def start_completion(request: Request, state: ServerState, req: ChatCompletionRequest, arrived: float,
+                           ) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]], _Run] | None:
+    """Start ``req`` on the engine (the one path of chat and responses) and wait for its first chunk.
+
+    Returns the first chunk, the iterator of the rest and the run (usage, cancellation), or None when the
+    client hung up first. Errors up to the first chunk raise (plain HTTP errors)."""
     llm = state.require_llm(req.model)
     if req.max_tokens is not None and req.max_tokens >= llm.max_context:
         raise APIError(400, f"max_tokens is too large: {req.max_tokens}. This model's context is "
@@ -51,13 +75,8 @@ async def chat_completions(request: Request) -> Response:
     source = ThreadedIterator(_open_source(llm, req, params))
     run = _Run(state, llm, req, source, arrived)
     chunks = run.chunks()
-
-    def cancel() -> None:  # the client hung up: drop the engine request at its next step
-        source.cancel()
-        state.metrics.cancelled.inc()
-
     try:  # errors up to the first chunk are plain HTTP errors; a hang-up while queued cancels at once
-        first = await run_unless_disconnected(request, chunks.__anext__, cancel)
+        first = await run_unless_disconnected(request, chunks.__anext__, run.disconnected_now)
     except StopAsyncIteration:  # pragma: no cover - the engine always sends a final delta
         raise APIError(500, "The model produced no output.", "internal_error") from None
     except BaseException:
@@ -65,19 +84,8 @@ async def chat_completions(request: Request) -> Response:
         raise
     if first is None:
         await chunks.aclose()
-        return Response(status_code=499)
-    if req.stream:
-        return SSEResponse(_sse(first, chunks, run), on_disconnect=run.disconnected)
-
-    async def fold() -> Response:
-        collected = [first]
-        async for chunk in chunks:
-            collected.append(chunk)
-        completion = fold_chunks(collected, usage_dict(run.usage) if run.usage else _no_usage())
-        return Response(orjson.dumps(completion), media_type="application/json")
-
-    response = await run_unless_disconnected(request, fold, cancel)
-    return response if response is not None else Response(status_code=499)
+        return None
+    return first, chunks, run
 
 
 def _no_usage() -> dict[str, int]:
@@ -120,7 +128,7 @@ def sampling_params(req: ChatCompletionRequest, processors: tuple[Any, ...] = ()
 
 
 async def _params_with_grammar(req: ChatCompletionRequest, llm: LlmService, state: ServerState) -> SamplingParams:
-    if req.response_format is None:
+    if req.response_format is None or req.uses_tools:  # with tools, the tool sampler enforces the format
         return sampling_params(req)
     if llm.json_mode is None:
         raise invalid("response_format json_object/json_schema is not available: the grammar module is not "
@@ -145,8 +153,10 @@ def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingPa
                           "tools") from None
 
         tools = [dict(t) for t in req.tools]
+        fmt = req.response_format
+        answer = None if fmt is None else (fmt.schema if fmt.type == "json_schema" and fmt.schema else {"type": "object"})
         return lambda: generate_with_tools_stream(llm.engine, messages, tools, req.tool_choice,
-                                                  req.parallel_tool_calls, params)
+                                                  req.parallel_tool_calls, params, answer)
     return lambda: llm.engine.chat_stream(messages, params)
 
 
@@ -168,6 +178,10 @@ class _Run:
         self._last_token_at: float | None = None
 
     async def disconnected(self) -> None:
+        self.disconnected_now()
+
+    def disconnected_now(self) -> None:
+        """The client hung up: drop the engine request at its next step."""
         self.source.cancel()
         self.state.metrics.cancelled.inc()
 
@@ -179,7 +193,7 @@ class _Run:
                 n = len(getattr(delta, "token_ids", ()) or ())
                 if n:
                     self._observe_tokens(n)
-                chunk = self.builder.delta(
+                chunks = self.builder.delta(
                     content=_text(delta),
                     tool_calls=_tool_fragments(delta),
                     logprobs=getattr(delta, "logprobs", None),
@@ -187,7 +201,7 @@ class _Run:
                 )
                 if getattr(delta, "usage", None) is not None:
                     self.usage = delta.usage
-                if chunk is not None:
+                for chunk in chunks:
                     yield chunk
         finally:
             self.source.cancel()

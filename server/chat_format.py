@@ -3,10 +3,11 @@
 One code path for both modes: a non-streaming response is the fold of exactly the chunks a stream would
 have sent, so "folded stream == non-streaming answer" holds by construction.
 
-Wire rules kept here: the first delta carries ``role``; ``content`` is ``""`` in a text stream's first
-delta and ``null`` next to ``tool_calls``; tool-call deltas always carry ``index`` and carry ``id``,
+Wire rules kept here (OpenAI's layout, which strict parsers and peers' test suites expect): a first chunk
+with only ``{"role": "assistant", "content": ""}`` (tool-call streams too), then content and tool-call
+chunks; tool-call deltas always carry ``index`` and carry ``id``,
 ``type`` and ``function.name`` only in each call's first delta; ``arguments`` is a JSON string (streamed
-as fragments); the last choice chunk carries ``finish_reason``; with ``include_usage`` every chunk has
+as fragments); the last choice chunk has an empty delta and the ``finish_reason``; with ``include_usage`` every chunk has
 ``usage: null`` and a final chunk with empty ``choices`` carries the usage.
 """
 
@@ -68,27 +69,35 @@ class ChunkBuilder:
         return chunk
 
     def delta(self, content: str = "", tool_calls: list[ToolCallFragment] | tuple[ToolCallFragment, ...] = (),
-              logprobs: Any = None, finish_reason: str | None = None) -> dict[str, Any] | None:
-        """One chunk for this step, or None when it would carry nothing (no text, call, logprob or end).
+              logprobs: Any = None, finish_reason: str | None = None) -> list[dict[str, Any]]:
+        """The chunks for one engine step (none when it carries no text, call, logprob or end).
 
-        The role rides on the first chunk that carries something, so a reply that opens with a tool call
-        starts with ``content: null`` next to the call, as OpenAI's does.
+        OpenAI's layout: the first step that carries something is preceded by a chunk with only
+        ``{"role": "assistant", "content": ""}``; text and call fragments follow in their own chunks; the
+        end is a chunk with an empty delta and the ``finish_reason``.
         """
         lp = None
         if self.want_logprobs and logprobs:
             lp = {"content": logprobs_content(logprobs), "refusal": None}
         if not content and not tool_calls and lp is None and finish_reason is None:
-            return None
-        delta: dict[str, Any] = {}
+            return []
+        chunks = []
         if not self._role_sent:
-            delta["role"] = "assistant"
-            delta["content"] = None if tool_calls and not content else content
             self._role_sent = True
-        elif content:
-            delta["content"] = content
-        if tool_calls:
-            delta["tool_calls"] = [_tool_delta(f) for f in tool_calls]
-        return self._chunk([{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}])
+            chunks.append(self._choice({"role": "assistant", "content": ""}))
+        if content or tool_calls or lp is not None:
+            delta: dict[str, Any] = {}
+            if content or lp is not None:
+                delta["content"] = content
+            if tool_calls:
+                delta["tool_calls"] = [_tool_delta(f) for f in tool_calls]
+            chunks.append(self._choice(delta, lp))
+        if finish_reason is not None:
+            chunks.append(self._choice({}, finish_reason=finish_reason))
+        return chunks
+
+    def _choice(self, delta: dict[str, Any], logprobs: Any = None, finish_reason: str | None = None) -> dict[str, Any]:
+        return self._chunk([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
 
     def usage_chunk(self, usage: Any) -> dict[str, Any]:
         chunk = self._chunk([])

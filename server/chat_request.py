@@ -25,7 +25,7 @@ from .protocol_fields import (
     type_name,
 )
 
-__all__ = ["ChatCompletionRequest", "validate_chat_request"]
+__all__ = ["ChatCompletionRequest", "read_stop", "validate_chat_request"]
 
 MAX_STOP = 16
 MAX_STOP_LENGTH = 1024  # characters per stop string (they are matched on every step)
@@ -81,9 +81,6 @@ def validate_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
     tool_choice = read_tool_choice(data.get("tool_choice"), tools)
     parallel = read_bool(data, "parallel_tool_calls", default=None)
     response_format = read_response_format(data.get("response_format"))
-    if response_format is not None and tools and tool_choice != "none":
-        raise invalid("response_format json_object/json_schema cannot be combined with tools; "
-                      "set tool_choice to 'none' or drop one of them.", "response_format")
 
     max_tokens = read_int(data, "max_tokens", minimum=1)
     max_completion = read_int(data, "max_completion_tokens", minimum=1)
@@ -159,3 +156,6 @@ def _stop(value: Any) -> tuple[str, ...]:
         if len(s) > MAX_STOP_LENGTH:
             raise invalid(f"stop[{i}] is {len(s)} characters long; at most {MAX_STOP_LENGTH} are allowed.", "stop")
     return tuple(items)
+
+
+read_stop = _stop  # ``stop`` as every route reads it (the completions route shares it)

@@ -1,7 +1,8 @@
 """Prometheus metrics for the server, on a registry owned by one app (tests can run several apps).
 
-Counters and histograms are updated by the handlers; the engine gauges (queue depth, running batch size)
-are read from ``engine.stats()`` at scrape time by a collector, so they cost nothing between scrapes.
+Counters and histograms are updated by the handlers; the engine gauges (queue depth, running batch size,
+and the router gauges ``realizar:num_requests_waiting`` / ``realizar:num_requests_running`` /
+``realizar:kv_cache_usage_perc`` named in vLLM's style) are read from ``engine.stats()`` at scrape time by a collector, so they cost nothing between scrapes.
 Observing a histogram costs a lock and a bisect (~1-2 us); the per-token ones (inter-token latency,
 grammar mask time) are observed from the event loop or the engine thread, never while holding the engine.
 """
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+__all__ = ["CONTENT_TYPE", "ServerMetrics", "kv_cache_usage"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -62,6 +63,35 @@ class _EngineCollector(Collector):
             if value is not None:
                 family.add_metric([], value)
             yield family
+        yield from _router_gauges(stats, q, r)
+
+
+def _router_gauges(stats: dict[str, Any], waiting: float | None, running: float | None) -> Iterable[GaugeMetricFamily]:
+    """The three gauges load-aware routers read, in vLLM's colon style (``vllm:num_requests_waiting`` ...):
+    point llm-d's endpoint picker at them with its metric-name flags (``--total-queued-requests-metric``,
+    ``--total-running-requests-metric``, ``--kv-cache-usage-percentage-metric``)."""
+    families = (
+        ("realizar:num_requests_waiting", "Requests waiting for a batch slot (vLLM: vllm:num_requests_waiting).",
+         waiting),
+        ("realizar:num_requests_running", "Requests in the running batch (vLLM: vllm:num_requests_running).",
+         running),
+        ("realizar:kv_cache_usage_perc", "KV-cache usage, 0..1: the share of the preallocated KV slots "
+         "(max_batch_size sequences of max_context positions each) held by running sequences.",
+         kv_cache_usage(stats)),
+    )
+    for name, doc, value in families:
+        family = GaugeMetricFamily(name, doc)
+        if value is not None:
+            family.add_metric([], value)
+        yield family
+
+
+def kv_cache_usage(stats: dict[str, Any]) -> float | None:
+    """Share of the KV slots in use, 0..1 (each running sequence holds one slot of max_context positions)."""
+    running, slots = stat(stats, _RUNNING_KEYS), stat(stats, ("max_batch_size",))
+    if running is None or not slots:
+        return None
+    return min(1.0, running / slots)
 
 
 class ServerMetrics:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -143,18 +144,33 @@ class _ToolRequest:
     parallel: bool
     prompt: str
     params: SamplingParams
+    formatted: bool = False  # a response format applies: a reply that is not a call is JSON in that format
 
 
 def _model_dir(engine: Any) -> Path:
     return Path(engine.model_dir)
 
 
+def _vocabulary(engine: Any, stop_ids: Sequence[int]) -> TokenVocabulary:
+    return TokenVocabulary.from_tokenizer_file(
+        _model_dir(engine) / engine.manifest.tokenizer_file, vocab_size=engine.vocab_size,
+        stop_token_ids=tuple(stop_ids),
+    )
+
+
+def _answer_grammar(vocab: TokenVocabulary, response_format: Mapping[str, Any]) -> Any:
+    """The grammar a reply that is not a call must match (a response format next to the tools)."""
+    try:
+        return compile_json_schema(dict(response_format), vocab, whitespace=CALL_WHITESPACE)
+    except UnsupportedSchemaError as exc:
+        raise InvalidRequestError(f"response_format cannot be enforced: {exc}", "response_format") from exc
+    except GrammarError as exc:
+        raise InvalidRequestError(f"response_format: {exc}", "response_format") from exc
+
+
 def _call_grammar(engine: Any, call_format: CallFormat, tools: Sequence[ToolDefinition], stop_ids: Sequence[int],
                   all_tools: Sequence[ToolDefinition], parallel: bool) -> Any:
-    manifest = engine.manifest
-    vocab = TokenVocabulary.from_tokenizer_file(
-        _model_dir(engine) / manifest.tokenizer_file, vocab_size=engine.vocab_size, stop_token_ids=tuple(stop_ids)
-    )
+    vocab = _vocabulary(engine, stop_ids)
     try:
         schema = call_format.call_schema(tools, MAX_PARALLEL_CALLS if parallel else 1)
         return compile_json_schema(schema, vocab, whitespace=CALL_WHITESPACE)
@@ -177,7 +193,7 @@ def _call_grammar(engine: Any, call_format: CallFormat, tools: Sequence[ToolDefi
 
 def _prepare(
     engine: Any, messages: Any, tools: Any, tool_choice: Any, parallel_tool_calls: bool | None,
-    params: SamplingParams | None,
+    params: SamplingParams | None, response_format: Mapping[str, Any] | None = None,
 ) -> _ToolRequest:
     definitions = tools if _is_definitions(tools) else parse_tools(tools)
     choice = parse_tool_choice(tool_choice, definitions)
@@ -203,24 +219,46 @@ def _prepare(
         raise InvalidRequestError(f"model {engine.manifest.name} cannot call tools: {exc}", "tools") from exc
     base = params or SamplingParams()
     processors = tuple(base.logit_processors)
-    if definitions:
-        mode = "none" if choice.mode == "none" else ("auto" if choice.mode == "auto" else "required")
-        grammar = None
+    if response_format is not None and not isinstance(response_format, Mapping):
+        raise InvalidRequestError("response_format must be a JSON Schema object", "response_format")
+    formatted = response_format is not None and not choice.forces_call  # calls only under required/named
+    if definitions or formatted:
+        mode = "none" if choice.mode == "none" or not definitions else (
+            "auto" if choice.mode == "auto" else "required")
+        grammar = answer = None
+        stops = tables.stop_ids.tolist()
         if mode != "none":
             selected = [t for t in definitions if t.name == choice.name] if choice.mode == "named" else list(definitions)
-            grammar = _call_grammar(engine, call_format, selected, tables.stop_ids.tolist(), definitions, parallel)
+            grammar = _call_grammar(engine, call_format, selected, stops, definitions, parallel)
+        if formatted:
+            assert response_format is not None
+            answer = _answer_grammar(_vocabulary(engine, stops), response_format)
         forcer = ForcedTokenizer(grammar.vocab, engine.tokenizer) if grammar is not None else None
         sampler = HybridSampler(tables, grammar, mode, json_at_start=call_format.json_at_start,
-                                parallel=parallel and mode != "none", forcer=forcer)
+                                parallel=parallel and mode != "none", forcer=forcer, answer=answer)
         processors = (sampler,) + processors  # the grammar mask comes first
     stop_ids = tuple(dict.fromkeys(tuple(base.stop_token_ids) + tuple(int(t) for t in tables.stop_ids)))
     run_params = dataclasses.replace(base, logit_processors=processors, stop_token_ids=stop_ids)
     prompt = strategy.render(normalized, definitions, add_generation_prompt=True)
-    return _ToolRequest(strategy, definitions, choice, tables, parallel, prompt, run_params)
+    return _ToolRequest(strategy, definitions, choice, tables, parallel, prompt, run_params, formatted)
 
 
 def _is_definitions(tools: Any) -> bool:
     return isinstance(tools, tuple) and all(isinstance(t, ToolDefinition) for t in tools) and bool(tools)
+
+
+def _call_openings(request: _ToolRequest) -> tuple[bytes, ...]:
+    """The compact bytes every call body of this request starts with, up to its arguments' value
+    (``{"name":"get_weather","arguments":``), also inside a parallel array (``[{...``)."""
+    fmt = request.strategy.call_format
+    out = []
+    for tool in request.tools:
+        body = json.dumps(fmt.body(tool.name, None), separators=(",", ":"), ensure_ascii=False)
+        opening = body[: body.rindex("null")].encode()
+        out.append(opening)
+        if request.parallel:
+            out.append(b"[" + opening)
+    return tuple(out)
 
 
 # ==================================================================================== reading the reply
@@ -238,7 +276,12 @@ class _ReplyReader:
         self._json_at_start = fmt.json_at_start
         self._starts = frozenset(request.tables.start_ids(request.parallel).tolist())
         self._stops = frozenset(int(t) for t in request.tables.stop_ids)
-        self._mode = "start"  # start | content | call
+        self._mode = "start"  # start | pending | content | call
+        # With a response format under "auto" a reply opening with JSON is a call or the formatted answer:
+        # it stays "pending" while its text may still become a call body (see `_call_openings`).
+        self._openings = _call_openings(request) if request.formatted and self._auto else ()
+        self._pending_bytes = b""
+        self._pending_text: list[str] = []
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._scanner = CallScanner(fmt.name_key, (fmt.arguments_key,))
         self._ids: dict[int, str] = {}
@@ -253,10 +296,24 @@ class _ReplyReader:
                 if self._calls_allowed and token == self._tables.opening_id:
                     self._mode = "call"
                     continue
-                if self._calls_allowed and self._json_at_start and token in self._starts:
+                if self._openings:
+                    self._mode = "pending"
+                elif self._calls_allowed and self._json_at_start and token in self._starts:
                     self._mode = "call"
                 else:
                     self._mode = "content"
+            if self._mode == "pending":
+                self._pending_bytes += self._tokenizer.token_bytes(token)
+                decided = self._decide()
+                if decided == "content" and not text_used:
+                    content.extend(self._pending_text)
+                    content.append(delta.text)
+                    text_used = True
+                elif decided == "call":
+                    body.append(self._decoder.decode(self._pending_bytes))
+                if decided is not None:
+                    self._pending_bytes, self._pending_text = b"", []
+                continue
             elif self._mode == "content" and self._auto and token == self._tables.opening_id:
                 if not text_used:  # text released with this delta belongs to the tokens before the call
                     content.append(delta.text)
@@ -267,6 +324,11 @@ class _ReplyReader:
                 body.append(self._decoder.decode(self._tokenizer.token_bytes(token)))
         if self._mode == "content" and not text_used:
             content.append(delta.text)
+        if self._mode == "pending":  # undecided: keep the engine's text until the reply shows what it is
+            self._pending_text.append(delta.text)
+            if delta.finish_reason is not None:  # it ended still undecided: an answer after all
+                content.extend(self._pending_text)
+                self._pending_text = []
         if delta.finish_reason is not None and self._mode == "call":
             body.append(self._decoder.decode(b"", final=True))
         calls = self._call_deltas(self._scanner.feed("".join(body))) if body else ()
@@ -279,6 +341,19 @@ class _ReplyReader:
             content="".join(content), tool_calls=calls, token_ids=tuple(delta.token_ids), finish_reason=finish,
             usage=delta.usage,
         )
+
+    def _decide(self) -> str | None:
+        """"call" once the pending text begins with a call body's opening, "content" once it cannot, else
+        None (still a prefix of some opening)."""
+        text = self._pending_bytes
+        if any(text.startswith(o) for o in self._openings):
+            self._mode = "call"
+            self.any_call = True
+            return "call"
+        if any(o.startswith(text) for o in self._openings):
+            return None
+        self._mode = "content"
+        return "content"
 
     def _call_deltas(self, events: list[CallEvent]) -> tuple[ToolCallDelta, ...]:
         merged: dict[int, ToolCallDelta] = {}
@@ -332,6 +407,7 @@ def generate_with_tools_stream(
     tool_choice: Any = "auto",
     parallel_tool_calls: bool | None = None,
     params: SamplingParams | None = None,
+    response_format: Mapping[str, Any] | None = None,
 ) -> ToolGenerationStream:
     """Start a tool-calling turn on `engine` (a `ModelEngine`) and stream its deltas.
 
@@ -341,9 +417,12 @@ def generate_with_tools_stream(
     decide (several calls where it can express them), False allows one call, True insists on several
     being possible and is refused for one-call formats such as Llama 3's. `params`: sampling; the tool
     sampler goes first among its logit processors and the format's stop tokens are added.
-    Raises `InvalidRequestError` (naming the field) before anything is queued.
+    `response_format`: a JSON Schema (``{"type": "object"}`` for any object) a reply that is not a call
+    must match: under "auto" the reply is a call or that JSON (one grammar for both), under "none" only
+    the JSON, under "required"/a named tool only calls. Raises `InvalidRequestError` (naming the field)
+    before anything is queued.
     """
-    request = _prepare(engine, messages, tools, tool_choice, parallel_tool_calls, params)
+    request = _prepare(engine, messages, tools, tool_choice, parallel_tool_calls, params, response_format)
     inner = engine.generate_stream(request.prompt, request.params)
     return ToolGenerationStream(inner, _ReplyReader(request, engine.tokenizer))
 
@@ -355,7 +434,9 @@ def generate_with_tools(
     tool_choice: Any = "auto",
     parallel_tool_calls: bool | None = None,
     params: SamplingParams | None = None,
+    response_format: Mapping[str, Any] | None = None,
 ) -> ToolGenerationResult:
     """Run a tool-calling turn to the end: the fold of `generate_with_tools_stream` (same arguments)."""
-    with generate_with_tools_stream(engine, messages, tools, tool_choice, parallel_tool_calls, params) as stream:
+    with generate_with_tools_stream(engine, messages, tools, tool_choice, parallel_tool_calls, params,
+                                    response_format) as stream:
         return ToolGenerationResult.fold(stream)

@@ -13,6 +13,11 @@ A `LogitProcessor` for one request. Its phases, driven only by the tokens the re
 - ``free``: text. Unmasked, except that ``"none"`` keeps masking the opening token; seeing the opening
   token (``"auto"``) moves to ``call``.
 - ``call``: the JSON grammar of the union of the tools' call bodies masks every step.
+- ``either`` (a response format, ``answer``, next to ``"auto"``): there is no free text. The first token
+  is the opening token (then ``call``) or a token that begins a call body or the formatted answer; while
+  both are still possible, a matcher of each runs in lockstep and the mask is the union of their masks
+  (the language "a call or the answer", without asking the grammar compiler to merge two schemas); when
+  one dies the other goes on as ``call``. Under ``"none"`` the answer's grammar masks from the first token.
 - ``between`` (the call, or the array of parallel calls, is complete), ``done``, ``error``: only the stop
   tokens (the processor contract: never raise on model output).
 
@@ -43,7 +48,7 @@ from .prompts import CallFormat
 __all__ = ["CallTokenTables", "HybridSampler", "call_token_tables"]
 
 Mode = Literal["auto", "required", "none"]
-Phase = Literal["start", "free", "force_opening", "call", "between", "done", "error"]
+Phase = Literal["start", "free", "force_opening", "call", "either", "between", "done", "error"]
 
 
 class _Matcher(Protocol):
@@ -123,10 +128,12 @@ class HybridSampler:
         json_at_start: bool = True,
         parallel: bool = False,
         forcer: Any = None,
+        answer: _Grammar | None = None,
     ) -> None:
         """`grammar`: the compiled JSON grammar of what follows the opening (one call body, or with
         `parallel` a body or an array of bodies); None only with ``mode="none"``. `parallel`: a reply
-        starting with ``[`` opens (an array of) calls too."""
+        starting with ``[`` opens (an array of) calls too. `answer`: the grammar of a response format
+        given next to the tools; a reply that is not a call must match it (ignored under "required")."""
         if mode not in ("auto", "required", "none"):
             raise ValueError(f"mode must be 'auto', 'required' or 'none', got {mode!r}")
         if grammar is None and mode != "none":
@@ -145,6 +152,10 @@ class HybridSampler:
         self._bitmask = allocate_token_bitmask(tables.vocab_size)
         self.phase: Phase = "start"
         self._start_ok = np.empty(0, dtype=np.int64)
+        self._answer = answer if mode != "required" else None
+        if self._answer is not None:
+            self._start_with_answer()
+            return
         if mode == "none":
             return
         if mode == "required" and tables.opening_id is not None:
@@ -156,6 +167,50 @@ class HybridSampler:
         elif json_at_start:  # auto: which "{" / "[" tokens the grammar can start with
             self._start_ok = self._start_ids[np.isin(self._start_ids, first, assume_unique=True)]
             self._matcher = None  # a new one is made if a call starts
+
+    def _start_with_answer(self) -> None:
+        """Set up a reply under a response format: the answer's grammar from the start ("none"), or the
+        first tokens of "a call or the answer" ("auto")."""
+        assert self._answer is not None
+        self._scratch = allocate_token_bitmask(self.tables.vocab_size)  # second mask of the `either` phase
+        self._either: list[_Matcher] = []
+        if self.mode == "none":
+            self._start_call(self._answer)
+            return
+        answer_first = self._first_tokens(self._answer)
+        call_first = self._first_tokens(self._grammar) if self._json_at_start else np.empty(0, dtype=np.int64)
+        self._answer_first, self._call_first = answer_first, call_first
+        self._start_ok = np.union1d(answer_first, call_first)
+        opening = [] if self.tables.opening_id is None else [self.tables.opening_id]
+        self._start_allowed = np.union1d(self._start_ok, np.array(opening, dtype=np.int64))
+
+    def _first_tokens(self, grammar: _Grammar | None) -> np.ndarray:
+        assert grammar is not None
+        self._bitmask.fill(0)
+        grammar.matcher().fill_next_token_bitmask(self._bitmask)
+        return _allowed_ids(self._bitmask, self.tables.vocab_size)
+
+    def _start_either(self, token: int) -> None:
+        """The reply's first token begins a call body, the answer, or both: one matcher per candidate."""
+        assert self._answer is not None and (self._grammar is not None or not self._call_first.size)
+        candidates = []
+        if np.any(self._call_first == token):
+            candidates.append(self._grammar)
+        if np.any(self._answer_first == token):
+            candidates.append(self._answer)
+        self._either = [g.matcher() for g in candidates if g is not None]
+        self.phase = "either"
+        self._feed_either(token)
+
+    def _feed_either(self, token: int) -> None:
+        self._either = [m for m in self._either if m.advance(token)]
+        if not self._either:
+            self.phase = "error"
+        elif any(m.is_accepting() for m in self._either):
+            self.phase = "between"
+        elif len(self._either) == 1:
+            self._matcher = self._either[0]
+            self.phase = "call"
 
     def _new_matcher_first_tokens(self) -> np.ndarray:
         assert self._grammar is not None
@@ -194,9 +249,10 @@ class HybridSampler:
         return out
 
     # ---- phase changes ------------------------------------------------------------------------------
-    def _start_call(self) -> None:
-        assert self._grammar is not None
-        self._matcher = self._grammar.matcher()
+    def _start_call(self, grammar: _Grammar | None = None) -> None:
+        grammar = grammar or self._grammar
+        assert grammar is not None
+        self._matcher = grammar.matcher()
         self.phase = "call"
 
     def _advance(self, token: int) -> None:
@@ -205,6 +261,8 @@ class HybridSampler:
         if phase == "start":
             if token == t.opening_id and self.mode != "none":
                 self._start_call()
+            elif self._answer is not None and np.any(self._start_ok == token):
+                self._start_either(token)
             elif self.mode != "none" and self._start_ok.size and np.any(self._start_ok == token):
                 self._start_call()
                 self._feed(token)
@@ -220,6 +278,8 @@ class HybridSampler:
                 self.phase = "error"
         elif phase == "call":
             self._feed(token)
+        elif phase == "either":
+            self._feed_either(token)
         elif phase == "between":
             self.phase = "done"
 
@@ -239,6 +299,8 @@ class HybridSampler:
                 logits[self._start_ids] = -np.inf
                 if t.opening_id is not None:
                     logits[t.opening_id] = -np.inf
+            elif self._answer is not None:  # auto with a response format: a call or the answer, no text
+                self._only(logits, self._start_allowed)
             elif self.mode == "auto":  # ("required" never waits here: it starts in force_opening or call)
                 self._pool_opening_mass(logits)
         elif phase == "free":
@@ -251,6 +313,13 @@ class HybridSampler:
             assert self._matcher is not None
             self._bitmask.fill(0)
             self._matcher.fill_next_token_bitmask(self._bitmask)
+            apply_token_bitmask_inplace(logits, self._bitmask)
+        elif phase == "either":  # the union of the live matchers' masks
+            self._bitmask.fill(0)
+            for matcher in self._either:
+                self._scratch.fill(0)
+                matcher.fill_next_token_bitmask(self._scratch)
+                np.bitwise_or(self._bitmask, self._scratch, out=self._bitmask)
             apply_token_bitmask_inplace(logits, self._bitmask)
         else:  # between, done, error
             self._only(logits, t.stop_ids)

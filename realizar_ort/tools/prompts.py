@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..chat_template import ChatTemplate
 from ..errors import InvalidRequestError
 from ..manifest import Manifest
+from .call_schema import scoped_arguments
 from .definitions import ToolDefinition
 
 __all__ = [
@@ -74,25 +75,28 @@ class CallFormat:
     def call_schema(self, tools: Sequence[ToolDefinition], max_parallel: int = 1) -> dict[str, Any]:
         """JSON Schema of what follows the opening: one call body (the union over `tools` of {name: const,
         arguments: its schema}), or with ``max_parallel > 1`` either one body or an array of 1 to
-        `max_parallel` bodies."""
+        `max_parallel` bodies. Each tool's local ``$ref`` pointers keep resolving against its own
+        ``parameters`` (moved under ``$defs`` here: see `realizar_ort.tools.call_schema`)."""
         if not tools:
             raise ValueError("call_schema needs at least one tool")
         variants = []
+        defs: dict[str, Any] = {}  # each tool's own $defs namespace (see .call_schema)
         for tool in tools:
             properties: dict[str, Any] = {}
             if self.type_field:
                 properties["type"] = {"const": "function"}
             properties[self.name_key] = {"const": tool.name}
-            properties[self.arguments_key] = dict(tool.parameters)
+            properties[self.arguments_key], tool_defs = scoped_arguments(tool.name, tool.parameters)
+            defs.update(tool_defs)
             variants.append(
                 {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
             )
         one = variants[0] if len(variants) == 1 else {"anyOf": variants}
-        if max_parallel <= 1:
-            return one
-        if not self.parallel_array:
-            raise ValueError("this call format holds one call per turn")
-        return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": max_parallel}]}
+        if max_parallel > 1:
+            if not self.parallel_array:
+                raise ValueError("this call format holds one call per turn")
+            one = {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": max_parallel}]}
+        return {**one, "$defs": defs} if defs else one
 
     def body(self, name: str, arguments: Any) -> dict[str, Any]:
         """A call body as a dict, keys in this format's order."""

@@ -14,8 +14,7 @@ import pytest
 from realizar_ort.server.app import create_app
 from realizar_ort.server.live import LiveServer
 
-from realizar_ort.config import Config, EmbeddingModelConfig, LlmModelConfig, ServerConfig, SessionConfig
-from realizar_ort.embeddings.engine import EmbeddingEngine
+from realizar_ort.config import Config, ServerConfig
 from realizar_ort.generation.engine import ModelEngine
 from realizar_ort.generation.sampling import SamplingParams
 
@@ -32,39 +31,6 @@ TIME_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]}}}
 PERSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
                  "required": ["name", "age"], "additionalProperties": False}
-
-
-@pytest.fixture(scope="module")
-def llm_config(smollm2_dir):
-    return LlmModelConfig(path=smollm2_dir, max_batch_size=8, max_context=1024, max_queued=32,
-                          default_max_tokens=32, session=SessionConfig(intra_op_threads=2))
-
-
-@pytest.fixture(scope="module")
-def engines(llm_config, minilm_dir):
-    llm = ModelEngine.from_config(llm_config)
-    emb = EmbeddingEngine.from_folder(minilm_dir)
-    yield llm, emb
-    llm.close()
-    emb.close()
-
-
-@pytest.fixture(scope="module")
-def config(llm_config, minilm_dir):
-    return Config(llm=llm_config, embedding=EmbeddingModelConfig(path=minilm_dir), server=ServerConfig(port=0))
-
-
-@pytest.fixture(scope="module")
-def live(config, engines):
-    server = LiveServer(create_app(config, llm=engines[0], embedder=engines[1]))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(live):
-    with openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=120) as c:
-        yield c
 
 
 def fold_stream(stream):

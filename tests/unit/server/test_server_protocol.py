@@ -87,6 +87,8 @@ def test_response_formats():
     fmt = validate_chat_request(chat(response_format={
         "type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": True}})).response_format
     assert (fmt.type, fmt.schema, fmt.name, fmt.strict) == ("json_schema", schema, "thing", True)
+    both = validate_chat_request(chat(tools=[TOOL], response_format={"type": "json_object"}))  # as OpenAI allows
+    assert both.tools and both.response_format.type == "json_object"
 
 
 # ---- chat: bad requests name their param ----------------------------------------------------------------
@@ -163,7 +165,6 @@ def test_response_formats():
      "response_format.json_schema.schema"),
     (chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "strict": "yes"}}),
      "response_format.json_schema.strict"),
-    (chat(tools=[TOOL], response_format={"type": "json_object"}), "response_format"),
 ])
 def test_bad_chat_field_is_400_naming_it(body, param):
     error = bad_chat(body)
@@ -268,20 +269,24 @@ def test_sse_framing():
 
 def test_chunks_fold_into_a_completion_with_tool_calls():
     b = ChunkBuilder(model="m", include_usage=True)
-    assert b.delta(content="") is None  # the call's opening token: nothing to send yet, role waits
-    chunks = [
+    assert b.delta(content="") == []  # the call's opening token: nothing to send yet, role waits
+    steps = [
         b.delta(tool_calls=[ToolCallFragment(0, "", id="call_a", name="get_weather")]),
         b.delta(tool_calls=[ToolCallFragment(0, '{"city": ')]),
         b.delta(tool_calls=[ToolCallFragment(0, '"Paris"}')]),
         b.delta(tool_calls=[ToolCallFragment(1, '{}', id="call_b", name="now")]),
         b.delta(finish_reason="tool_calls"),
     ]
-    first = chunks[0]["choices"][0]["delta"]
-    assert first["role"] == "assistant" and first["content"] is None
-    assert first["tool_calls"][0] == {"index": 0, "id": "call_a", "type": "function",
-                                      "function": {"name": "get_weather", "arguments": ""}}
-    later = chunks[1]["choices"][0]["delta"]["tool_calls"][0]
-    assert later == {"index": 0, "function": {"arguments": '{"city": '}}  # no id/type/name after the first
+    assert [len(s) for s in steps] == [2, 1, 1, 1, 1]
+    chunks = [c for s in steps for c in s]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant", "content": ""}  # OpenAI's role chunk, then the call chunks
+    assert deltas[1]["tool_calls"][0] == {"index": 0, "id": "call_a", "type": "function",
+                                          "function": {"name": "get_weather", "arguments": ""}}
+    assert "content" not in deltas[1] and "role" not in deltas[1]
+    assert deltas[2]["tool_calls"][0] == {"index": 0, "function": {"arguments": '{"city": '}}  # no id/name again
+    assert deltas[-1] == {} and chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
     assert all(c["usage"] is None for c in chunks)
     done = fold_chunks(chunks, {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12})
     message = done["choices"][0]["message"]
@@ -293,9 +298,12 @@ def test_chunks_fold_into_a_completion_with_tool_calls():
 
 def test_text_chunks_fold_and_empty_steps_are_skipped():
     b = ChunkBuilder(model="m")
-    chunks = [b.delta(content="Hel"), b.delta(content=""), b.delta(content="lo"), b.delta(finish_reason="stop")]
-    assert chunks[1] is None
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Hel"}
+    steps = [b.delta(content="Hel"), b.delta(content=""), b.delta(content="lo", finish_reason="stop")]
+    assert steps[1] == []
+    chunks = [c for s in steps for c in s]
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"}, {}]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "stop"]
     assert "usage" not in chunks[0]
-    done = fold_chunks([c for c in chunks if c], {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
+    done = fold_chunks(chunks, {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
     assert done["choices"][0]["message"] == {"role": "assistant", "content": "Hello", "refusal": None}

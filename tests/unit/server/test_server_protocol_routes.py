@@ -137,9 +137,11 @@ def test_stream_frames_fold_to_the_completion(client):
     events = sse_events(r.text)
     assert events[-1] == b"data: [DONE]"
     chunks = [orjson.loads(e[len(b"data: "):]) for e in events[:-1]]
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "a"}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}  # OpenAI's layout
+    assert chunks[1]["choices"][0]["delta"] == {"content": "a"}
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
-    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None, None, None, "stop"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None, None, None, None, "stop"]
+    assert chunks[-2]["choices"][0]["delta"] == {}
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3,
                                                                    "total_tokens": 6}
     assert all(c["usage"] is None for c in chunks[:-1])

@@ -231,3 +231,69 @@ def test_random_sampling_under_auto_gives_text_or_valid_calls(grammar) -> None:
         assert stopped and s.phase == "between"  # complete; the stop token ended the walk
         jsonschema.validate(json.loads("".join(PIECES[t] for t in body)), SCHEMA)
     assert calls > 20 and texts > 20
+
+
+# ---- a response format next to the tools ---------------------------------------------------------------
+ANSWER = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 4}},
+          "required": ["name"], "additionalProperties": False}  # overlaps a call body up to `{"name":"`
+
+
+def _feed_text(s: HybridSampler, text: str, seed: int = 0) -> list[int]:
+    """Feed `text` one character per token, checking each is allowed; returns the tokens."""
+    generated: list[int] = []
+    for token in ids(*text):
+        logits = logits_for(seed + len(generated))
+        s.process(generated, logits)
+        assert np.isfinite(logits[token]), (text, len(generated), s.phase)
+        generated.append(token)
+    return generated
+
+
+@pytest.mark.parametrize("reply", ['{"name":"f","arguments":{"x":7}}', '{"name":"g","arguments":{}}',
+                                   '{"name":"Ada"}', '{"name":"g"}'])
+def test_auto_with_a_response_format_allows_a_call_or_the_answer_and_nothing_else(grammar, reply) -> None:
+    s = HybridSampler(call_token_tables(TOY, VOCAB, FORMAT), grammar, "auto", answer=_compile(ANSWER))
+    logits = logits_for(0)
+    s.process([], logits)
+    allowed = set(np.flatnonzero(np.isfinite(logits)).tolist())
+    assert TAG in allowed and not allowed & set(ids("H", "Hi", " there", "a"))  # no free text
+    generated = _feed_text(s, reply)
+    logits = logits_for(99)
+    s.process(generated, logits)
+    assert s.phase == "between" and np.flatnonzero(np.isfinite(logits)).tolist() == [STOP]
+
+
+@pytest.mark.parametrize("reply", ['{"name":"f","arguments":{"x":"7"}}', '{"name":"Adaaa"}', '{"name":"f"',
+                                   '{"nam"'])
+def test_auto_with_a_response_format_refuses_what_neither_accepts(grammar, reply) -> None:
+    s = HybridSampler(call_token_tables(TOY, VOCAB, FORMAT), grammar, "auto", answer=_compile(ANSWER))
+    generated: list[int] = []
+    refused = False
+    for token in ids(*reply):
+        logits = logits_for(len(generated))
+        s.process(generated, logits)
+        if not np.isfinite(logits[token]):
+            refused = True
+            break
+        generated.append(token)
+    if not refused:  # a prefix both accept: it may not end here
+        logits = logits_for(7)
+        s.process(generated, logits)
+        assert not np.isfinite(logits[STOP])
+
+
+def test_none_with_a_response_format_is_the_answer_alone_and_required_ignores_it(grammar) -> None:
+    tables = call_token_tables(TOY, VOCAB, FORMAT)
+    s = HybridSampler(tables, None, "none", answer=_compile(ANSWER))
+    generated = _feed_text(s, '{"name":"Ada"}')
+    logits = logits_for(5)
+    s.process(generated, logits)
+    assert np.flatnonzero(np.isfinite(logits)).tolist() == [STOP]
+    s = HybridSampler(tables, None, "none", answer=_compile(ANSWER))
+    logits = logits_for(1)
+    s.process([], logits)
+    assert not np.isfinite(logits[TAG])
+    s = HybridSampler(tables, grammar, "required", answer=_compile(ANSWER))
+    logits = logits_for(2)
+    s.process([], logits)
+    assert np.flatnonzero(np.isfinite(logits)).tolist() == [TAG]  # only a call, the format does not apply
