@@ -64,13 +64,14 @@ class JsonModeService:
                 )
             return self._vocab
 
-    def compiled(self, schema: dict[str, Any] | str) -> Any:
-        """The compiled grammar for ``schema`` (or ``"any_object"``); blocking on a cache miss."""
+    def compiled(self, schema: dict[str, Any] | str, strict: bool = False) -> Any:
+        """The compiled grammar for ``schema`` (or ``"any_object"``); blocking on a cache miss. ``strict``:
+        OpenAI's strict mode (``additionalProperties`` absent means false where ``properties`` is given)."""
         from realizar_ort.grammar.matcher import compile_json_schema
 
         vocab = self.vocabulary()
         start = time.perf_counter()
-        grammar = compile_json_schema(schema, vocab)
+        grammar = compile_json_schema(schema, vocab, strict=strict)
         self._metrics.grammar_compile.observe(time.perf_counter() - start)
         return grammar
 
@@ -85,5 +86,8 @@ class JsonModeService:
         """A fresh per-request processor enforcing ``fmt`` (blocking when the grammar is not cached)."""
         from realizar_ort.grammar.matcher import JsonGrammar
 
-        grammar = self.compiled(fmt.schema if fmt.type == "json_schema" and fmt.schema else ANY_OBJECT)
+        if fmt.type == "json_schema" and fmt.schema:
+            grammar = self.compiled(fmt.schema, strict=fmt.strict)
+        else:
+            grammar = self.compiled(ANY_OBJECT)
         return TimedProcessor(JsonGrammar(grammar), self._metrics)

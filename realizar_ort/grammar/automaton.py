@@ -233,11 +233,14 @@ def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]
                     "overlapping alternatives with different string length bounds")
             segs[q] = next(iter(seg_set)) if seg_set else None
             call_set = {c for m in members for c in nfa.calls[m]} if any(nfa.calls[m] for m in members) else ()
-            if len(call_set) > 1:
-                raise UnsupportedSchemaError("$ref", "#", "ambiguous recursive alternatives")
             if call_set:
-                callee, ret = call_set.pop()
-                calls[q] = (callee, dfa_id(closure1(ret), final_nfa))
+                # a call is an edge labelled by its callee: calls of one callee from several members share it,
+                # and after it returns we are in any of their return states (subset construction again)
+                callees = {callee for callee, _ in call_set}
+                if len(callees) > 1:
+                    raise UnsupportedSchemaError("$ref", "#", "alternatives call different recursive rules here")
+                rets = frozenset().union(*(closure1(ret) for _, ret in call_set))
+                calls[q] = (callees.pop(), dfa_id(rets, final_nfa))
     n = len(order)
     trans = np.ascontiguousarray(trans_buf[:n])
     flags = np.ascontiguousarray(flags_buf[:n])

@@ -7,7 +7,8 @@ arrays, strings and literals are built here; numbers in :mod:`.schema_numbers`, 
 :mod:`.schema_strings`, ``pattern``/``format`` in :mod:`.schema_regex`, ``allOf``/``oneOf`` logic in
 :mod:`.schema_composition`; :func:`.schema_automaton.determinise` turns the rules into one table.
 
-Refuse, never ignore: a keyword outside ``SUPPORTED``, or one we cannot enforce in context, raises
+Annotations and unknown keywords are ignored (:mod:`.keywords`). Refuse, never ignore: an assertion keyword
+in ``keywords.REFUSED``, or one we cannot enforce in context, raises
 :class:`UnsupportedSchemaError` naming it. Compilation has a state budget and a deadline
 (:class:`GrammarTooLargeError`). Cost: pure Python, roughly 10-20 us per DFA state; one compiler per
 call, nothing shared, so concurrent calls are safe.
@@ -15,13 +16,13 @@ call, nothing shared, so concurrent calls are safe.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from typing import Any
 
 from .automaton import CLOSE, RESET, UNBOUNDED, Automaton, Nfa, determinise
 from .composition import (
-    ANNOTATIONS,
     ANY_SCHEMA,
     json_equal,
     merge_schemas,
@@ -30,7 +31,9 @@ from .composition import (
     value_type_ok,
 )
 from .errors import GrammarError, GrammarTooLargeError, UnsupportedSchemaError
+from .keywords import KNOWN, REFUSED, assertive, check_shapes
 from .numbers import number_frag
+from .objects import object_plan
 from .regex import FORMAT_PATTERNS, regex_body
 from .strings import free_string_body, json_text, property_key_frag
 
@@ -38,19 +41,15 @@ __all__ = ["MAX_ITEM_POSITIONS", "SUPPORTED", "compile_schema_automaton"]
 
 MAX_ITEM_POSITIONS = 128
 
-SUPPORTED = frozenset({
-    "type", "properties", "required", "additionalProperties", "enum", "const", "anyOf", "oneOf", "allOf",
-    "$ref", "$defs", "definitions", "items", "prefixItems", "additionalItems", "minItems", "maxItems",
-    "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum",
-    "exclusiveMaximum", "nullable", "uniqueItems",
-}) | ANNOTATIONS
+SUPPORTED = KNOWN - REFUSED  # the keywords the walk reads; anything outside KNOWN is an annotation
 
 
 class _Compiler:
     """One compilation: the NFA, the rule table (ref key -> index) and the deadline. Single use."""
 
-    def __init__(self, root: Any, whitespace: int, max_states: int, deadline_s: float) -> None:
+    def __init__(self, root: Any, whitespace: int, max_states: int, deadline_s: float, strict: bool) -> None:
         self.root = root
+        self.strict = strict
         self.ws = whitespace
         self.nfa = Nfa(max_states)
         self.deadline = time.perf_counter() + deadline_s
@@ -59,6 +58,7 @@ class _Compiler:
         self.rule_keys: list[str] = []
         self.rule_frags: list[tuple[int, int]] = []
         self.counter_ticks = 0
+        self.synthetic: dict[str, Any] = {}  # rule key -> schema, for rules that are not a JSON pointer
 
     # -- plumbing
     def tick(self) -> None:
@@ -69,6 +69,8 @@ class _Compiler:
     def resolve(self, ref: str, path: str) -> Any:
         if ref == "#any":
             return ANY_SCHEMA
+        if ref in self.synthetic:
+            return self.synthetic[ref]
         if ref != "#" and not ref.startswith("#/"):
             raise UnsupportedSchemaError(
                 "$ref", path, f"only local JSON-pointer references ('#' or '#/...') are supported, got {ref!r}")
@@ -117,26 +119,38 @@ class _Compiler:
             return None
         if not isinstance(schema, dict):
             raise GrammarError(f"schema at {path} must be an object or boolean, got {type(schema).__name__}")
+        schema = assertive(schema)
+        check_shapes(schema, path)
         for key in schema:
-            if key not in SUPPORTED:
+            if key in REFUSED:
                 raise UnsupportedSchemaError(key, path)
-        if "$id" in schema and schema is not self.root:
-            raise UnsupportedSchemaError("$id", path, "a nested $id changes how references resolve")
+        if isinstance(schema.get("$id"), str) and schema is not self.root and not schema["$id"].startswith("#") \
+                and _has_ref(schema):
+            raise UnsupportedSchemaError("$id", path, "a nested $id changes how the references inside it resolve")
+        schema = {k: v for k, v in schema.items() if k != "$id"} if "$id" in schema else schema
+        if "not" in schema:
+            schema = _apply_not(schema, path)
         if "$ref" in schema:
-            rest = {k: v for k, v in schema.items() if k not in ANNOTATIONS and k not in ("$ref", "$defs", "definitions")}
+            rest = {k: v for k, v in schema.items() if k not in ("$ref", "$defs", "definitions")}
             ref = schema["$ref"]
             if rest:
-                return self.frag(merge_schemas(self.resolve(ref, path), rest, path, self), path, stack)
+                key = "#merge:" + _key_text([ref, rest])
+                if key in stack:  # met again inside itself: a call to the merged rule
+                    return self.call(key)
+                merged = self.synthetic[key] = merge_schemas(self.resolve(ref, path), rest, path, self)
+                return self.frag(merged, path, stack + (key,))
             if ref in stack:
-                s, e = self.nfa.state(), self.nfa.state()
-                self.nfa.calls[s].append((self.rule(ref), e))
-                return s, e
+                return self.call(ref)
             return self.frag(self.resolve(ref, path), ref, stack + (ref,))
         if "allOf" in schema:
+            key = "#merge:" + _key_text(schema)
+            if key in stack:  # an allOf over a recursive $ref, met again inside itself
+                return self.call(key)
             merged = {k: v for k, v in schema.items() if k != "allOf"}
             for i, sub in enumerate(schema["allOf"]):
                 merged = merge_schemas(merged, sub, f"{path}/allOf/{i}", self)
-            return self.frag(merged, path, stack)
+            self.synthetic[key] = merged
+            return self.frag(merged, path, stack + (key,))
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 rest = {k: v for k, v in schema.items() if k != key}
@@ -148,13 +162,11 @@ class _Compiler:
         types = type_set(schema, path)
         if "const" in schema or "enum" in schema:
             return self.literals(schema, types, path)
-        if schema.get("uniqueItems") is True:
+        if schema.get("uniqueItems") is True and "array" in types:
             raise UnsupportedSchemaError("uniqueItems", path, "uniqueItems: true cannot be enforced")
-        if not any(k not in ANNOTATIONS and k not in ("$defs", "definitions", "uniqueItems") for k in schema):
+        if not any(k not in ("$defs", "definitions", "uniqueItems") for k in schema):
             if "#any" in stack:
-                s, e = self.nfa.state(), self.nfa.state()
-                self.nfa.calls[s].append((self.rule("#any"), e))
-                return s, e
+                return self.call("#any")
             return self.frag(ANY_SCHEMA, path, stack + ("#any",))
         if "integer" in types and "number" in types:
             types = [t for t in types if t != "integer"]
@@ -170,6 +182,12 @@ class _Compiler:
             elif t == "null":
                 alts.append(self.literal_frag(b"null"))
         return self.union(alts)
+
+    def call(self, key: str) -> tuple[int, int]:
+        """A call to the rule ``key`` (a ``$ref`` target, ``#any``, or a merged schema in ``synthetic``)."""
+        s, e = self.nfa.state(), self.nfa.state()
+        self.nfa.calls[s].append((self.rule(key), e))
+        return s, e
 
     def union(self, alts: list[tuple[int, int] | None]) -> tuple[int, int] | None:
         alts = [a for a in alts if a is not None]
@@ -189,7 +207,7 @@ class _Compiler:
 
     def literals(self, schema: dict, types: list[str], path: str) -> tuple[int, int] | None:
         for key in schema:
-            if key not in ANNOTATIONS and key not in ("const", "enum", "type", "nullable", "$defs", "definitions"):
+            if key not in ("const", "enum", "type", "nullable", "$defs", "definitions"):
                 raise UnsupportedSchemaError(key, path, "cannot be combined with enum/const")
         values = [schema["const"]] if "const" in schema else list(schema["enum"])
         if "const" in schema and "enum" in schema:
@@ -202,22 +220,16 @@ class _Compiler:
 
     # -- objects
     def object_frag(self, schema: dict, path: str, stack: tuple[str, ...], _t: str) -> tuple[int, int] | None:
-        for key in ("minProperties", "maxProperties", "patternProperties", "propertyNames"):
-            if key in schema:
-                raise UnsupportedSchemaError(key, path)
-        props: dict = schema.get("properties", {})
-        required = list(schema.get("required", []))
-        extra = schema.get("additionalProperties", not props)
+        plan = object_plan(schema, path, self.strict,
+                           lambda a, b, at: merge_schemas(a, b, at, self))
+        if plan.empty:
+            return None
+        props, required, extra = plan.props, plan.required, plan.extra
         nfa = self.nfa
-        for name in required:
-            if name not in props and extra is False:
-                return None  # required property that may not appear: no value
-            if name not in props:
-                raise UnsupportedSchemaError("required", path, f"required property {name!r} is not in properties")
         s = nfa.state()
         cur = {False: self.ws_frag(self.lit(s, b"{"))}  # emitted-any -> state
         for name, sub in props.items():
-            value = self.frag(sub, f"{path}/properties/{name}", stack)
+            value = self.frag(sub, f"{path}/properties/{name}", stack) if sub is not False else None
             key_text = json_text(name) + b":"
             if value is None:
                 if name in required:
@@ -351,8 +363,36 @@ class _Compiler:
         return s, e
 
 
+def _key_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _has_ref(schema: Any) -> bool:
+    return '"$ref"' in json.dumps(schema)
+
+
+def _apply_not(schema: dict, path: str) -> dict:
+    """``not`` of a schema that only names types: the remaining types. Anything else is refused."""
+    neg = schema["not"]
+    rest = {k: v for k, v in schema.items() if k != "not"}
+    if neg is False or neg == {}:
+        return rest if neg is False else {**rest, "type": []}
+    neg = assertive(neg) if isinstance(neg, dict) else neg
+    if neg is True or neg == {}:
+        return {**rest, "type": []}
+    if set(neg) == {"type"}:
+        banned = set(type_set(neg, f"{path}/not"))
+        if "number" in banned:
+            banned.add("integer")
+        kept = [t for t in type_set(rest, path) if t not in banned]
+        if "integer" in banned and "number" in kept:
+            raise UnsupportedSchemaError("not", path, "'not: integer' of a number cannot be enforced")
+        return {**rest, "type": kept}
+    raise UnsupportedSchemaError("not", path, "only 'not' of a type list is enforced")
+
+
 def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: int = 200_000,
-                             deadline_s: float = 5.0) -> Automaton:
+                             deadline_s: float = 5.0, strict: bool = False) -> Automaton:
     """Compile a JSON Schema (dict/bool, or "any_json"/"any_object") into an :class:`Automaton`.
 
     Raises :class:`UnsupportedSchemaError` for keywords we cannot enforce, :class:`GrammarError` for
@@ -366,7 +406,20 @@ def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: in
         raise GrammarError(f"unknown grammar mode {schema!r}: expected a JSON Schema, 'any_json' or 'any_object'")
     if whitespace < 0:
         raise GrammarError(f"whitespace must be >= 0, got {whitespace}")
-    comp = _Compiler(schema, whitespace, max_states, deadline_s)
+    try:
+        json.dumps(schema, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GrammarError("schema holds a lone surrogate (not a Unicode character) in a string") from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise GrammarError(f"schema is not JSON: {type(exc).__name__}: {exc}") from exc
+    try:
+        return _compile(schema, whitespace, max_states, deadline_s, strict)
+    except RecursionError as exc:
+        raise GrammarTooLargeError("schema is nested too deeply to compile") from exc
+
+
+def _compile(schema: Any, whitespace: int, max_states: int, deadline_s: float, strict: bool) -> Automaton:
+    comp = _Compiler(schema, whitespace, max_states, deadline_s, strict)
     comp.rule("#")
     i = 0
     while i < len(comp.rule_keys):

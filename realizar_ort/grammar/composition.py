@@ -5,7 +5,7 @@
   is refused with :class:`UnsupportedSchemaError` naming ``allOf``.
 - :func:`pairwise_disjoint` proves ``oneOf`` alternatives cannot both match (disjoint types, or a
   required property pinned to different ``const`` values); otherwise the compiler refuses ``oneOf``.
-- ``ANNOTATIONS`` are keywords that never constrain a value; ``ANY_SCHEMA`` is generic JSON, written
+- Keywords that cannot constrain a value are dropped first (:func:`.keywords.assertive`); ``ANY_SCHEMA`` is generic JSON, written
   with the ``#any`` reference the compiler turns into a recursive rule.
 
 The functions take a :class:`SchemaResolver` (the compiler) for ``$ref`` lookups and its deadline tick.
@@ -17,11 +17,11 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .errors import GrammarError, UnsupportedSchemaError
+from .keywords import assertive
 from .strings import json_text
 
 __all__ = [
     "ALL_TYPES",
-    "ANNOTATIONS",
     "ANY_SCHEMA",
     "SchemaResolver",
     "json_equal",
@@ -31,10 +31,6 @@ __all__ = [
     "value_type_ok",
 ]
 
-ANNOTATIONS = frozenset({
-    "title", "description", "default", "examples", "$comment", "$schema", "$id", "deprecated", "readOnly",
-    "writeOnly", "$anchor", "contentMediaType", "contentEncoding", "discriminator", "strict",
-})
 ALL_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 ANY_SCHEMA = {"anyOf": [
@@ -46,6 +42,8 @@ ANY_SCHEMA = {"anyOf": [
 
 class SchemaResolver(Protocol):
     """What composition needs from the compiler: ``$ref`` lookup and the deadline check."""
+
+    strict: bool
 
     def tick(self) -> None: ...
 
@@ -92,8 +90,8 @@ def json_equal(a: Any, b: Any) -> bool:
         and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
 
 
-_MERGE_MIN = ("minLength", "minItems", "minimum", "exclusiveMinimum")
-_MERGE_MAX = ("maxLength", "maxItems", "maximum", "exclusiveMaximum")
+_MERGE_MIN = ("minLength", "minItems", "minimum", "exclusiveMinimum", "minProperties")
+_MERGE_MAX = ("maxLength", "maxItems", "maximum", "exclusiveMaximum", "maxProperties")
 
 
 def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
@@ -108,6 +106,9 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
     for side in (a, b):
         if not isinstance(side, dict):
             raise GrammarError(f"schema at {path} must be an object or boolean")
+    a, b = assertive(a), assertive(b)
+    if not a or not b:
+        return b if not a else a
     if "$ref" in a and "$ref" not in b:
         a, b = b, a
     if "$ref" in b:
@@ -132,7 +133,7 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
     for key, v in b.items():
         if key not in out:
             out[key] = v
-        elif key in ANNOTATIONS or out[key] == v:
+        elif out[key] == v or key in ("$id", "$defs", "definitions"):
             continue
         elif key == "required":
             out[key] = list(dict.fromkeys([*out[key], *v]))
@@ -155,8 +156,10 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
             raise UnsupportedSchemaError("allOf", path, f"cannot intersect two different {key!r}")
     if "properties" in a or "properties" in b or "additionalProperties" in a or "additionalProperties" in b:
         pa, pb = a.get("properties", {}), b.get("properties", {})
-        xa = a.get("additionalProperties", True)
-        xb = b.get("additionalProperties", True)
+        if not isinstance(pa, dict) or not isinstance(pb, dict):
+            raise GrammarError(f"keyword 'properties' at {path} must be an object")
+        xa = a.get("additionalProperties", False if comp.strict and pa else True)
+        xb = b.get("additionalProperties", False if comp.strict and pb else True)
         props = {}
         for name in list(dict.fromkeys([*pa, *pb])):
             sa = pa.get(name, xa)

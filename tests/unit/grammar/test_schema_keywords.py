@@ -1,0 +1,133 @@
+"""Annotations and unknown keywords are ignored in every draft; object keywords; regression tests of issue 20."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from realizar_ort.kernels.token_mask import advance_token_bytes_reference
+
+from realizar_ort.grammar.json_schema import (
+    GrammarError,
+    UnsupportedSchemaError,
+    compile_schema_automaton,
+)
+
+
+def accepts(schema, value, **kw) -> bool:
+    a = compile_schema_automaton(schema, **kw)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    r = advance_token_bytes_reference((*a.arrays, a.plain_loop, a.loop_bits, a.free_string), text.encode("utf-8"),
+                                      a.start, 0, [], 64)
+    return r is not None and not r[2] and bool(a.final[r[0]])
+
+
+# one schema per draft, each with the annotations (and vendor keywords) real schemas of that draft carry
+DRAFTS = {
+    "draft-03": {"$schema": "http://json-schema.org/draft-03/schema#", "id": "http://x/a", "title": "T",
+                 "type": "object", "properties": {"n": {"type": "integer", "description": "d", "javaType": "Long"}},
+                 "additionalProperties": False},
+    "draft-04": {"$schema": "http://json-schema.org/draft-04/schema#", "id": "http://x/a#", "self": {"vendor": "x"},
+                 "type": "object", "properties": {"n": {"type": "integer", "_format": "int", "readonly": True}},
+                 "additionalProperties": False, "x-kubernetes-preserve-unknown-fields": True},
+    "draft-06": {"$schema": "http://json-schema.org/draft-06/schema#", "$id": "http://x/a", "examples": [{}],
+                 "type": "object", "properties": {"n": {"type": "integer", "default": 1, "_uniqueItems": True}},
+                 "additionalProperties": False},
+    "draft-07": {"$schema": "http://json-schema.org/draft-07/schema#", "$comment": "c", "readOnly": True,
+                 "type": "object", "properties": {"n": {"type": "integer", "writeOnly": False,
+                                                        "markdownDescription": "m"}},
+                 "additionalProperties": False, "preferredOrder": ["n"]},
+    "draft2019-09": {"$schema": "https://json-schema.org/draft/2019-09/schema", "$anchor": "a", "deprecated": True,
+                     "type": "object", "properties": {"n": {"type": "integer", "contentMediaType": "text/plain"}},
+                     "additionalProperties": False, "$recursiveAnchor": True},
+    "draft2020-12": {"$schema": "https://json-schema.org/draft/2020-12/schema", "$dynamicAnchor": "m",
+                     "type": "object", "properties": {"n": {"type": "integer", "x-order": 1, "example": 3}},
+                     "additionalProperties": False, "someFutureAnnotation": {"type": "string"}},
+}
+
+
+@pytest.mark.parametrize("draft", list(DRAFTS))
+def test_annotations_and_unknown_keywords_are_ignored(draft):
+    schema = DRAFTS[draft]
+    assert accepts(schema, {"n": 3}) and accepts(schema, {})
+    assert not accepts(schema, {"n": "3"}) and not accepts(schema, {"m": 1})
+
+
+def test_unknown_keyword_does_not_hide_a_refused_assertion():
+    with pytest.raises(UnsupportedSchemaError) as err:
+        compile_schema_automaton({"x-vendor": 1, "type": "object", "if": {"required": ["a"]}, "then": {}})
+    assert err.value.keyword == "if"
+    assert accepts({"then": {"type": "string"}, "else": False}, 5)  # then/else without if: ignored
+
+
+def test_additional_properties_absent_allows_extra_keys_after_listed_ones():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    assert accepts(schema, {"a": 1, "$schema": "x", "b ": [1]})
+    assert not accepts(schema, {"a": "x"}) and not accepts(schema, {"b": 1})
+    assert not accepts(schema, {"a": 1, "z": 2}, strict=True)
+    assert not accepts(schema, '{"a":1,"a":2}')  # a listed name never comes back as an extra key
+
+
+def test_not_of_types():
+    assert accepts({"not": {"type": "string"}}, 5) and not accepts({"not": {"type": "string"}}, "s")
+    assert accepts({"type": ["integer", "null"], "not": {"type": "null"}}, 3)
+    assert not accepts({"type": ["integer", "null"], "not": {"type": "null"}}, None)
+    with pytest.raises(UnsupportedSchemaError, match="'not'"):
+        compile_schema_automaton({"type": "number", "not": {"type": "integer"}})
+
+
+def test_object_keywords():
+    pat = {"type": "object", "properties": {"ab": {"type": "integer"}},
+           "patternProperties": {"^a": {"minimum": 0}}, "additionalProperties": {"type": "integer"}}
+    assert accepts(pat, {"ab": 1, "ax": 2}) and not accepts(pat, {"ab": -1}) and not accepts(pat, {"ax": -2})
+    names = {"type": "object", "properties": {"ok": {}, "not_ok!": {}}, "propertyNames": {"pattern": "^[a-z]+$"}}
+    assert accepts(names, {"ok": 1}) and not accepts(names, {"not_ok!": 1}) and not accepts(names, {"zz": 1})
+    dep = {"type": "object", "properties": {"card": {"type": "string"}, "billing": {"type": "string"}},
+           "dependentRequired": {"card": ["billing"]}}
+    assert accepts(dep, {"billing": "b"}) and not accepts(dep, {"card": "c"})
+    assert not accepts(dep, {"card": "c", "billing": "b"})  # sound restriction: an optional trigger is left out
+    dep_req = dict(dep, required=["card"])
+    assert accepts(dep_req, {"card": "c", "billing": "b"}) and not accepts(dep_req, {"card": "c"})
+    legacy = {"type": "object", "properties": {"a": {}, "b": {}}, "required": ["a"], "dependencies": {"a": ["b"]}}
+    assert accepts(legacy, {"a": 1, "b": 2}) and not accepts(legacy, {"a": 1})
+    most = {"type": "object", "properties": {"a": {}, "b": {}}, "required": ["a"], "maxProperties": 1}
+    assert accepts(most, {"a": 1}) and not accepts(most, {"a": 1, "b": 2}) and not accepts(most, {"a": 1, "c": 2})
+    least = {"type": "object", "properties": {"a": {}}, "required": ["a"], "minProperties": 1}
+    assert accepts(least, {"a": 1})
+    with pytest.raises(UnsupportedSchemaError, match="'minProperties'"):
+        compile_schema_automaton({"type": "object", "minProperties": 2})
+
+
+# ---------------------------------------------------------------- the bugs of issue 20, one test each
+@pytest.mark.parametrize("schema", [
+    {"const": "\ud800"}, {"type": "string", "pattern": "^[\ud800-\udbff]$"},
+    {"type": "object", "properties": {"\ud800": {}}},
+    {"type": "object", "properties": []}, {"type": "string", "pattern": 5}, {"enum": "abc"}, {"required": "a"},
+    {"anyOf": {}}, {"type": 3}, {"minLength": -1}, {"items": 3},
+])
+def test_bug4_malformed_schemas_raise_grammar_error_only(schema):
+    with pytest.raises(GrammarError):
+        compile_schema_automaton(schema)
+
+
+def test_bug5_at_least_one_of_idiom_and_required_outside_properties():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+              "anyOf": [{"required": ["a"]}, {"required": ["b"]}]}
+    assert accepts(schema, {"a": 1}) and accepts(schema, {"b": 2}) and accepts(schema, {"a": 1, "b": 2})
+    assert not accepts(schema, {}) and not accepts(schema, {"a": "x"})
+    outside = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["c"]}
+    assert accepts(outside, {"c": [1]}) and accepts(outside, {"a": 1, "c": None}) and not accepts(outside, {"a": 1})
+
+
+def test_bug6_all_of_over_recursive_ref_compiles():
+    schema = {"definitions": {"ChildFoo": {"type": "object"}, "Foo": {"properties": {"childFoos": {"allOf": [
+        {"$ref": "#/definitions/Foo"}, {"$ref": "#/definitions/ChildFoo"}]}}, "required": ["childFoos"],
+        "type": "object"}}, "properties": {"Foo": {"$ref": "#/definitions/Foo"}}, "required": ["Foo"]}
+    try:  # every instance is infinitely deep (childFoos is required all the way down): no value, or refused
+        a = compile_schema_automaton(schema)
+        assert not accepts(schema, {"Foo": {"childFoos": {}}}) and a.num_states > 0
+    except GrammarError:
+        pass
+    finite = json.loads(json.dumps(schema).replace('"required": ["childFoos"], ', ""))
+    assert accepts(finite, {"Foo": {"childFoos": {"childFoos": {}}}})
+    assert not accepts(finite, {"Foo": {"childFoos": {"childFoos": 1}}})
