@@ -12,6 +12,7 @@ on a shared :class:`~.schema_automaton.Nfa`.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 from .automaton import Nfa
 from .errors import UnsupportedSchemaError
@@ -21,7 +22,7 @@ __all__ = ["number_frag"]
 
 def number_frag(nfa: Nfa, schema: dict, path: str, t: str) -> tuple[int, int] | None:
     """Start/end NFA states for a ``number`` or ``integer`` (``t``) schema; None when the range is empty."""
-    if "multipleOf" in schema:
+    if "multipleOf" in schema and not (t == "integer" and schema["multipleOf"] == 1):
         raise UnsupportedSchemaError("multipleOf", path)
     lo, hi, lo_key, hi_key = _bounds(schema, path)
     s, e = nfa.state(), nfa.state()
@@ -114,6 +115,13 @@ def _same_length_range(nfa: Nfa, s: int, e: int, a: str, b: str) -> None:
     if not a:
         nfa.eps[s].append(e)
         return
+    if a == "0" * len(a) and b == "9" * len(b):  # every digit string of this length: a chain, not a tree
+        cur = s
+        for i in range(len(a)):
+            nxt = e if i == len(a) - 1 else nfa.state()
+            nfa.edge(cur, 0x30, 0x39, nxt)
+            cur = nxt
+        return
     if a[0] == b[0]:
         m = nfa.state()
         nfa.edge(s, ord(a[0]), ord(a[0]), m)
@@ -140,18 +148,24 @@ def _bounds(schema: dict, path: str):
     lo = hi = None
     lo_key = hi_key = ""
     if "minimum" in schema:
-        lo, lo_key = (float(schema["minimum"]), schema.get("exclusiveMinimum") is True), "minimum"
+        lo, lo_key = (_exact(schema["minimum"]), schema.get("exclusiveMinimum") is True), "minimum"
     if "maximum" in schema:
-        hi, hi_key = (float(schema["maximum"]), schema.get("exclusiveMaximum") is True), "maximum"
+        hi, hi_key = (_exact(schema["maximum"]), schema.get("exclusiveMaximum") is True), "maximum"
     for key in ("exclusiveMinimum", "exclusiveMaximum"):
         v = schema.get(key)
         if isinstance(v, bool) or v is None:
             continue
-        if key == "exclusiveMinimum" and (lo is None or v >= lo[0]):
-            lo, lo_key = (float(v), True), key
-        if key == "exclusiveMaximum" and (hi is None or v <= hi[0]):
-            hi, hi_key = (float(v), True), key
-    for bound, key in ((lo, lo_key), (hi, hi_key)):
-        if bound is not None and not math.isfinite(bound[0]):
-            raise UnsupportedSchemaError(key, path, "bound must be finite")
+        if not isinstance(v, (int, float)) or isinstance(v, float) and not math.isfinite(v):
+            raise UnsupportedSchemaError(key, path, "bound must be a finite number")
+        if key == "exclusiveMinimum" and (lo is None or _exact(v) >= lo[0]):
+            lo, lo_key = (_exact(v), True), key
+        if key == "exclusiveMaximum" and (hi is None or _exact(v) <= hi[0]):
+            hi, hi_key = (_exact(v), True), key
     return lo, hi, lo_key, hi_key
+
+
+def _exact(v: object) -> Fraction:
+    """A bound as an exact rational (a float through ``float`` would lose integers above 2**53)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or isinstance(v, float) and not math.isfinite(v):
+        raise UnsupportedSchemaError("minimum", "#", f"bound must be a finite number, got {v!r}")
+    return Fraction(v)

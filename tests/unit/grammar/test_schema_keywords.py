@@ -131,3 +131,22 @@ def test_bug6_all_of_over_recursive_ref_compiles():
     finite = json.loads(json.dumps(schema).replace('"required": ["childFoos"], ', ""))
     assert accepts(finite, {"Foo": {"childFoos": {"childFoos": {}}}})
     assert not accepts(finite, {"Foo": {"childFoos": {"childFoos": 1}}})
+
+
+def test_bug2_integer_bounds_are_exact_beyond_2_53():
+    schema = {"type": "integer", "minimum": 9007199254740993}
+    assert not accepts(schema, "9007199254740992") and accepts(schema, "9007199254740993")
+    assert not accepts({"type": "integer", "maximum": -9007199254740993}, "-9007199254740992")
+    assert not accepts({"type": "integer", "exclusiveMaximum": 9007199254740993}, "9007199254740993")
+
+
+def test_bug3_int64_ranges_compile_small():
+    a = compile_schema_automaton({"type": "integer", "minimum": 0, "maximum": 9223372036854775807})
+    assert a.num_states < 400
+    schema = {"type": "integer", "minimum": -9223372036854775808, "maximum": 9223372036854775807}
+    for n in [0, 7, -9223372036854775808, 9223372036854775807, 1234567890123456789, -10**18]:
+        assert accepts(schema, str(n)), n
+    for n in [9223372036854775808, -9223372036854775809, 10**19, 99999999999999999999]:
+        assert not accepts(schema, str(n)), n
+    big = {"type": "integer", "minimum": 0, "maximum": 10**15}
+    assert accepts(big, str(10**15)) and not accepts(big, str(10**15 + 1)) and accepts(big, "999999999999999")
