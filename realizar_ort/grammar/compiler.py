@@ -47,12 +47,14 @@ SUPPORTED = KNOWN - REFUSED  # the keywords the walk reads; anything outside KNO
 class _Compiler:
     """One compilation: the NFA, the rule table (ref key -> index) and the deadline. Single use."""
 
-    def __init__(self, root: Any, whitespace: int, max_states: int, deadline_s: float, strict: bool) -> None:
+    def __init__(self, root: Any, whitespace: int, max_states: int, deadline_s: float, strict: bool,
+                 shared: frozenset[str] = frozenset(), deadline: float | None = None) -> None:
         self.root = root
         self.strict = strict
+        self.shared = shared  # non-recursive $ref targets compiled once, as a rule, instead of inlined
         self.ws = whitespace
         self.nfa = Nfa(max_states)
-        self.deadline = time.perf_counter() + deadline_s
+        self.deadline = time.perf_counter() + deadline_s if deadline is None else deadline
         self.deadline_s = deadline_s
         self.rules: dict[str, int] = {}  # ref key -> rule index
         self.rule_keys: list[str] = []
@@ -139,7 +141,7 @@ class _Compiler:
                     return self.call(key)
                 merged = self.synthetic[key] = merge_schemas(self.resolve(ref, path), rest, path, self)
                 return self.frag(merged, path, stack + (key,))
-            if ref in stack:
+            if ref in stack or ref in self.shared:
                 return self.call(ref)
             return self.frag(self.resolve(ref, path), ref, stack + (ref,))
         if "allOf" in schema:
@@ -412,14 +414,80 @@ def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: in
         raise GrammarError("schema holds a lone surrogate (not a Unicode character) in a string") from exc
     except (TypeError, ValueError, RecursionError) as exc:
         raise GrammarError(f"schema is not JSON: {type(exc).__name__}: {exc}") from exc
+    deadline = time.perf_counter() + deadline_s
     try:
-        return _compile(schema, whitespace, max_states, deadline_s, strict)
+        shared = _shared_refs(schema)
+        if shared:
+            try:
+                return _compile(schema, whitespace, max_states, deadline_s, strict, shared, deadline)
+            except _SharingFailed:
+                pass  # a shared rule overlaps its context or accepts nothing there: inline everything
+        return _compile(schema, whitespace, max_states, deadline_s, strict, frozenset(), deadline)
     except RecursionError as exc:
         raise GrammarTooLargeError("schema is nested too deeply to compile") from exc
 
 
-def _compile(schema: Any, whitespace: int, max_states: int, deadline_s: float, strict: bool) -> Automaton:
-    comp = _Compiler(schema, whitespace, max_states, deadline_s, strict)
+SHARE_REF_MIN_CHARS = 400  # a $ref target this large (as JSON text), used twice or more, is compiled once
+
+
+class _SharingFailed(Exception):
+    pass
+
+
+def _shared_refs(schema: Any) -> frozenset[str]:
+    """Local ``$ref`` targets referenced at least twice whose schema, with its own references expanded, is
+    large: each becomes one rule that every use calls, instead of a copy per use (the DFA otherwise grows
+    with every use)."""
+    counts: dict[str, int] = {}
+    inner: dict[int, list[str]] = {}
+
+    def refs_in(node: Any) -> list[str]:
+        out = []
+        todo = [node]
+        while todo:
+            n = todo.pop()
+            if isinstance(n, dict):
+                ref = n.get("$ref")
+                if isinstance(ref, str) and ref.startswith("#/"):
+                    out.append(ref)
+                todo.extend(n.values())
+            elif isinstance(n, list):
+                todo.extend(n)
+        return out
+
+    for ref in refs_in(schema):
+        counts[ref] = counts.get(ref, 0) + 1
+    targets: dict[str, Any] = {}
+    for ref in counts:
+        node = schema
+        try:
+            for part in ref[2:].split("/"):
+                part = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
+                node = node[int(part)] if isinstance(node, list) else node[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            continue
+        targets[ref] = node
+    sizes: dict[str, int] = {}
+
+    def size(ref: str, seen: frozenset[str]) -> int:
+        if ref in sizes:
+            return sizes[ref]
+        if ref in seen or ref not in targets:
+            return 0
+        node = targets[ref]
+        key = id(node)
+        if key not in inner:
+            inner[key] = refs_in(node)
+        total = len(json.dumps(node)) + sum(size(r, seen | {ref}) for r in inner[key])
+        sizes[ref] = total = min(total, 1 << 30)
+        return total
+
+    return frozenset(r for r, n in counts.items() if n >= 2 and r in targets and size(r, frozenset()) >= SHARE_REF_MIN_CHARS)
+
+
+def _compile(schema: Any, whitespace: int, max_states: int, deadline_s: float, strict: bool,
+             shared: frozenset[str], deadline: float) -> Automaton:
+    comp = _Compiler(schema, whitespace, max_states, deadline_s, strict, shared, deadline)
     comp.rule("#")
     i = 0
     while i < len(comp.rule_keys):
@@ -427,7 +495,14 @@ def _compile(schema: Any, whitespace: int, max_states: int, deadline_s: float, s
         target = schema if key == "#" else comp.resolve(key, key)
         frag = comp.frag(target, key, (key,))
         if frag is None:
+            if key in shared:
+                raise _SharingFailed(key)
             raise GrammarError(f"schema at {key} accepts no JSON value")
         comp.rule_frags[i] = frag
         i += 1
-    return determinise(comp.nfa, comp.rule_keys, comp.rule_frags, max_states, comp.tick)
+    try:
+        return determinise(comp.nfa, comp.rule_keys, comp.rule_frags, max_states, comp.tick)
+    except UnsupportedSchemaError as exc:
+        if shared and exc.keyword == "$ref":
+            raise _SharingFailed(str(exc)) from exc
+        raise

@@ -150,3 +150,29 @@ def test_bug3_int64_ranges_compile_small():
         assert not accepts(schema, str(n)), n
     big = {"type": "integer", "minimum": 0, "maximum": 10**15}
     assert accepts(big, str(10**15)) and not accepts(big, str(10**15 + 1)) and accepts(big, "999999999999999")
+
+
+BIG = {"type": "object", "properties": {f"field_{i}": {"type": ["string", "integer"]} for i in range(12)},
+       "required": ["field_0"], "additionalProperties": False}
+
+
+def test_bug7_large_definition_used_many_times_is_compiled_once():
+    schema = {"definitions": {"big": BIG}, "type": "object",
+              "properties": {f"use_{i}": {"$ref": "#/definitions/big"} for i in range(8)}}
+    shared = compile_schema_automaton(schema)
+    inlined = compile_schema_automaton({"type": "object", "properties": {f"use_{i}": BIG for i in range(8)}})
+    assert shared.num_states * 3 < inlined.num_states
+    for value, ok in [({"use_0": {"field_0": "x"}, "use_7": {"field_0": 1, "field_11": "y"}}, True),
+                      ({"use_3": {"field_1": "x"}}, False), ({"use_3": {"field_0": None}}, False),
+                      ({"use_2": {"field_0": "a", "zzz": 1}}, False), ({"use_1": {"field_0": 1}, "other": [1]}, True)]:
+        assert accepts(schema, value) == ok, value
+
+
+def test_shared_definition_falls_back_to_inlining_where_a_call_cannot_be_placed():
+    # the reference and another object alternative start with the same byte: a call cannot sit there
+    schema = {"definitions": {"big": BIG}, "type": "object", "properties": {
+        "a": {"anyOf": [{"$ref": "#/definitions/big"}, {"type": "object", "properties": {"k": {"const": 1}},
+                                                         "required": ["k"], "additionalProperties": False}]},
+        "b": {"$ref": "#/definitions/big"}}}
+    assert accepts(schema, {"a": {"k": 1}, "b": {"field_0": 2}}) and accepts(schema, {"a": {"field_0": "s"}})
+    assert not accepts(schema, {"a": {"k": 2}}) and not accepts(schema, {"b": {"k": 1}})
