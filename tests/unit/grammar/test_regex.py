@@ -12,8 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from realizar_ort.kernels.token_mask import advance_token_bytes_reference
 
-from realizar_ort.grammar.json_schema import GrammarError, GrammarTooLargeError, UnsupportedSchemaError, \
-    compile_schema_automaton
+from realizar_ort.grammar.json_schema import (
+    GrammarError,
+    GrammarTooLargeError,
+    UnsupportedSchemaError,
+    compile_schema_automaton,
+)
 from realizar_ort.grammar.matcher import TokenVocabulary, compile_json_schema
 
 
