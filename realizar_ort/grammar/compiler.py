@@ -34,7 +34,7 @@ from .errors import GrammarError, GrammarTooLargeError, UnsupportedSchemaError
 from .keywords import KNOWN, REFUSED, assertive, check_shapes
 from .numbers import number_frag
 from .objects import object_plan
-from .regex import FORMAT_PATTERNS, regex_body
+from .regex import FORMAT_PATTERNS, STANDARD_FORMATS, regex_body
 from .strings import free_string_body, json_text, property_key_frag
 
 __all__ = ["MAX_ITEM_POSITIONS", "SUPPORTED", "compile_schema_automaton"]
@@ -285,6 +285,8 @@ class _Compiler:
         close = CLOSE if seg else 0
         pattern = schema.get("pattern")
         fmt = schema.get("format")
+        if fmt is not None and fmt not in STANDARD_FORMATS:
+            fmt = None  # not a format JSON Schema defines: an annotation
         if fmt is not None and pattern is not None:
             raise UnsupportedSchemaError("format", path, "format together with pattern is not supported")
         if fmt is not None:

@@ -170,22 +170,42 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
     return out
 
 
-def _types_of(schema: Any, comp: SchemaResolver, path: str, depth: int = 0) -> set[str] | None:
-    if depth > 8 or not isinstance(schema, dict):
+def _deref(schema: Any, comp: SchemaResolver, path: str) -> Any:
+    for _ in range(16):
+        if not isinstance(schema, dict):
+            return schema
+        schema = assertive(schema)
+        if set(schema) - {"$defs", "definitions"} != {"$ref"}:
+            return schema
+        schema = comp.resolve(schema["$ref"], path)
+    return None
+
+
+def _types_of(schema: Any) -> set[str] | None:
+    """The JSON types ``schema`` can match (``integer`` counted as ``number``), or None when unknown."""
+    if schema is False:
+        return set()
+    if not isinstance(schema, dict) or any(k in schema for k in ("$ref", "anyOf", "oneOf", "allOf", "not")):
         return None
-    if "$ref" in schema and len(schema) == 1:
-        return _types_of(comp.resolve(schema["$ref"], path), comp, path, depth + 1)
     if "const" in schema:
-        values = [schema["const"]]
-    elif "enum" in schema:
-        values = schema["enum"]
-    else:
-        values = None
-    if values is not None:
-        return {_value_kind(v) for v in values}
+        return {_value_kind(schema["const"])}
+    if "enum" in schema and isinstance(schema["enum"], list):
+        return {_value_kind(v) for v in schema["enum"]}
     if "type" in schema:
         types = {schema["type"]} if isinstance(schema["type"], str) else set(schema["type"])
+        if schema.get("nullable") is True:
+            types.add("null")
         return {"number" if t == "integer" else t for t in types}
+    return None
+
+
+def _values_of(schema: Any) -> list[Any] | None:
+    if not isinstance(schema, dict) or any(k in schema for k in ("$ref", "anyOf", "oneOf", "allOf", "not")):
+        return None
+    if "const" in schema:
+        return [schema["const"]]
+    if "enum" in schema and isinstance(schema["enum"], list):
+        return list(schema["enum"])
     return None
 
 
@@ -196,31 +216,57 @@ def _value_kind(v: Any) -> str:
         return "boolean"
     if isinstance(v, (int, float)):
         return "number"
-    return {str: "string", list: "array", dict: "object"}[type(v)]
+    return {str: "string", list: "array", dict: "object"}.get(type(v), "object")
 
 
-def _discriminator(schema: Any, comp: SchemaResolver, path: str) -> dict[str, str]:
-    """Required properties of an object schema pinned by ``const`` -> their JSON text."""
-    if isinstance(schema, dict) and "$ref" in schema:
-        schema = comp.resolve(schema["$ref"], path)
-    if not isinstance(schema, dict):
-        return {}
-    out = {}
-    for name, sub in schema.get("properties", {}).items():
-        if name in schema.get("required", []) and isinstance(sub, dict) and "const" in sub:
-            out[name] = json_text(sub["const"]).decode()
-    return out
+def _may_have(schema: dict, name: str, strict: bool) -> bool:
+    props = schema.get("properties", {})
+    if isinstance(props, dict) and name in props:
+        return props[name] is not False
+    if schema.get("patternProperties"):
+        return True
+    extra = schema.get("additionalProperties", False if strict and props else True)
+    return extra is not False
+
+
+def disjoint(a: Any, b: Any, comp: SchemaResolver, path: str, depth: int = 0) -> bool:
+    """True if no value can match both ``a`` and ``b`` (sufficient: False means 'maybe overlap')."""
+    comp.tick()
+    if depth > 6:
+        return False
+    a, b = _deref(a, comp, path), _deref(b, comp, path)
+    if a is False or b is False:
+        return True
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    ta, tb = _types_of(a), _types_of(b)
+    if ta is not None and tb is not None and not (ta & tb):
+        return True
+    va, vb = _values_of(a), _values_of(b)
+    if va is not None and vb is not None and not any(json_equal(x, y) for x in va for y in vb):
+        return True
+    if va is not None and tb is not None and not any(_value_kind(x) in tb for x in va):
+        return True
+    if vb is not None and ta is not None and not any(_value_kind(x) in ta for x in vb):
+        return True
+    objects = (ta is None or ta <= {"object"}) and (tb is None or tb <= {"object"}) and (
+        ta == {"object"} or tb == {"object"})
+    if not objects:
+        return False
+    strict = getattr(comp, "strict", False)
+    ra, rb = a.get("required", []), b.get("required", [])
+    if any(isinstance(n, str) and not _may_have(b, n, strict) for n in ra if isinstance(ra, list)):
+        return True
+    if any(isinstance(n, str) and not _may_have(a, n, strict) for n in rb if isinstance(rb, list)):
+        return True
+    pa, pb = a.get("properties", {}), b.get("properties", {})
+    if isinstance(ra, list) and isinstance(rb, list) and isinstance(pa, dict) and isinstance(pb, dict):
+        for name in set(ra) & set(rb):
+            if name in pa and name in pb and disjoint(pa[name], pb[name], comp, path, depth + 1):
+                return True
+    return False
 
 
 def pairwise_disjoint(alts: list[Any], comp: SchemaResolver, path: str) -> bool:
     """True if no two alternatives can match one value (a sufficient check; False means 'maybe overlap')."""
-    types = [_types_of(a, comp, path) for a in alts]
-    discs = [_discriminator(a, comp, path) for a in alts]
-    for i in range(len(alts)):
-        for j in range(i + 1, len(alts)):
-            if types[i] is not None and types[j] is not None and not (types[i] & types[j]):
-                continue
-            if any(k in discs[j] and discs[j][k] != v for k, v in discs[i].items()):
-                continue
-            return False
-    return True
+    return all(disjoint(alts[i], alts[j], comp, path) for i in range(len(alts)) for j in range(i + 1, len(alts)))

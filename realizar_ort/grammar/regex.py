@@ -22,7 +22,7 @@ from .errors import UnsupportedSchemaError
 from .regex_parse import RegexUnsupported, estimate_states, parse_regex
 from .strings import ASCII_CANONICAL, byte_ranges, multibyte_char_edges
 
-__all__ = ["FORMAT_PATTERNS", "regex_body"]
+__all__ = ["FORMAT_PATTERNS", "STANDARD_FORMATS", "regex_body"]
 
 FORMAT_PATTERNS = {
     "date": r"(000[1-9]|00[1-9]\d|0[1-9]\d\d|[1-9]\d{3})-((0[13578]|1[02])-(0[1-9]|[12]\d|3[01])|(0[469]|11)-(0[1-9]|[12]\d|30)|02-(0[1-9]|1\d|2[0-8]))",
@@ -32,6 +32,41 @@ FORMAT_PATTERNS = {
     "ipv4": r"((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)",
 }
 FORMAT_PATTERNS["date-time"] = FORMAT_PATTERNS["date"] + "T" + FORMAT_PATTERNS["time"]
+# RFC 3986, a strict subset (no IP-literal hosts): what is accepted is a URI for any validator
+_UNRESERVED = r"A-Za-z0-9\-._~"
+_SUB_DELIMS = r"!$&'()*+,;="
+_PCT = r"%[0-9A-Fa-f]{2}"
+_PCHAR = rf"(?:[{_UNRESERVED}{_SUB_DELIMS}:@]|{_PCT})"
+_SEGMENT_NZ = rf"{_PCHAR}+"
+_HOST = rf"(?:[{_UNRESERVED}{_SUB_DELIMS}]|{_PCT})*"
+_AUTHORITY = rf"(?:(?:[{_UNRESERVED}{_SUB_DELIMS}:]|{_PCT})*@)?{_HOST}(?::[0-9]*)?"
+_TAIL = rf"(?:\?(?:{_PCHAR}|[/?])*)?(?:#(?:{_PCHAR}|[/?])*)?"
+_HIER = rf"(?://{_AUTHORITY}(?:/{_PCHAR}*)*|/(?:{_SEGMENT_NZ}(?:/{_PCHAR}*)*)?|{_SEGMENT_NZ}(?:/{_PCHAR}*)*)?"
+_NOSCHEME_SEG = rf"(?:[{_UNRESERVED}{_SUB_DELIMS}@]|{_PCT})+"
+FORMAT_PATTERNS["uri"] = rf"[A-Za-z][A-Za-z0-9+.\-]*:{_HIER}{_TAIL}"
+FORMAT_PATTERNS["uri-reference"] = (rf"(?:{FORMAT_PATTERNS['uri']}|(?://{_AUTHORITY}(?:/{_PCHAR}*)*|/(?:{_SEGMENT_NZ}"
+                                    rf"(?:/{_PCHAR}*)*)?|{_NOSCHEME_SEG}(?:/{_PCHAR}*)*)?{_TAIL})")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+FORMAT_PATTERNS["hostname"] = rf"{_LABEL}(?:\.{_LABEL})*"
+_H16 = r"[0-9A-Fa-f]{1,4}"
+_LS32 = rf"(?:{_H16}:{_H16}|{FORMAT_PATTERNS['ipv4']})"
+FORMAT_PATTERNS["ipv6"] = "|".join([
+    rf"(?:{_H16}:){{6}}{_LS32}", rf"::(?:{_H16}:){{5}}{_LS32}", rf"(?:{_H16})?::(?:{_H16}:){{4}}{_LS32}",
+    rf"(?:(?:{_H16}:){{0,1}}{_H16})?::(?:{_H16}:){{3}}{_LS32}", rf"(?:(?:{_H16}:){{0,2}}{_H16})?::(?:{_H16}:){{2}}{_LS32}",
+    rf"(?:(?:{_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}", rf"(?:(?:{_H16}:){{0,4}}{_H16})?::{_LS32}",
+    rf"(?:(?:{_H16}:){{0,5}}{_H16})?::{_H16}", rf"(?:(?:{_H16}:){{0,6}}{_H16})?::"])
+FORMAT_PATTERNS["ipv6"] = "(?:" + FORMAT_PATTERNS["ipv6"] + ")"
+_DUR_TIME = r"T(?:[0-9]+H(?:[0-9]+M)?(?:[0-9]+S)?|[0-9]+M(?:[0-9]+S)?|[0-9]+S)"
+FORMAT_PATTERNS["duration"] = (rf"P(?:(?:[0-9]+D|[0-9]+M(?:[0-9]+D)?|[0-9]+Y(?:[0-9]+M)?(?:[0-9]+D)?)(?:{_DUR_TIME})?"
+                               rf"|{_DUR_TIME}|[0-9]+W)")
+FORMAT_PATTERNS["json-pointer"] = r"(?:/(?:[^~/]|~[01])*)*"
+# the formats JSON Schema (2020-12) defines: one of these we lack is refused; any other name is an
+# annotation (OpenAPI's int32/int64/double/byte/password, vendor names), ignored as the spec says
+STANDARD_FORMATS = frozenset({
+    "date-time", "date", "time", "duration", "email", "idn-email", "hostname", "idn-hostname", "ipv4", "ipv6",
+    "uri", "uri-reference", "iri", "iri-reference", "uuid", "uri-template", "json-pointer",
+    "relative-json-pointer", "regex",
+})
 
 
 MAX_PATTERN_STATES = 20_000  # NFA states one pattern may build (repeats counted), checked before building
