@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 from .errors import GrammarError, UnsupportedSchemaError
 from .keywords import assertive
-from .strings import json_text
 
 __all__ = [
     "ALL_TYPES",
