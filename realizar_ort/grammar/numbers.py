@@ -34,10 +34,8 @@ def number_frag(nfa: Nfa, schema: dict, path: str, t: str) -> tuple[int, int] | 
             return None
         _integer_range(nfa, s, e, lo_i, hi_i)
         return s, e
-    if hi is not None:
-        raise UnsupportedSchemaError(hi_key, path, "bounds on non-integer numbers are enforced only as minimum: 0")
-    if lo is not None and not (lo[0] == 0 and not lo[1]):
-        raise UnsupportedSchemaError(lo_key, path, "bounds on non-integer numbers are enforced only as minimum: 0")
+    if hi is not None or (lo is not None and not (lo[0] == 0 and not lo[1])):
+        return _bounded_decimal(nfa, s, e, lo, hi, lo_key, hi_key, path)
     start = s
     if lo is None:
         start = nfa.state()
@@ -66,6 +64,69 @@ def number_frag(nfa: Nfa, schema: dict, path: str, t: str) -> tuple[int, int] | 
     nfa.edge(exp_sign, *digit, exp_d)
     nfa.edge(exp_d, *digit, exp_d)
     nfa.eps[exp_d].append(e)
+    return s, e
+
+
+def _bounded_decimal(nfa: Nfa, s: int, e: int, lo, hi, lo_key: str, hi_key: str, path: str) -> tuple[int, int] | None:
+    """Numbers between integer bounds, written without an exponent (a sound restriction of the JSON
+    number grammar): ``n`` or ``n.digits``, compared exactly. A lower bound must be >= 0 (or absent with an
+    upper bound >= 0); a non-integer bound is refused."""
+    for bound, key in ((lo, lo_key), (hi, hi_key)):
+        if bound is not None and bound[0].denominator != 1:
+            raise UnsupportedSchemaError(key, path, "bounds on non-integer numbers must be integers")
+    if lo is not None and lo[0] < 0 or lo is None and hi[0] < 0:
+        raise UnsupportedSchemaError(lo_key or hi_key, path, "negative bounds on non-integer numbers are not enforced")
+    lo_n = None if lo is None else int(lo[0])
+    hi_n = None if hi is None else int(hi[0])
+    lo_x, hi_x = bool(lo and lo[1]), bool(hi and hi[1])
+    if lo_n is not None and hi_n is not None and (lo_n > hi_n or lo_n == hi_n and (lo_x or hi_x)):
+        return None
+    digit = (0x30, 0x39)
+
+    def frac_any(a: int) -> None:  # optional "." digits+ then the end
+        nfa.eps[a].append(e)
+        d0, d = nfa.state(), nfa.state()
+        nfa.edge(a, 0x2E, 0x2E, d0)
+        nfa.edge(d0, *digit, d)
+        nfa.edge(d, *digit, d)
+        nfa.eps[d].append(e)
+
+    # n in [first, last] with any fraction: first..last <= x < last + 1 <= hi
+    first = 0 if lo_n is None else lo_n + (1 if lo_x else 0)
+    last = None if hi_n is None else hi_n - 1
+    if last is None or first <= last:
+        a = nfa.state()
+        _natural_range(nfa, s, a, first, last)
+        frac_any(a)
+    if hi_n is not None and not hi_x and (lo_n is None or hi_n > lo_n or not lo_x):  # exactly hi, ".000" allowed
+        a = nfa.state()
+        _natural_range(nfa, s, a, hi_n, hi_n)
+        nfa.eps[a].append(e)
+        z0, z = nfa.state(), nfa.state()
+        nfa.edge(a, 0x2E, 0x2E, z0)
+        nfa.edge(z0, 0x30, 0x30, z)
+        nfa.edge(z, 0x30, 0x30, z)
+        nfa.eps[z].append(e)
+    if lo_x and (hi_n is None or lo_n < hi_n):  # lo itself plus a fraction with a non-zero digit
+        a, f, nz = nfa.state(), nfa.state(), nfa.state()
+        _natural_range(nfa, s, a, lo_n, lo_n)
+        nfa.edge(a, 0x2E, 0x2E, f)
+        nfa.edge(f, 0x30, 0x30, f)
+        nfa.edge(f, 0x31, 0x39, nz)
+        nfa.edge(nz, *digit, nz)
+        nfa.eps[nz].append(e)
+    if lo_n is None:  # every negative number (hi >= 0): "-" then a non-zero value
+        neg, a = nfa.state(), nfa.state()
+        nfa.edge(s, 0x2D, 0x2D, neg)
+        _natural_range(nfa, neg, a, 1, None)
+        frac_any(a)
+        z, f, nz = nfa.state(), nfa.state(), nfa.state()
+        nfa.edge(neg, 0x30, 0x30, z)
+        nfa.edge(z, 0x2E, 0x2E, f)
+        nfa.edge(f, 0x30, 0x30, f)
+        nfa.edge(f, 0x31, 0x39, nz)
+        nfa.edge(nz, *digit, nz)
+        nfa.eps[nz].append(e)
     return s, e
 
 

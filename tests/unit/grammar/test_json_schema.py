@@ -55,9 +55,9 @@ REFUSED = [
     ("$ref", {"$defs": {"a": {"$anchor": "foo", "type": "integer"}}, "$ref": "#foo"}),
     ("oneOf", {"oneOf": [{"type": "integer"}, {"type": "number"}]}),
     ("allOf", {"allOf": [{"pattern": "^a"}, {"pattern": "^b"}]}),
-    ("maximum", {"type": "number", "maximum": 10}),
+    ("maximum", {"type": "number", "maximum": 10.5}),
     ("minimum", {"type": "number", "minimum": 1.5}),
-    ("exclusiveMinimum", {"type": "number", "exclusiveMinimum": 0}),
+    ("exclusiveMinimum", {"type": "number", "exclusiveMinimum": 0.5}),
     ("maxLength", {"anyOf": [{"type": "string", "maxLength": 3}, {"type": "string", "maxLength": 5}]}),
     ("$ref", {"anyOf": [{"type": "array", "items": {"$ref": "#"}}, {"type": "array", "items": {"type": "array"}}]}),
 ]

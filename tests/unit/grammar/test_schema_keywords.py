@@ -176,3 +176,34 @@ def test_shared_definition_falls_back_to_inlining_where_a_call_cannot_be_placed(
         "b": {"$ref": "#/definitions/big"}}}
     assert accepts(schema, {"a": {"k": 1}, "b": {"field_0": 2}}) and accepts(schema, {"a": {"field_0": "s"}})
     assert not accepts(schema, {"a": {"k": 2}}) and not accepts(schema, {"b": {"k": 1}})
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "number", "minimum": 0, "maximum": 100}, {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    {"type": "number", "minimum": 2, "exclusiveMaximum": 5}, {"type": "number", "maximum": 3},
+    {"type": "number", "exclusiveMaximum": 0}, {"type": "number", "exclusiveMinimum": 7},
+    {"type": "number", "minimum": 5, "maximum": 5},
+])
+def test_decimal_bounds_exact(schema):
+    from fractions import Fraction
+
+    lo, hi = schema.get("minimum", schema.get("exclusiveMinimum")), schema.get("maximum", schema.get("exclusiveMaximum"))
+    texts = ["0", "-0", "0.0", "-0.5", "-3", "0.5", "1", "1.0", "1.000", "1.5", "2", "4.99", "5", "5.0", "5.01", "6.5",
+             "7", "7.0", "7.01", "100", "100.0", "100.5", "99.999", "-0.0", "3", "3.0001", "2.9"]
+    for text in texts:
+        x = Fraction(text)
+        ok = (lo is None or (x > lo if "exclusiveMinimum" in schema else x >= lo)) and (
+            hi is None or (x < hi if "exclusiveMaximum" in schema else x <= hi))
+        if ok and not accepts(schema, text):
+            continue  # a valid number we do not write that way is a restriction, never a soundness bug
+        assert accepts(schema, text) == ok, (schema, text)
+
+
+def test_decimal_bounds_accept_the_usual_forms():
+    schema = {"type": "number", "minimum": 0, "maximum": 100}
+    for text in ["0", "50", "50.25", "100", "99.9"]:
+        assert accepts(schema, text), text
+    with pytest.raises(UnsupportedSchemaError, match="'maximum'"):
+        compile_schema_automaton({"type": "number", "maximum": 1.5})
+    with pytest.raises(UnsupportedSchemaError, match="'minimum'"):
+        compile_schema_automaton({"type": "number", "minimum": -1})
