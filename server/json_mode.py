@@ -44,8 +44,10 @@ class TimedProcessor:
 class JsonModeService:
     """Owns one engine's token vocabulary; hands out JSON grammar processors. Thread-safe."""
 
-    def __init__(self, model_dir: Path, vocab_size: int, stop_token_ids: Sequence[int], metrics: ServerMetrics) -> None:
+    def __init__(self, model_dir: Path, vocab_size: int, stop_token_ids: Sequence[int], metrics: ServerMetrics,
+                 compile_budget_s: float = 5.0) -> None:
         self._model_dir = Path(model_dir)
+        self._compile_budget_s = compile_budget_s
         self._vocab_size = vocab_size
         self._stop_token_ids = tuple(stop_token_ids)
         self._metrics = metrics
@@ -71,7 +73,7 @@ class JsonModeService:
 
         vocab = self.vocabulary()
         start = time.perf_counter()
-        grammar = compile_json_schema(schema, vocab, strict=strict)
+        grammar = compile_json_schema(schema, vocab, strict=strict, deadline_s=self._compile_budget_s)
         self._metrics.grammar_compile.observe(time.perf_counter() - start)
         return grammar
 
