@@ -31,7 +31,7 @@ from .composition import (
     value_type_ok,
 )
 from .errors import GrammarError, GrammarTooLargeError, UnsupportedSchemaError
-from .keywords import KNOWN, REFUSED, assertive, check_shapes
+from .keywords import FORBID_COMBOS, KNOWN, REFUSED, assertive, check_shapes
 from .numbers import number_frag
 from .objects import object_plan
 from .regex import FORMAT_PATTERNS, STANDARD_FORMATS, regex_body
@@ -392,7 +392,38 @@ def _apply_not(schema: dict, path: str) -> dict:
         if "integer" in banned and "number" in kept:
             raise UnsupportedSchemaError("not", path, "'not: integer' of a number cannot be enforced")
         return {**rest, "type": kept}
-    raise UnsupportedSchemaError("not", path, "only 'not' of a type list is enforced")
+    combos = _required_combos(neg)
+    if combos is not None:  # "not all of these present" (for any combo); a non-object always fails `required`
+        kept = [t for t in type_set(rest, path) if t == "object"]
+        return {**rest, "type": kept, FORBID_COMBOS: [*rest.get(FORBID_COMBOS, []), *combos]}
+    raise UnsupportedSchemaError("not", path, "only 'not' of types or of required-property combinations is enforced")
+
+
+def _required_combos(neg: Any) -> list[list[str]] | None:
+    """``neg`` as alternatives of required-name sets (``required``, ``anyOf``/``allOf`` of those), or None."""
+    if not isinstance(neg, dict):
+        return None
+    neg = assertive(neg)
+    if set(neg) == {"required"} and isinstance(neg["required"], list) and neg["required"] \
+            and all(isinstance(n, str) for n in neg["required"]):
+        return [list(neg["required"])]
+    if set(neg) == {"anyOf"} and isinstance(neg["anyOf"], list):
+        out = []
+        for alt in neg["anyOf"]:
+            sub = _required_combos(alt)
+            if sub is None:
+                return None
+            out += sub
+        return out or None
+    if set(neg) == {"allOf"} and isinstance(neg["allOf"], list):
+        names: list[str] = []
+        for alt in neg["allOf"]:
+            sub = _required_combos(alt)
+            if sub is None or len(sub) != 1:
+                return None
+            names += sub[0]
+        return [names] if names else None
+    return None
 
 
 def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: int = 200_000,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .errors import GrammarError, UnsupportedSchemaError
-from .keywords import assertive
+from .keywords import FORBID_COMBOS, assertive
 
 __all__ = [
     "ALL_TYPES",
@@ -134,6 +134,8 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
             out[key] = v
         elif out[key] == v or key in ("$id", "$defs", "definitions"):
             continue
+        elif key == FORBID_COMBOS:
+            out[key] = [*out[key], *v]
         elif key == "required":
             out[key] = list(dict.fromkeys([*out[key], *v]))
         elif key == "type":

@@ -16,7 +16,10 @@ from typing import Any
 
 from .errors import GrammarError
 
-__all__ = ["ENFORCED", "KNOWN", "REFUSED", "assertive", "check_shapes"]
+__all__ = ["ENFORCED", "FORBID_COMBOS", "KNOWN", "REFUSED", "assertive", "check_shapes"]
+
+# internal: ``not`` of required-name sets, as lists of names that may not all be present (set by the compiler)
+FORBID_COMBOS = "\x00forbid-combos"
 
 # keywords the compiler reads (some only in some forms: see the compiler's refusals)
 ENFORCED = frozenset({
@@ -25,7 +28,7 @@ ENFORCED = frozenset({
     "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum",
     "exclusiveMaximum", "nullable", "uniqueItems", "multipleOf", "$id",
     "minProperties", "maxProperties", "dependentRequired", "dependencies", "propertyNames",
-    "patternProperties", "not",
+    "patternProperties", "not", FORBID_COMBOS,
 })
 # assertions (and applicators) of some draft that we do not enforce: refused by name, never ignored
 REFUSED = frozenset({

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UnsupportedSchemaError
-from .keywords import assertive
+from .keywords import FORBID_COMBOS, assertive
 
 __all__ = ["ObjectPlan", "object_plan"]
 
@@ -124,6 +124,13 @@ def object_plan(schema: dict, path: str, strict: bool, merge) -> ObjectPlan:
     for trigger, dep in deps.items():
         if trigger not in required and not all(d in required for d in dep):
             props[trigger] = False  # may not appear (and is kept out of the extra keys)
+    for combo in schema.get(FORBID_COMBOS, []):  # `not: {required: combo}`: one of them must stay out
+        if any(props.get(n, extra if n not in props else None) is False for n in combo):
+            continue  # already cannot all appear
+        optional = [n for n in combo if n not in required]
+        if not optional:
+            return ObjectPlan({}, [], False, empty=True)
+        props[optional[-1]] = False  # a sound restriction: leave out the last optional one
     if any(props.get(r) is False for r in required):
         return ObjectPlan({}, [], False, empty=True)
     lo = schema.get("minProperties", 0)

@@ -207,3 +207,19 @@ def test_decimal_bounds_accept_the_usual_forms():
         compile_schema_automaton({"type": "number", "maximum": 1.5})
     with pytest.raises(UnsupportedSchemaError, match="'minimum'"):
         compile_schema_automaton({"type": "number", "minimum": -1})
+
+
+def test_not_of_required_combinations():
+    schema = {"type": "object", "properties": {"a": {}, "b": {}, "c": {}}, "required": ["a"],
+              "not": {"required": ["a", "b"]}}
+    assert accepts(schema, {"a": 1}) and accepts(schema, {"a": 1, "c": 2})
+    assert not accepts(schema, {"a": 1, "b": 2}) and not accepts(schema, "x")
+    both = {"type": "object", "properties": {"x": {}, "y": {}}, "required": ["x", "y"], "not": {"required": ["x", "y"]}}
+    with pytest.raises(GrammarError, match="accepts no JSON value"):
+        compile_schema_automaton(both)
+    alts = {"type": "object", "properties": {"d": {}, "x": {}, "y": {}},
+            "not": {"anyOf": [{"required": ["d", "x"]}, {"required": ["d", "y"]}]}}
+    assert accepts(alts, {"d": 1}) or accepts(alts, {"x": 1, "y": 1})
+    for bad in ({"d": 1, "x": 1}, {"d": 1, "y": 2}, {"d": 1, "x": 1, "y": 1}):
+        assert not accepts(alts, bad), bad
+    assert not accepts({"not": {"required": ["a"]}}, 5)  # a non-object satisfies `required`, so fails its `not`
