@@ -151,10 +151,23 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
             out[key] = min(out[key], v)
         elif key == "enum":
             out[key] = [x for x in out[key] if any(json_equal(x, y) for y in v)]
-        elif key in ("properties", "additionalProperties"):
+        elif key in ("properties", "additionalProperties", "prefixItems", "items", "additionalItems"):
             continue  # handled below
         else:
             raise UnsupportedSchemaError("allOf", path, f"cannot intersect two different {key!r}")
+    if any(k in side for side in (a, b) for k in ("prefixItems", "items", "additionalItems")):
+        # per position: a side's prefix schema, else its items schema (items never reach into the other side's
+        # prefix positions, so the merged prefix takes both sides' schema for each position)
+        pre_a, rest_a = _array_positions(a)
+        pre_b, rest_b = _array_positions(b)
+        n = max(len(pre_a), len(pre_b))
+        for k in ("prefixItems", "items", "additionalItems"):
+            out.pop(k, None)
+        if n:
+            out["prefixItems"] = [merge_schemas(pre_a[i] if i < len(pre_a) else rest_a,
+                                                pre_b[i] if i < len(pre_b) else rest_b, f"{path}/prefixItems/{i}", comp)
+                                  for i in range(n)]
+        out["items"] = merge_schemas(rest_a, rest_b, f"{path}/items", comp)
     if "properties" in a or "properties" in b or "additionalProperties" in a or "additionalProperties" in b:
         pa, pb = a.get("properties", {}), b.get("properties", {})
         if not isinstance(pa, dict) or not isinstance(pb, dict):
@@ -169,6 +182,14 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
         out["properties"] = props
         out["additionalProperties"] = merge_schemas(xa, xb, f"{path}/additionalProperties", comp)
     return out
+
+
+def _array_positions(schema: dict) -> tuple[list[Any], Any]:
+    """(prefix schemas, schema of every later item), from 2020-12 or draft 4-7 keywords."""
+    items = schema.get("items", True)
+    if isinstance(items, list):
+        return list(items), schema.get("additionalItems", True)
+    return list(schema.get("prefixItems", [])), items
 
 
 def _deref(schema: Any, comp: SchemaResolver, path: str) -> Any:

@@ -223,3 +223,12 @@ def test_not_of_required_combinations():
     for bad in ({"d": 1, "x": 1}, {"d": 1, "y": 2}, {"d": 1, "x": 1, "y": 1}):
         assert not accepts(alts, bad), bad
     assert not accepts({"not": {"required": ["a"]}}, 5)  # a non-object satisfies `required`, so fails its `not`
+
+
+def test_all_of_prefix_items_do_not_shield_positions_from_outer_items():
+    # JSON-Schema-Test-Suite items.json #6: the outer `items` applies to every item, the inner prefix too
+    schema = {"allOf": [{"prefixItems": [{"minimum": 3}]}], "items": {"minimum": 5}}
+    assert not accepts(schema, [3, 5]) and accepts(schema, [5, 5])
+    legacy = {"allOf": [{"items": [{"type": "integer"}], "additionalItems": {"type": "string"}}],
+              "items": {"minimum": 2}}
+    assert accepts(legacy, [3, "x"]) and not accepts(legacy, [1]) and not accepts(legacy, [3, 4])
