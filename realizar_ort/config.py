@@ -53,6 +53,7 @@ class LlmModelConfig:
     default_max_tokens: int = 512
     prefill_chunk_tokens: int = 256  # prompt tokens prefilled per decode step while other streams run
     fast_forward: bool = True  # tokens a grammar forces are appended and fed without sampling (per request too)
+    grammar_compile_budget_s: float = 5.0  # one response_format schema's compile; past it a 400
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def _convert(hint: Any, value: Any, key: str, base_dir: Path) -> Any:
 
 _POSITIVE = {
     "max_batch_size", "max_context", "max_queued", "default_max_tokens", "prefill_chunk_tokens", "batch_size",
-    "max_body_bytes", "max_replicas", "max_ongoing_requests", "target_ongoing_requests", "num_cpus",
+    "max_body_bytes", "grammar_compile_budget_s", "max_replicas", "max_ongoing_requests", "target_ongoing_requests", "num_cpus",
 }
 
 

@@ -132,7 +132,8 @@ def _json_mode(engine: Any, config: Config, metrics: ServerMetrics) -> JsonModeS
         log.warning("the chat engine does not say where its tokenizer is: response_format JSON modes are disabled")
         return None
     model_dir = Path(folder)
-    service = JsonModeService(model_dir, spec.vocab_size, spec.eos_token_ids, metrics)
+    budget = config.llm.grammar_compile_budget_s if config.llm else 5.0
+    service = JsonModeService(model_dir, spec.vocab_size, spec.eos_token_ids, metrics, compile_budget_s=budget)
     service.warm_up()  # token tables and mask kernels ready now, not on the first JSON request
     return service
 

@@ -44,8 +44,10 @@ class TimedProcessor:
 class JsonModeService:
     """Owns one engine's token vocabulary; hands out JSON grammar processors. Thread-safe."""
 
-    def __init__(self, model_dir: Path, vocab_size: int, stop_token_ids: Sequence[int], metrics: ServerMetrics) -> None:
+    def __init__(self, model_dir: Path, vocab_size: int, stop_token_ids: Sequence[int], metrics: ServerMetrics,
+                 compile_budget_s: float = 5.0) -> None:
         self._model_dir = Path(model_dir)
+        self._compile_budget_s = compile_budget_s
         self._vocab_size = vocab_size
         self._stop_token_ids = tuple(stop_token_ids)
         self._metrics = metrics
@@ -76,13 +78,14 @@ class JsonModeService:
                 self._forcer = ForcedTokenizer(vocab, Tokenizer.from_file(self._model_dir / "tokenizer.json"))
             return self._forcer
 
-    def compiled(self, schema: dict[str, Any] | str) -> Any:
-        """The compiled grammar for ``schema`` (or ``"any_object"``); blocking on a cache miss."""
+    def compiled(self, schema: dict[str, Any] | str, strict: bool = False) -> Any:
+        """The compiled grammar for ``schema`` (or ``"any_object"``); blocking on a cache miss. ``strict``:
+        OpenAI's strict mode (``additionalProperties`` absent means false where ``properties`` is given)."""
         from realizar_ort.grammar.matcher import compile_json_schema
 
         vocab = self.vocabulary()
         start = time.perf_counter()
-        grammar = compile_json_schema(schema, vocab)
+        grammar = compile_json_schema(schema, vocab, strict=strict, deadline_s=self._compile_budget_s)
         self._metrics.grammar_compile.observe(time.perf_counter() - start)
         return grammar
 
@@ -99,5 +102,8 @@ class JsonModeService:
         """A fresh per-request processor enforcing ``fmt`` (blocking when the grammar is not cached)."""
         from realizar_ort.grammar.matcher import JsonGrammar
 
-        grammar = self.compiled(fmt.schema if fmt.type == "json_schema" and fmt.schema else ANY_OBJECT)
+        if fmt.type == "json_schema" and fmt.schema:
+            grammar = self.compiled(fmt.schema, strict=fmt.strict)
+        else:
+            grammar = self.compiled(ANY_OBJECT)
         return TimedProcessor(JsonGrammar(grammar, self.forcer()), self._metrics)

@@ -210,21 +210,29 @@ def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]
                     if f:
                         frow[lo:hi + 1] = f
             else:
+                # sweep the byte axis: at each breakpoint only the edges covering it (sorted by start)
                 points = sorted({lo for lo, _, _, _ in edges} | {hi + 1 for _, hi, _, _ in edges})
+                active: list[tuple[int, int, int, int]] = []
+                nxt_edge = 0
+                seen: dict[frozenset[tuple[int, int]], int] = {}
                 for a, b in itertools.pairwise(points):
-                    targets = set()
-                    flag_set = set()
-                    for lo, hi, t, f in edges:
-                        if lo <= a <= hi:
-                            targets.update(closure1(t))
-                            flag_set.add(f)
-                    if not targets:
+                    while nxt_edge < len(edges) and edges[nxt_edge][0] <= a:
+                        active.append(edges[nxt_edge])
+                        nxt_edge += 1
+                    active = [edge for edge in active if edge[1] >= a]
+                    if not active:
                         continue
-                    if len(flag_set) > 1:
-                        raise UnsupportedSchemaError(
-                            "maxLength", "#", "alternatives overlap with different string length bounds")
-                    row[a:b] = dfa_id(frozenset(targets), final_nfa)
-                    frow[a:b] = flag_set.pop()
+                    key = frozenset((t, f) for _, _, t, f in active)
+                    target = seen.get(key)
+                    if target is None:
+                        flag_set = {f for _, f in key}
+                        if len(flag_set) > 1:
+                            raise UnsupportedSchemaError(
+                                "maxLength", "#", "alternatives overlap with different string length bounds")
+                        targets = frozenset().union(*(closure1(t) for t, _ in key))
+                        target = seen[key] = dfa_id(targets, final_nfa)
+                    row[a:b] = target
+                    frow[a:b] = next(iter(key))[1]
             finals[q] = final_nfa in members
             seg_set = {nfa.seg[m] for m in members if nfa.edges[m]}
             if len(seg_set) > 1:
@@ -233,11 +241,14 @@ def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]
                     "overlapping alternatives with different string length bounds")
             segs[q] = next(iter(seg_set)) if seg_set else None
             call_set = {c for m in members for c in nfa.calls[m]} if any(nfa.calls[m] for m in members) else ()
-            if len(call_set) > 1:
-                raise UnsupportedSchemaError("$ref", "#", "ambiguous recursive alternatives")
             if call_set:
-                callee, ret = call_set.pop()
-                calls[q] = (callee, dfa_id(closure1(ret), final_nfa))
+                # a call is an edge labelled by its callee: calls of one callee from several members share it,
+                # and after it returns we are in any of their return states (subset construction again)
+                callees = {callee for callee, _ in call_set}
+                if len(callees) > 1:
+                    raise UnsupportedSchemaError("$ref", "#", "alternatives call different recursive rules here")
+                rets = frozenset().union(*(closure1(ret) for _, ret in call_set))
+                calls[q] = (callees.pop(), dfa_id(rets, final_nfa))
     n = len(order)
     trans = np.ascontiguousarray(trans_buf[:n])
     flags = np.ascontiguousarray(flags_buf[:n])

@@ -7,7 +7,8 @@ arrays, strings and literals are built here; numbers in :mod:`.schema_numbers`, 
 :mod:`.schema_strings`, ``pattern``/``format`` in :mod:`.schema_regex`, ``allOf``/``oneOf`` logic in
 :mod:`.schema_composition`; :func:`.schema_automaton.determinise` turns the rules into one table.
 
-Refuse, never ignore: a keyword outside ``SUPPORTED``, or one we cannot enforce in context, raises
+Annotations and unknown keywords are ignored (:mod:`.keywords`). Refuse, never ignore: an assertion keyword
+in ``keywords.REFUSED``, or one we cannot enforce in context, raises
 :class:`UnsupportedSchemaError` naming it. Compilation has a state budget and a deadline
 (:class:`GrammarTooLargeError`). Cost: pure Python, roughly 10-20 us per DFA state; one compiler per
 call, nothing shared, so concurrent calls are safe.
@@ -15,13 +16,13 @@ call, nothing shared, so concurrent calls are safe.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from typing import Any
 
 from .automaton import CLOSE, RESET, UNBOUNDED, Automaton, Nfa, determinise
 from .composition import (
-    ANNOTATIONS,
     ANY_SCHEMA,
     json_equal,
     merge_schemas,
@@ -30,35 +31,36 @@ from .composition import (
     value_type_ok,
 )
 from .errors import GrammarError, GrammarTooLargeError, UnsupportedSchemaError
+from .keywords import FORBID_COMBOS, KNOWN, REFUSED, assertive, check_shapes
 from .numbers import number_frag
-from .regex import FORMAT_PATTERNS, regex_body
+from .objects import object_plan
+from .regex import FORMAT_PATTERNS, STANDARD_FORMATS, regex_body
 from .strings import free_string_body, json_text, property_key_frag
 
 __all__ = ["MAX_ITEM_POSITIONS", "SUPPORTED", "compile_schema_automaton"]
 
 MAX_ITEM_POSITIONS = 128
 
-SUPPORTED = frozenset({
-    "type", "properties", "required", "additionalProperties", "enum", "const", "anyOf", "oneOf", "allOf",
-    "$ref", "$defs", "definitions", "items", "prefixItems", "additionalItems", "minItems", "maxItems",
-    "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum",
-    "exclusiveMaximum", "nullable", "uniqueItems",
-}) | ANNOTATIONS
+SUPPORTED = KNOWN - REFUSED  # the keywords the walk reads; anything outside KNOWN is an annotation
 
 
 class _Compiler:
     """One compilation: the NFA, the rule table (ref key -> index) and the deadline. Single use."""
 
-    def __init__(self, root: Any, whitespace: int, max_states: int, deadline_s: float) -> None:
+    def __init__(self, root: Any, whitespace: int, max_states: int, deadline_s: float, strict: bool,
+                 shared: frozenset[str] = frozenset(), deadline: float | None = None) -> None:
         self.root = root
+        self.strict = strict
+        self.shared = shared  # non-recursive $ref targets compiled once, as a rule, instead of inlined
         self.ws = whitespace
         self.nfa = Nfa(max_states)
-        self.deadline = time.perf_counter() + deadline_s
+        self.deadline = time.perf_counter() + deadline_s if deadline is None else deadline
         self.deadline_s = deadline_s
         self.rules: dict[str, int] = {}  # ref key -> rule index
         self.rule_keys: list[str] = []
         self.rule_frags: list[tuple[int, int]] = []
         self.counter_ticks = 0
+        self.synthetic: dict[str, Any] = {}  # rule key -> schema, for rules that are not a JSON pointer
 
     # -- plumbing
     def tick(self) -> None:
@@ -69,6 +71,8 @@ class _Compiler:
     def resolve(self, ref: str, path: str) -> Any:
         if ref == "#any":
             return ANY_SCHEMA
+        if ref in self.synthetic:
+            return self.synthetic[ref]
         if ref != "#" and not ref.startswith("#/"):
             raise UnsupportedSchemaError(
                 "$ref", path, f"only local JSON-pointer references ('#' or '#/...') are supported, got {ref!r}")
@@ -117,26 +121,38 @@ class _Compiler:
             return None
         if not isinstance(schema, dict):
             raise GrammarError(f"schema at {path} must be an object or boolean, got {type(schema).__name__}")
+        schema = assertive(schema)
+        check_shapes(schema, path)
         for key in schema:
-            if key not in SUPPORTED:
+            if key in REFUSED:
                 raise UnsupportedSchemaError(key, path)
-        if "$id" in schema and schema is not self.root:
-            raise UnsupportedSchemaError("$id", path, "a nested $id changes how references resolve")
+        if isinstance(schema.get("$id"), str) and schema is not self.root and not schema["$id"].startswith("#") \
+                and _has_ref(schema):
+            raise UnsupportedSchemaError("$id", path, "a nested $id changes how the references inside it resolve")
+        schema = {k: v for k, v in schema.items() if k != "$id"} if "$id" in schema else schema
+        if "not" in schema:
+            schema = _apply_not(schema, path)
         if "$ref" in schema:
-            rest = {k: v for k, v in schema.items() if k not in ANNOTATIONS and k not in ("$ref", "$defs", "definitions")}
+            rest = {k: v for k, v in schema.items() if k not in ("$ref", "$defs", "definitions")}
             ref = schema["$ref"]
             if rest:
-                return self.frag(merge_schemas(self.resolve(ref, path), rest, path, self), path, stack)
-            if ref in stack:
-                s, e = self.nfa.state(), self.nfa.state()
-                self.nfa.calls[s].append((self.rule(ref), e))
-                return s, e
+                key = "#merge:" + _key_text([ref, rest])
+                if key in stack:  # met again inside itself: a call to the merged rule
+                    return self.call(key)
+                merged = self.synthetic[key] = merge_schemas(self.resolve(ref, path), rest, path, self)
+                return self.frag(merged, path, stack + (key,))
+            if ref in stack or ref in self.shared:
+                return self.call(ref)
             return self.frag(self.resolve(ref, path), ref, stack + (ref,))
         if "allOf" in schema:
+            key = "#merge:" + _key_text(schema)
+            if key in stack:  # an allOf over a recursive $ref, met again inside itself
+                return self.call(key)
             merged = {k: v for k, v in schema.items() if k != "allOf"}
             for i, sub in enumerate(schema["allOf"]):
                 merged = merge_schemas(merged, sub, f"{path}/allOf/{i}", self)
-            return self.frag(merged, path, stack)
+            self.synthetic[key] = merged
+            return self.frag(merged, path, stack + (key,))
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 rest = {k: v for k, v in schema.items() if k != key}
@@ -148,13 +164,11 @@ class _Compiler:
         types = type_set(schema, path)
         if "const" in schema or "enum" in schema:
             return self.literals(schema, types, path)
-        if schema.get("uniqueItems") is True:
+        if schema.get("uniqueItems") is True and "array" in types:
             raise UnsupportedSchemaError("uniqueItems", path, "uniqueItems: true cannot be enforced")
-        if not any(k not in ANNOTATIONS and k not in ("$defs", "definitions", "uniqueItems") for k in schema):
+        if not any(k not in ("$defs", "definitions", "uniqueItems") for k in schema):
             if "#any" in stack:
-                s, e = self.nfa.state(), self.nfa.state()
-                self.nfa.calls[s].append((self.rule("#any"), e))
-                return s, e
+                return self.call("#any")
             return self.frag(ANY_SCHEMA, path, stack + ("#any",))
         if "integer" in types and "number" in types:
             types = [t for t in types if t != "integer"]
@@ -170,6 +184,12 @@ class _Compiler:
             elif t == "null":
                 alts.append(self.literal_frag(b"null"))
         return self.union(alts)
+
+    def call(self, key: str) -> tuple[int, int]:
+        """A call to the rule ``key`` (a ``$ref`` target, ``#any``, or a merged schema in ``synthetic``)."""
+        s, e = self.nfa.state(), self.nfa.state()
+        self.nfa.calls[s].append((self.rule(key), e))
+        return s, e
 
     def union(self, alts: list[tuple[int, int] | None]) -> tuple[int, int] | None:
         alts = [a for a in alts if a is not None]
@@ -189,7 +209,7 @@ class _Compiler:
 
     def literals(self, schema: dict, types: list[str], path: str) -> tuple[int, int] | None:
         for key in schema:
-            if key not in ANNOTATIONS and key not in ("const", "enum", "type", "nullable", "$defs", "definitions"):
+            if key not in ("const", "enum", "type", "nullable", "$defs", "definitions"):
                 raise UnsupportedSchemaError(key, path, "cannot be combined with enum/const")
         values = [schema["const"]] if "const" in schema else list(schema["enum"])
         if "const" in schema and "enum" in schema:
@@ -202,22 +222,16 @@ class _Compiler:
 
     # -- objects
     def object_frag(self, schema: dict, path: str, stack: tuple[str, ...], _t: str) -> tuple[int, int] | None:
-        for key in ("minProperties", "maxProperties", "patternProperties", "propertyNames"):
-            if key in schema:
-                raise UnsupportedSchemaError(key, path)
-        props: dict = schema.get("properties", {})
-        required = list(schema.get("required", []))
-        extra = schema.get("additionalProperties", not props)
+        plan = object_plan(schema, path, self.strict,
+                           lambda a, b, at: merge_schemas(a, b, at, self))
+        if plan.empty:
+            return None
+        props, required, extra = plan.props, plan.required, plan.extra
         nfa = self.nfa
-        for name in required:
-            if name not in props and extra is False:
-                return None  # required property that may not appear: no value
-            if name not in props:
-                raise UnsupportedSchemaError("required", path, f"required property {name!r} is not in properties")
         s = nfa.state()
         cur = {False: self.ws_frag(self.lit(s, b"{"))}  # emitted-any -> state
         for name, sub in props.items():
-            value = self.frag(sub, f"{path}/properties/{name}", stack)
+            value = self.frag(sub, f"{path}/properties/{name}", stack) if sub is not False else None
             key_text = json_text(name) + b":"
             if value is None:
                 if name in required:
@@ -271,6 +285,8 @@ class _Compiler:
         close = CLOSE if seg else 0
         pattern = schema.get("pattern")
         fmt = schema.get("format")
+        if fmt is not None and fmt not in STANDARD_FORMATS:
+            fmt = None  # not a format JSON Schema defines: an annotation
         if fmt is not None and pattern is not None:
             raise UnsupportedSchemaError("format", path, "format together with pattern is not supported")
         if fmt is not None:
@@ -351,8 +367,67 @@ class _Compiler:
         return s, e
 
 
+def _key_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _has_ref(schema: Any) -> bool:
+    return '"$ref"' in json.dumps(schema)
+
+
+def _apply_not(schema: dict, path: str) -> dict:
+    """``not`` of a schema that only names types: the remaining types. Anything else is refused."""
+    neg = schema["not"]
+    rest = {k: v for k, v in schema.items() if k != "not"}
+    if neg is False or neg == {}:
+        return rest if neg is False else {**rest, "type": []}
+    neg = assertive(neg) if isinstance(neg, dict) else neg
+    if neg is True or neg == {}:
+        return {**rest, "type": []}
+    if set(neg) == {"type"}:
+        banned = set(type_set(neg, f"{path}/not"))
+        if "number" in banned:
+            banned.add("integer")
+        kept = [t for t in type_set(rest, path) if t not in banned]
+        if "integer" in banned and "number" in kept:
+            raise UnsupportedSchemaError("not", path, "'not: integer' of a number cannot be enforced")
+        return {**rest, "type": kept}
+    combos = _required_combos(neg)
+    if combos is not None:  # "not all of these present" (for any combo); a non-object always fails `required`
+        kept = [t for t in type_set(rest, path) if t == "object"]
+        return {**rest, "type": kept, FORBID_COMBOS: [*rest.get(FORBID_COMBOS, []), *combos]}
+    raise UnsupportedSchemaError("not", path, "only 'not' of types or of required-property combinations is enforced")
+
+
+def _required_combos(neg: Any) -> list[list[str]] | None:
+    """``neg`` as alternatives of required-name sets (``required``, ``anyOf``/``allOf`` of those), or None."""
+    if not isinstance(neg, dict):
+        return None
+    neg = assertive(neg)
+    if set(neg) == {"required"} and isinstance(neg["required"], list) and neg["required"] \
+            and all(isinstance(n, str) for n in neg["required"]):
+        return [list(neg["required"])]
+    if set(neg) == {"anyOf"} and isinstance(neg["anyOf"], list):
+        out = []
+        for alt in neg["anyOf"]:
+            sub = _required_combos(alt)
+            if sub is None:
+                return None
+            out += sub
+        return out or None
+    if set(neg) == {"allOf"} and isinstance(neg["allOf"], list):
+        names: list[str] = []
+        for alt in neg["allOf"]:
+            sub = _required_combos(alt)
+            if sub is None or len(sub) != 1:
+                return None
+            names += sub[0]
+        return [names] if names else None
+    return None
+
+
 def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: int = 200_000,
-                             deadline_s: float = 5.0) -> Automaton:
+                             deadline_s: float = 5.0, strict: bool = False) -> Automaton:
     """Compile a JSON Schema (dict/bool, or "any_json"/"any_object") into an :class:`Automaton`.
 
     Raises :class:`UnsupportedSchemaError` for keywords we cannot enforce, :class:`GrammarError` for
@@ -366,7 +441,86 @@ def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: in
         raise GrammarError(f"unknown grammar mode {schema!r}: expected a JSON Schema, 'any_json' or 'any_object'")
     if whitespace < 0:
         raise GrammarError(f"whitespace must be >= 0, got {whitespace}")
-    comp = _Compiler(schema, whitespace, max_states, deadline_s)
+    try:
+        json.dumps(schema, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GrammarError("schema holds a lone surrogate (not a Unicode character) in a string") from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise GrammarError(f"schema is not JSON: {type(exc).__name__}: {exc}") from exc
+    deadline = time.perf_counter() + deadline_s
+    try:
+        shared = _shared_refs(schema)
+        if shared:
+            try:
+                return _compile(schema, whitespace, max_states, deadline_s, strict, shared, deadline)
+            except _SharingFailed:
+                pass  # a shared rule overlaps its context or accepts nothing there: inline everything
+        return _compile(schema, whitespace, max_states, deadline_s, strict, frozenset(), deadline)
+    except RecursionError as exc:
+        raise GrammarTooLargeError("schema is nested too deeply to compile") from exc
+
+
+SHARE_REF_MIN_CHARS = 400  # a $ref target this large (as JSON text), used twice or more, is compiled once
+
+
+class _SharingFailed(Exception):
+    pass
+
+
+def _shared_refs(schema: Any) -> frozenset[str]:
+    """Local ``$ref`` targets referenced at least twice whose schema, with its own references expanded, is
+    large: each becomes one rule that every use calls, instead of a copy per use (the DFA otherwise grows
+    with every use)."""
+    counts: dict[str, int] = {}
+    inner: dict[int, list[str]] = {}
+
+    def refs_in(node: Any) -> list[str]:
+        out = []
+        todo = [node]
+        while todo:
+            n = todo.pop()
+            if isinstance(n, dict):
+                ref = n.get("$ref")
+                if isinstance(ref, str) and ref.startswith("#/"):
+                    out.append(ref)
+                todo.extend(n.values())
+            elif isinstance(n, list):
+                todo.extend(n)
+        return out
+
+    for ref in refs_in(schema):
+        counts[ref] = counts.get(ref, 0) + 1
+    targets: dict[str, Any] = {}
+    for ref in counts:
+        node = schema
+        try:
+            for part in ref[2:].split("/"):
+                part = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
+                node = node[int(part)] if isinstance(node, list) else node[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            continue
+        targets[ref] = node
+    sizes: dict[str, int] = {}
+
+    def size(ref: str, seen: frozenset[str]) -> int:
+        if ref in sizes:
+            return sizes[ref]
+        if ref in seen or ref not in targets:
+            return 0
+        node = targets[ref]
+        key = id(node)
+        if key not in inner:
+            inner[key] = refs_in(node)
+        total = len(json.dumps(node)) + sum(size(r, seen | {ref}) for r in inner[key])
+        sizes[ref] = total = min(total, 1 << 30)
+        return total
+
+    return frozenset(r for r, n in counts.items() if n >= 2 and r in targets and size(r, frozenset()) >= SHARE_REF_MIN_CHARS)
+
+
+def _compile(schema: Any, whitespace: int, max_states: int, deadline_s: float, strict: bool,
+             shared: frozenset[str], deadline: float) -> Automaton:
+    comp = _Compiler(schema, whitespace, max_states, deadline_s, strict, shared, deadline)
     comp.rule("#")
     i = 0
     while i < len(comp.rule_keys):
@@ -374,7 +528,14 @@ def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: in
         target = schema if key == "#" else comp.resolve(key, key)
         frag = comp.frag(target, key, (key,))
         if frag is None:
+            if key in shared:
+                raise _SharingFailed(key)
             raise GrammarError(f"schema at {key} accepts no JSON value")
         comp.rule_frags[i] = frag
         i += 1
-    return determinise(comp.nfa, comp.rule_keys, comp.rule_frags, max_states, comp.tick)
+    try:
+        return determinise(comp.nfa, comp.rule_keys, comp.rule_frags, max_states, comp.tick)
+    except UnsupportedSchemaError as exc:
+        if shared and exc.keyword == "$ref":
+            raise _SharingFailed(str(exc)) from exc
+        raise

@@ -5,7 +5,7 @@
   is refused with :class:`UnsupportedSchemaError` naming ``allOf``.
 - :func:`pairwise_disjoint` proves ``oneOf`` alternatives cannot both match (disjoint types, or a
   required property pinned to different ``const`` values); otherwise the compiler refuses ``oneOf``.
-- ``ANNOTATIONS`` are keywords that never constrain a value; ``ANY_SCHEMA`` is generic JSON, written
+- Keywords that cannot constrain a value are dropped first (:func:`.keywords.assertive`); ``ANY_SCHEMA`` is generic JSON, written
   with the ``#any`` reference the compiler turns into a recursive rule.
 
 The functions take a :class:`SchemaResolver` (the compiler) for ``$ref`` lookups and its deadline tick.
@@ -17,11 +17,10 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .errors import GrammarError, UnsupportedSchemaError
-from .strings import json_text
+from .keywords import FORBID_COMBOS, assertive
 
 __all__ = [
     "ALL_TYPES",
-    "ANNOTATIONS",
     "ANY_SCHEMA",
     "SchemaResolver",
     "json_equal",
@@ -31,10 +30,6 @@ __all__ = [
     "value_type_ok",
 ]
 
-ANNOTATIONS = frozenset({
-    "title", "description", "default", "examples", "$comment", "$schema", "$id", "deprecated", "readOnly",
-    "writeOnly", "$anchor", "contentMediaType", "contentEncoding", "discriminator", "strict",
-})
 ALL_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 ANY_SCHEMA = {"anyOf": [
@@ -46,6 +41,8 @@ ANY_SCHEMA = {"anyOf": [
 
 class SchemaResolver(Protocol):
     """What composition needs from the compiler: ``$ref`` lookup and the deadline check."""
+
+    strict: bool
 
     def tick(self) -> None: ...
 
@@ -92,8 +89,8 @@ def json_equal(a: Any, b: Any) -> bool:
         and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
 
 
-_MERGE_MIN = ("minLength", "minItems", "minimum", "exclusiveMinimum")
-_MERGE_MAX = ("maxLength", "maxItems", "maximum", "exclusiveMaximum")
+_MERGE_MIN = ("minLength", "minItems", "minimum", "exclusiveMinimum", "minProperties")
+_MERGE_MAX = ("maxLength", "maxItems", "maximum", "exclusiveMaximum", "maxProperties")
 
 
 def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
@@ -108,6 +105,9 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
     for side in (a, b):
         if not isinstance(side, dict):
             raise GrammarError(f"schema at {path} must be an object or boolean")
+    a, b = assertive(a), assertive(b)
+    if not a or not b:
+        return b if not a else a
     if "$ref" in a and "$ref" not in b:
         a, b = b, a
     if "$ref" in b:
@@ -132,8 +132,10 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
     for key, v in b.items():
         if key not in out:
             out[key] = v
-        elif key in ANNOTATIONS or out[key] == v:
+        elif out[key] == v or key in ("$id", "$defs", "definitions"):
             continue
+        elif key == FORBID_COMBOS:
+            out[key] = [*out[key], *v]
         elif key == "required":
             out[key] = list(dict.fromkeys([*out[key], *v]))
         elif key == "type":
@@ -149,14 +151,29 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
             out[key] = min(out[key], v)
         elif key == "enum":
             out[key] = [x for x in out[key] if any(json_equal(x, y) for y in v)]
-        elif key in ("properties", "additionalProperties"):
+        elif key in ("properties", "additionalProperties", "prefixItems", "items", "additionalItems"):
             continue  # handled below
         else:
             raise UnsupportedSchemaError("allOf", path, f"cannot intersect two different {key!r}")
+    if any(k in side for side in (a, b) for k in ("prefixItems", "items", "additionalItems")):
+        # per position: a side's prefix schema, else its items schema (items never reach into the other side's
+        # prefix positions, so the merged prefix takes both sides' schema for each position)
+        pre_a, rest_a = _array_positions(a)
+        pre_b, rest_b = _array_positions(b)
+        n = max(len(pre_a), len(pre_b))
+        for k in ("prefixItems", "items", "additionalItems"):
+            out.pop(k, None)
+        if n:
+            out["prefixItems"] = [merge_schemas(pre_a[i] if i < len(pre_a) else rest_a,
+                                                pre_b[i] if i < len(pre_b) else rest_b, f"{path}/prefixItems/{i}", comp)
+                                  for i in range(n)]
+        out["items"] = merge_schemas(rest_a, rest_b, f"{path}/items", comp)
     if "properties" in a or "properties" in b or "additionalProperties" in a or "additionalProperties" in b:
         pa, pb = a.get("properties", {}), b.get("properties", {})
-        xa = a.get("additionalProperties", True)
-        xb = b.get("additionalProperties", True)
+        if not isinstance(pa, dict) or not isinstance(pb, dict):
+            raise GrammarError(f"keyword 'properties' at {path} must be an object")
+        xa = a.get("additionalProperties", False if comp.strict and pa else True)
+        xb = b.get("additionalProperties", False if comp.strict and pb else True)
         props = {}
         for name in list(dict.fromkeys([*pa, *pb])):
             sa = pa.get(name, xa)
@@ -167,22 +184,50 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
     return out
 
 
-def _types_of(schema: Any, comp: SchemaResolver, path: str, depth: int = 0) -> set[str] | None:
-    if depth > 8 or not isinstance(schema, dict):
+def _array_positions(schema: dict) -> tuple[list[Any], Any]:
+    """(prefix schemas, schema of every later item), from 2020-12 or draft 4-7 keywords."""
+    items = schema.get("items", True)
+    if isinstance(items, list):
+        return list(items), schema.get("additionalItems", True)
+    return list(schema.get("prefixItems", [])), items
+
+
+def _deref(schema: Any, comp: SchemaResolver, path: str) -> Any:
+    for _ in range(16):
+        if not isinstance(schema, dict):
+            return schema
+        schema = assertive(schema)
+        if set(schema) - {"$defs", "definitions"} != {"$ref"}:
+            return schema
+        schema = comp.resolve(schema["$ref"], path)
+    return None
+
+
+def _types_of(schema: Any) -> set[str] | None:
+    """The JSON types ``schema`` can match (``integer`` counted as ``number``), or None when unknown."""
+    if schema is False:
+        return set()
+    if not isinstance(schema, dict) or any(k in schema for k in ("$ref", "anyOf", "oneOf", "allOf", "not")):
         return None
-    if "$ref" in schema and len(schema) == 1:
-        return _types_of(comp.resolve(schema["$ref"], path), comp, path, depth + 1)
     if "const" in schema:
-        values = [schema["const"]]
-    elif "enum" in schema:
-        values = schema["enum"]
-    else:
-        values = None
-    if values is not None:
-        return {_value_kind(v) for v in values}
+        return {_value_kind(schema["const"])}
+    if "enum" in schema and isinstance(schema["enum"], list):
+        return {_value_kind(v) for v in schema["enum"]}
     if "type" in schema:
         types = {schema["type"]} if isinstance(schema["type"], str) else set(schema["type"])
+        if schema.get("nullable") is True:
+            types.add("null")
         return {"number" if t == "integer" else t for t in types}
+    return None
+
+
+def _values_of(schema: Any) -> list[Any] | None:
+    if not isinstance(schema, dict) or any(k in schema for k in ("$ref", "anyOf", "oneOf", "allOf", "not")):
+        return None
+    if "const" in schema:
+        return [schema["const"]]
+    if "enum" in schema and isinstance(schema["enum"], list):
+        return list(schema["enum"])
     return None
 
 
@@ -193,31 +238,57 @@ def _value_kind(v: Any) -> str:
         return "boolean"
     if isinstance(v, (int, float)):
         return "number"
-    return {str: "string", list: "array", dict: "object"}[type(v)]
+    return {str: "string", list: "array", dict: "object"}.get(type(v), "object")
 
 
-def _discriminator(schema: Any, comp: SchemaResolver, path: str) -> dict[str, str]:
-    """Required properties of an object schema pinned by ``const`` -> their JSON text."""
-    if isinstance(schema, dict) and "$ref" in schema:
-        schema = comp.resolve(schema["$ref"], path)
-    if not isinstance(schema, dict):
-        return {}
-    out = {}
-    for name, sub in schema.get("properties", {}).items():
-        if name in schema.get("required", []) and isinstance(sub, dict) and "const" in sub:
-            out[name] = json_text(sub["const"]).decode()
-    return out
+def _may_have(schema: dict, name: str, strict: bool) -> bool:
+    props = schema.get("properties", {})
+    if isinstance(props, dict) and name in props:
+        return props[name] is not False
+    if schema.get("patternProperties"):
+        return True
+    extra = schema.get("additionalProperties", False if strict and props else True)
+    return extra is not False
+
+
+def disjoint(a: Any, b: Any, comp: SchemaResolver, path: str, depth: int = 0) -> bool:
+    """True if no value can match both ``a`` and ``b`` (sufficient: False means 'maybe overlap')."""
+    comp.tick()
+    if depth > 6:
+        return False
+    a, b = _deref(a, comp, path), _deref(b, comp, path)
+    if a is False or b is False:
+        return True
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    ta, tb = _types_of(a), _types_of(b)
+    if ta is not None and tb is not None and not (ta & tb):
+        return True
+    va, vb = _values_of(a), _values_of(b)
+    if va is not None and vb is not None and not any(json_equal(x, y) for x in va for y in vb):
+        return True
+    if va is not None and tb is not None and not any(_value_kind(x) in tb for x in va):
+        return True
+    if vb is not None and ta is not None and not any(_value_kind(x) in ta for x in vb):
+        return True
+    objects = (ta is None or ta <= {"object"}) and (tb is None or tb <= {"object"}) and (
+        ta == {"object"} or tb == {"object"})
+    if not objects:
+        return False
+    strict = getattr(comp, "strict", False)
+    ra, rb = a.get("required", []), b.get("required", [])
+    if any(isinstance(n, str) and not _may_have(b, n, strict) for n in ra if isinstance(ra, list)):
+        return True
+    if any(isinstance(n, str) and not _may_have(a, n, strict) for n in rb if isinstance(rb, list)):
+        return True
+    pa, pb = a.get("properties", {}), b.get("properties", {})
+    if isinstance(ra, list) and isinstance(rb, list) and isinstance(pa, dict) and isinstance(pb, dict):
+        for name in set(ra) & set(rb):
+            if name in pa and name in pb and disjoint(pa[name], pb[name], comp, path, depth + 1):
+                return True
+    return False
 
 
 def pairwise_disjoint(alts: list[Any], comp: SchemaResolver, path: str) -> bool:
     """True if no two alternatives can match one value (a sufficient check; False means 'maybe overlap')."""
-    types = [_types_of(a, comp, path) for a in alts]
-    discs = [_discriminator(a, comp, path) for a in alts]
-    for i in range(len(alts)):
-        for j in range(i + 1, len(alts)):
-            if types[i] is not None and types[j] is not None and not (types[i] & types[j]):
-                continue
-            if any(k in discs[j] and discs[j][k] != v for k, v in discs[i].items()):
-                continue
-            return False
-    return True
+    return all(disjoint(alts[i], alts[j], comp, path) for i in range(len(alts)) for j in range(i + 1, len(alts)))

@@ -12,10 +12,12 @@ Design (see also :mod:`realizar_ort.grammar.matcher`):
   needs ``counter >= cmin[state]``. So ``maxLength: 5000`` costs a handful of states, not 5000.
 - Output is compact by default (``whitespace=0``); ``whitespace=n`` allows up to ``n`` bytes of
   ``[ \\t\\n]`` at each structural point, never more. Known properties come in schema order; a property
-  missing from ``required`` may be skipped. ``additionalProperties`` absent counts as ``false`` when
-  ``properties`` is given (as OpenAI's strict mode does) and as ``true`` otherwise.
-- Refuse, never ignore: any keyword that would constrain the value and that we do not enforce raises
-  :class:`UnsupportedSchemaError` naming it. Compilation has a state budget and a deadline.
+  missing from ``required`` may be skipped; extra keys (where allowed) come after them.
+  ``additionalProperties`` absent means allowed, as the spec says; ``strict=True`` (OpenAI's strict mode)
+  makes it ``false`` wherever ``properties`` is given (see :mod:`.objects`).
+- Annotations and unknown keywords are ignored (:mod:`.keywords`). Refuse, never ignore: an assertion keyword
+  we do not enforce raises :class:`UnsupportedSchemaError` naming it. Compilation has a state budget and a
+  deadline that every stage checks (regexes are parsed and sized by :mod:`.regex_parse` before building).
 
 Where each part lives:
 
@@ -24,7 +26,7 @@ Where each part lives:
 - :mod:`.schema_compiler`: the schema walk (keywords, ``$ref``/``$defs``, refusals) and
   :func:`compile_schema_automaton`.
 - :mod:`.schema_composition`: ``allOf`` intersection and ``oneOf`` disjointness.
-- :mod:`.schema_strings`, :mod:`.schema_regex`, :mod:`.schema_numbers`: string contents and property
+- :mod:`.schema_strings`, :mod:`.schema_regex` (+ ``regex_parse``), :mod:`.schema_numbers`, ``objects``, ``keywords``: string contents and property
   keys, ``pattern``/``format``, numeric ranges.
 
 Cost: pure Python, roughly 10-20 us per DFA state; callers cache the result (see ``compile_json_schema``).

@@ -464,11 +464,15 @@ COMPILE_CACHE_ENTRIES = 64
 
 
 def compile_json_schema(schema: dict | bool | str, vocab: TokenVocabulary, *, whitespace: int = 0,
-                        max_depth: int = DEFAULT_MAX_DEPTH, deadline_s: float = 5.0) -> CompiledGrammar:
+                        max_depth: int = DEFAULT_MAX_DEPTH, deadline_s: float = 5.0,
+                        strict: bool = False) -> CompiledGrammar:
     """Compile a JSON Schema (or ``"any_json"`` / ``"any_object"``) for ``vocab``. LRU-cached.
 
     ``whitespace``: max whitespace bytes at each structural point (0 = compact JSON). ``max_depth``: the
-    deepest recursion (nesting of generic JSON / recursive ``$ref``) a value may reach.
+    deepest recursion (nesting of generic JSON / recursive ``$ref``) a value may reach. ``strict``: OpenAI's
+    strict mode, where ``additionalProperties`` absent means ``false`` on objects that list ``properties``
+    (otherwise absent means allowed, as JSON Schema says). ``deadline_s``: the compile budget; past it
+    :class:`GrammarTooLargeError`.
     Raises :class:`UnsupportedSchemaError` (names the keyword), :class:`GrammarError` otherwise.
     """
     if not isinstance(schema, (dict, bool, str)):
@@ -477,13 +481,13 @@ def compile_json_schema(schema: dict | bool | str, vocab: TokenVocabulary, *, wh
         text = json.dumps(schema, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise GrammarError(f"schema is not JSON-serialisable: {exc}") from exc
-    key = (text, vocab.cache_key, whitespace, max_depth)
+    key = (text, vocab.cache_key, whitespace, max_depth, strict)
     with _compile_lock:
         hit = _compile_cache.get(key)
         if hit is not None:
             _compile_cache.move_to_end(key)
             return hit
-    automaton = compile_schema_automaton(schema, whitespace=whitespace, deadline_s=deadline_s)
+    automaton = compile_schema_automaton(schema, whitespace=whitespace, deadline_s=deadline_s, strict=strict)
     grammar = CompiledGrammar(automaton, vocab, max_depth)
     with _compile_lock:
         _compile_cache[key] = grammar

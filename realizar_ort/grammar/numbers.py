@@ -12,6 +12,7 @@ on a shared :class:`~.schema_automaton.Nfa`.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 from .automaton import Nfa
 from .errors import UnsupportedSchemaError
@@ -21,7 +22,7 @@ __all__ = ["number_frag"]
 
 def number_frag(nfa: Nfa, schema: dict, path: str, t: str) -> tuple[int, int] | None:
     """Start/end NFA states for a ``number`` or ``integer`` (``t``) schema; None when the range is empty."""
-    if "multipleOf" in schema:
+    if "multipleOf" in schema and not (t == "integer" and schema["multipleOf"] == 1):
         raise UnsupportedSchemaError("multipleOf", path)
     lo, hi, lo_key, hi_key = _bounds(schema, path)
     s, e = nfa.state(), nfa.state()
@@ -33,10 +34,8 @@ def number_frag(nfa: Nfa, schema: dict, path: str, t: str) -> tuple[int, int] | 
             return None
         _integer_range(nfa, s, e, lo_i, hi_i)
         return s, e
-    if hi is not None:
-        raise UnsupportedSchemaError(hi_key, path, "bounds on non-integer numbers are enforced only as minimum: 0")
-    if lo is not None and not (lo[0] == 0 and not lo[1]):
-        raise UnsupportedSchemaError(lo_key, path, "bounds on non-integer numbers are enforced only as minimum: 0")
+    if hi is not None or (lo is not None and not (lo[0] == 0 and not lo[1])):
+        return _bounded_decimal(nfa, s, e, lo, hi, lo_key, hi_key, path)
     start = s
     if lo is None:
         start = nfa.state()
@@ -65,6 +64,69 @@ def number_frag(nfa: Nfa, schema: dict, path: str, t: str) -> tuple[int, int] | 
     nfa.edge(exp_sign, *digit, exp_d)
     nfa.edge(exp_d, *digit, exp_d)
     nfa.eps[exp_d].append(e)
+    return s, e
+
+
+def _bounded_decimal(nfa: Nfa, s: int, e: int, lo, hi, lo_key: str, hi_key: str, path: str) -> tuple[int, int] | None:
+    """Numbers between integer bounds, written without an exponent (a sound restriction of the JSON
+    number grammar): ``n`` or ``n.digits``, compared exactly. A lower bound must be >= 0 (or absent with an
+    upper bound >= 0); a non-integer bound is refused."""
+    for bound, key in ((lo, lo_key), (hi, hi_key)):
+        if bound is not None and bound[0].denominator != 1:
+            raise UnsupportedSchemaError(key, path, "bounds on non-integer numbers must be integers")
+    if lo is not None and lo[0] < 0 or lo is None and hi[0] < 0:
+        raise UnsupportedSchemaError(lo_key or hi_key, path, "negative bounds on non-integer numbers are not enforced")
+    lo_n = None if lo is None else int(lo[0])
+    hi_n = None if hi is None else int(hi[0])
+    lo_x, hi_x = bool(lo and lo[1]), bool(hi and hi[1])
+    if lo_n is not None and hi_n is not None and (lo_n > hi_n or lo_n == hi_n and (lo_x or hi_x)):
+        return None
+    digit = (0x30, 0x39)
+
+    def frac_any(a: int) -> None:  # optional "." digits+ then the end
+        nfa.eps[a].append(e)
+        d0, d = nfa.state(), nfa.state()
+        nfa.edge(a, 0x2E, 0x2E, d0)
+        nfa.edge(d0, *digit, d)
+        nfa.edge(d, *digit, d)
+        nfa.eps[d].append(e)
+
+    # n in [first, last] with any fraction: first..last <= x < last + 1 <= hi
+    first = 0 if lo_n is None else lo_n + (1 if lo_x else 0)
+    last = None if hi_n is None else hi_n - 1
+    if last is None or first <= last:
+        a = nfa.state()
+        _natural_range(nfa, s, a, first, last)
+        frac_any(a)
+    if hi_n is not None and not hi_x and (lo_n is None or hi_n > lo_n or not lo_x):  # exactly hi, ".000" allowed
+        a = nfa.state()
+        _natural_range(nfa, s, a, hi_n, hi_n)
+        nfa.eps[a].append(e)
+        z0, z = nfa.state(), nfa.state()
+        nfa.edge(a, 0x2E, 0x2E, z0)
+        nfa.edge(z0, 0x30, 0x30, z)
+        nfa.edge(z, 0x30, 0x30, z)
+        nfa.eps[z].append(e)
+    if lo_x and (hi_n is None or lo_n < hi_n):  # lo itself plus a fraction with a non-zero digit
+        a, f, nz = nfa.state(), nfa.state(), nfa.state()
+        _natural_range(nfa, s, a, lo_n, lo_n)
+        nfa.edge(a, 0x2E, 0x2E, f)
+        nfa.edge(f, 0x30, 0x30, f)
+        nfa.edge(f, 0x31, 0x39, nz)
+        nfa.edge(nz, *digit, nz)
+        nfa.eps[nz].append(e)
+    if lo_n is None:  # every negative number (hi >= 0): "-" then a non-zero value
+        neg, a = nfa.state(), nfa.state()
+        nfa.edge(s, 0x2D, 0x2D, neg)
+        _natural_range(nfa, neg, a, 1, None)
+        frac_any(a)
+        z, f, nz = nfa.state(), nfa.state(), nfa.state()
+        nfa.edge(neg, 0x30, 0x30, z)
+        nfa.edge(z, 0x2E, 0x2E, f)
+        nfa.edge(f, 0x30, 0x30, f)
+        nfa.edge(f, 0x31, 0x39, nz)
+        nfa.edge(nz, *digit, nz)
+        nfa.eps[nz].append(e)
     return s, e
 
 
@@ -114,6 +176,13 @@ def _same_length_range(nfa: Nfa, s: int, e: int, a: str, b: str) -> None:
     if not a:
         nfa.eps[s].append(e)
         return
+    if a == "0" * len(a) and b == "9" * len(b):  # every digit string of this length: a chain, not a tree
+        cur = s
+        for i in range(len(a)):
+            nxt = e if i == len(a) - 1 else nfa.state()
+            nfa.edge(cur, 0x30, 0x39, nxt)
+            cur = nxt
+        return
     if a[0] == b[0]:
         m = nfa.state()
         nfa.edge(s, ord(a[0]), ord(a[0]), m)
@@ -140,18 +209,24 @@ def _bounds(schema: dict, path: str):
     lo = hi = None
     lo_key = hi_key = ""
     if "minimum" in schema:
-        lo, lo_key = (float(schema["minimum"]), schema.get("exclusiveMinimum") is True), "minimum"
+        lo, lo_key = (_exact(schema["minimum"]), schema.get("exclusiveMinimum") is True), "minimum"
     if "maximum" in schema:
-        hi, hi_key = (float(schema["maximum"]), schema.get("exclusiveMaximum") is True), "maximum"
+        hi, hi_key = (_exact(schema["maximum"]), schema.get("exclusiveMaximum") is True), "maximum"
     for key in ("exclusiveMinimum", "exclusiveMaximum"):
         v = schema.get(key)
         if isinstance(v, bool) or v is None:
             continue
-        if key == "exclusiveMinimum" and (lo is None or v >= lo[0]):
-            lo, lo_key = (float(v), True), key
-        if key == "exclusiveMaximum" and (hi is None or v <= hi[0]):
-            hi, hi_key = (float(v), True), key
-    for bound, key in ((lo, lo_key), (hi, hi_key)):
-        if bound is not None and not math.isfinite(bound[0]):
-            raise UnsupportedSchemaError(key, path, "bound must be finite")
+        if not isinstance(v, (int, float)) or isinstance(v, float) and not math.isfinite(v):
+            raise UnsupportedSchemaError(key, path, "bound must be a finite number")
+        if key == "exclusiveMinimum" and (lo is None or _exact(v) >= lo[0]):
+            lo, lo_key = (_exact(v), True), key
+        if key == "exclusiveMaximum" and (hi is None or _exact(v) <= hi[0]):
+            hi, hi_key = (_exact(v), True), key
     return lo, hi, lo_key, hi_key
+
+
+def _exact(v: object) -> Fraction:
+    """A bound as an exact rational (a float through ``float`` would lose integers above 2**53)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or isinstance(v, float) and not math.isfinite(v):
+        raise UnsupportedSchemaError("minimum", "#", f"bound must be a finite number, got {v!r}")
+    return Fraction(v)

@@ -1,27 +1,28 @@
-r"""``pattern`` and ``format`` for strings: a regex (via interegular) becomes NFA edges over canonical bytes.
+r"""``pattern`` and ``format`` for strings: a regex becomes NFA edges over canonical JSON-string bytes.
 
 ``FORMAT_PATTERNS`` maps each supported ``format`` to an anchored regex (a format is never a substring
-match). A ``pattern`` is a search, as JSON Schema says: unless it starts with ``^`` / ends with ``$`` it
-is padded with ``[\s\S]*``. interegular builds a character DFA (cached per pattern for the process);
-each of its characters is emitted in its canonical JSON escape form (:func:`.schema_strings.canonical`),
-so a pattern constrains the decoded string while the automaton reads JSON bytes. Regex syntax
-interegular cannot handle is refused with :class:`UnsupportedSchemaError` naming ``pattern``/``format``.
+match). A ``pattern`` is a search, as JSON Schema says: a top-level branch not starting with ``^`` / ending
+with ``$`` is padded with any characters. :mod:`.regex_parse` parses the ECMA-262 syntax into a tree of
+code-point sets; :class:`_Builder` writes it into the compiler's NFA (Thompson construction), each
+character in its canonical JSON escape form (:func:`.strings.canonical`), so a pattern constrains the
+decoded string while the automaton reads JSON bytes; the compiler's subset construction determinises it.
+Nothing here runs outside the compile budget: the tree's size (repeats multiplied) is checked against
+``MAX_PATTERN_STATES`` before anything is built, every node built ticks the deadline. Syntax we cannot
+enforce is refused with :class:`UnsupportedSchemaError` naming ``pattern``/``format``.
 
-Cost: parsing is cached (256 patterns); emitting costs one pass over the regex DFA. Not thread-safe on a
-shared :class:`~.schema_automaton.Nfa`; the cache itself is thread-safe (``functools.lru_cache``).
+Cost: linear in the pattern and the states it needs. Not thread-safe on a shared :class:`~.automaton.Nfa`.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from typing import Any
 
 from .automaton import INC, ROOM, Nfa
 from .errors import UnsupportedSchemaError
-from .strings import ASCII_CANONICAL, byte_ranges, canonical, multibyte_char_edges
+from .regex_parse import RegexUnsupported, estimate_states, parse_regex
+from .strings import ASCII_CANONICAL, byte_ranges, multibyte_char_edges
 
-__all__ = ["FORMAT_PATTERNS", "regex_body"]
+__all__ = ["FORMAT_PATTERNS", "STANDARD_FORMATS", "regex_body"]
 
 FORMAT_PATTERNS = {
     "date": r"(000[1-9]|00[1-9]\d|0[1-9]\d\d|[1-9]\d{3})-((0[13578]|1[02])-(0[1-9]|[12]\d|3[01])|(0[469]|11)-(0[1-9]|[12]\d|30)|02-(0[1-9]|1\d|2[0-8]))",
@@ -31,76 +32,189 @@ FORMAT_PATTERNS = {
     "ipv4": r"((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)",
 }
 FORMAT_PATTERNS["date-time"] = FORMAT_PATTERNS["date"] + "T" + FORMAT_PATTERNS["time"]
+# RFC 3986, a strict subset (no IP-literal hosts): what is accepted is a URI for any validator
+_UNRESERVED = r"A-Za-z0-9\-._~"
+_SUB_DELIMS = r"!$&'()*+,;="
+_PCT = r"%[0-9A-Fa-f]{2}"
+_PCHAR = rf"(?:[{_UNRESERVED}{_SUB_DELIMS}:@]|{_PCT})"
+_SEGMENT_NZ = rf"{_PCHAR}+"
+_HOST = rf"(?:[{_UNRESERVED}{_SUB_DELIMS}]|{_PCT})*"
+_AUTHORITY = rf"(?:(?:[{_UNRESERVED}{_SUB_DELIMS}:]|{_PCT})*@)?{_HOST}(?::[0-9]*)?"
+_TAIL = rf"(?:\?(?:{_PCHAR}|[/?])*)?(?:#(?:{_PCHAR}|[/?])*)?"
+_HIER = rf"(?://{_AUTHORITY}(?:/{_PCHAR}*)*|/(?:{_SEGMENT_NZ}(?:/{_PCHAR}*)*)?|{_SEGMENT_NZ}(?:/{_PCHAR}*)*)?"
+_NOSCHEME_SEG = rf"(?:[{_UNRESERVED}{_SUB_DELIMS}@]|{_PCT})+"
+FORMAT_PATTERNS["uri"] = rf"[A-Za-z][A-Za-z0-9+.\-]*:{_HIER}{_TAIL}"
+FORMAT_PATTERNS["uri-reference"] = (rf"(?:{FORMAT_PATTERNS['uri']}|(?://{_AUTHORITY}(?:/{_PCHAR}*)*|/(?:{_SEGMENT_NZ}"
+                                    rf"(?:/{_PCHAR}*)*)?|{_NOSCHEME_SEG}(?:/{_PCHAR}*)*)?{_TAIL})")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+FORMAT_PATTERNS["hostname"] = rf"{_LABEL}(?:\.{_LABEL})*"
+_H16 = r"[0-9A-Fa-f]{1,4}"
+_LS32 = rf"(?:{_H16}:{_H16}|{FORMAT_PATTERNS['ipv4']})"
+FORMAT_PATTERNS["ipv6"] = "|".join([
+    rf"(?:{_H16}:){{6}}{_LS32}", rf"::(?:{_H16}:){{5}}{_LS32}", rf"(?:{_H16})?::(?:{_H16}:){{4}}{_LS32}",
+    rf"(?:(?:{_H16}:){{0,1}}{_H16})?::(?:{_H16}:){{3}}{_LS32}", rf"(?:(?:{_H16}:){{0,2}}{_H16})?::(?:{_H16}:){{2}}{_LS32}",
+    rf"(?:(?:{_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}", rf"(?:(?:{_H16}:){{0,4}}{_H16})?::{_LS32}",
+    rf"(?:(?:{_H16}:){{0,5}}{_H16})?::{_H16}", rf"(?:(?:{_H16}:){{0,6}}{_H16})?::"])
+FORMAT_PATTERNS["ipv6"] = "(?:" + FORMAT_PATTERNS["ipv6"] + ")"
+_DUR_TIME = r"T(?:[0-9]+H(?:[0-9]+M)?(?:[0-9]+S)?|[0-9]+M(?:[0-9]+S)?|[0-9]+S)"
+FORMAT_PATTERNS["duration"] = (rf"P(?:(?:[0-9]+D|[0-9]+M(?:[0-9]+D)?|[0-9]+Y(?:[0-9]+M)?(?:[0-9]+D)?)(?:{_DUR_TIME})?"
+                               rf"|{_DUR_TIME}|[0-9]+W)")
+FORMAT_PATTERNS["json-pointer"] = r"(?:/(?:[^~/]|~[01])*)*"
+# the formats JSON Schema (2020-12) defines: one of these we lack is refused; any other name is an
+# annotation (OpenAPI's int32/int64/double/byte/password, vendor names), ignored as the spec says
+STANDARD_FORMATS = frozenset({
+    "date-time", "date", "time", "duration", "email", "idn-email", "hostname", "idn-hostname", "ipv4", "ipv6",
+    "uri", "uri-reference", "iri", "iri-reference", "uuid", "uri-template", "json-pointer",
+    "relative-json-pointer", "regex",
+})
+
+
+MAX_PATTERN_STATES = 20_000  # NFA states one pattern may build (repeats counted), checked before building
+_ANY = ("set", [(0, 0xD7FF), (0xE000, 0x10FFFF)])
+_ANY_STAR = ("rep", _ANY, 0, None)
 
 
 def regex_body(nfa: Nfa, body: int, pattern: str, anchored: bool, seg: tuple[int, int] | None,
                path: str, keyword: str, tick: Callable[[], None]) -> list[int]:
     """Edges from ``body`` for string content matching ``pattern``; returns the accepting NFA states.
 
-    ``anchored`` False applies JSON Schema search semantics; ``keyword`` names the refusal; ``tick`` is
-    called once per regex DFA state (the compiler's deadline check).
+    ``anchored`` False applies JSON Schema search semantics (``^``/``$`` anchor a top-level branch);
+    ``keyword`` names the refusal; ``tick`` is called once per syntax node built (the compiler's deadline).
     """
-    from interegular.fsm import anything_else
-
-    if not anchored:
-        core = pattern
-        if core.startswith("^"):
-            core = core[1:]
-        else:
-            core = r"[\s\S]*(" + core + ")" if core else core
-        if core.endswith("$") and (len(core) - 1 - len(core[:-1].rstrip("\\"))) % 2 == 0:
-            core = core[:-1]
-        else:
-            core = "(" + core + r")[\s\S]*" if core else r"[\s\S]*"
-        pattern = core
     try:
-        fsm = _regex_fsm(pattern)
-    except Exception as exc:  # interegular raises several types for unsupported syntax
-        raise UnsupportedSchemaError(keyword, path, f"regex {pattern!r} cannot be compiled: {exc}") from exc
-    inc = INC if seg else 0
-    by_tk = fsm.alphabet.by_transition
-    explicit = {c for chars in by_tk.values() for c in chars if c is not anything_else}
-    non_ascii = any(ord(c) > 0x7F for c in explicit)
-    states = {q: (body if q == fsm.initial else nfa.state(seg)) for q in fsm.map}
-    ends = []
-    for q, row in fsm.map.items():
-        tick()
-        src = states[q]
+        tree = parse_regex(pattern)
+        branches = tree[1] if tree[0] == "alt" else [tree]
+        alts = []
+        for branch in branches:
+            items = list(branch[1]) if branch[0] == "cat" else [branch]
+            head = bool(items) and items[0] == ("bol",)
+            tail = bool(items) and items[-1] == ("eol",) and len(items) > int(head)
+            items = items[int(head): len(items) - int(tail)]
+            if anchored and (head or tail):
+                raise RegexUnsupported("anchors in a format")
+            if not anchored:
+                items = ([] if head else [_ANY_STAR]) + items + ([] if tail else [_ANY_STAR])
+            alts.append(("cat", items))
+        tree = alts[0] if len(alts) == 1 else ("alt", alts)
+        if _has_anchor(tree):
+            raise RegexUnsupported("an anchor that does not start or end a top-level branch")
+    except RegexUnsupported as exc:
+        raise UnsupportedSchemaError(keyword, path, f"regex {pattern!r}: {exc}") from exc
+    need = estimate_states(tree, MAX_PATTERN_STATES)
+    if need > MAX_PATTERN_STATES:
+        raise UnsupportedSchemaError(keyword, path, f"regex {pattern!r} needs more than {MAX_PATTERN_STATES} "
+                                                    "automaton states (repeats are expanded)")
+    builder = _Builder(nfa, seg, tick)
+    start = nfa.state(seg)
+    nfa.eps[body].append(start)
+    return [builder.build(tree, start)]
+
+
+def _has_anchor(node: tuple) -> bool:
+    if node[0] in ("bol", "eol"):
+        return True
+    if node[0] in ("cat", "alt"):
+        return any(_has_anchor(c) for c in node[1])
+    return node[0] == "rep" and _has_anchor(node[1])
+
+
+class _Builder:
+    """Thompson construction of a regex syntax tree into the shared NFA, in canonical JSON-string bytes."""
+
+    def __init__(self, nfa: Nfa, seg: tuple[int, int] | None, tick: Callable[[], None]) -> None:
+        self.nfa, self.seg, self.tick = nfa, seg, tick
+        self.inc = INC if seg else 0
+
+    def build(self, node: tuple, a: int) -> int:
+        self.tick()
+        nfa, kind = self.nfa, node[0]
+        if kind == "set":
+            b = nfa.state(self.seg)
+            self.char_edges(a, b, node[1])
+            return b
+        if kind == "cat":
+            for child in node[1]:
+                a = self.build(child, a)
+            return a
+        if kind == "alt":
+            e = nfa.state(self.seg)
+            for child in node[1]:
+                s = nfa.state(self.seg)
+                nfa.eps[a].append(s)
+                nfa.eps[self.build(child, s)].append(e)
+            return e
+        _, child, lo, hi = node
+        for _ in range(lo):
+            a = self.build(child, a)
+        if hi is None:
+            loop = nfa.state(self.seg)
+            nfa.eps[a].append(loop)
+            nfa.eps[self.build(child, loop)].append(loop)
+            return loop
+        e = nfa.state(self.seg)
+        nfa.eps[a].append(e)
+        for _ in range(hi - lo):
+            a = self.build(child, a)
+            nfa.eps[a].append(e)
+        return e
+
+    def char_edges(self, src: int, dst: int, ranges: list[tuple[int, int]]) -> None:
+        """Edges ``src`` -> ``dst`` for each character in ``ranges``, as canonical JSON-string bytes."""
+        nfa, seg, inc = self.nfa, self.seg, self.inc
+        singles: list[int] = []
+        escapes: list[bytes] = []
+        wide: list[tuple[int, int]] = []
+        for lo, hi in ranges:
+            for cp in range(lo, min(hi, 0x7F) + 1):
+                enc = ASCII_CANONICAL[cp]
+                (singles if len(enc) == 1 else escapes).append(enc[0] if len(enc) == 1 else enc)
+            if hi >= 0x80:
+                wide.append((max(lo, 0x80), hi))
+        for lo, hi in byte_ranges(sorted(singles)):
+            nfa.edge(src, lo, hi, dst, inc)
         prefix_states: dict[bytes, int] = {}
-        for tk, dst in row.items():
-            target = states[dst]
-            chars = by_tk[tk]
-            encodings = []
-            for c in chars:
-                if c is anything_else:
-                    if non_ascii:
-                        raise UnsupportedSchemaError(keyword, path, "negated classes mixed with non-ASCII characters")
-                    encodings += [ASCII_CANONICAL[o] for o in range(0x80) if chr(o) not in explicit]
-                    multibyte_char_edges(nfa, src, target, seg, inc)
-                else:
-                    encodings.append(canonical(c))
-            singles = sorted(enc[0] for enc in encodings if len(enc) == 1)
-            for lo, hi in byte_ranges(singles):
-                nfa.edge(src, lo, hi, target, inc)
-            for enc in encodings:
-                if len(enc) == 1:
-                    continue
+        for enc in escapes:
+            cur = src
+            for i in range(len(enc) - 1):
+                key = enc[: i + 1]
+                if key not in prefix_states:
+                    prefix_states[key] = nfa.state(seg)
+                    nfa.edge(cur, enc[i], enc[i], prefix_states[key], ROOM if seg and i == 0 else 0)
+                cur = prefix_states[key]
+            nfa.edge(cur, enc[-1], enc[-1], dst, inc)
+        if wide == [(0x80, 0xD7FF), (0xE000, 0x10FFFF)]:
+            multibyte_char_edges(nfa, src, dst, seg, inc)
+            return
+        for lo, hi in wide:
+            for seq in utf8_sequences(lo, hi):
                 cur = src
-                for i in range(len(enc) - 1):
-                    key = enc[: i + 1]
-                    if key not in prefix_states:
-                        prefix_states[key] = nfa.state(seg)
-                        nfa.edge(cur, enc[i], enc[i], prefix_states[key], ROOM if seg and i == 0 else 0)
-                    cur = prefix_states[key]
-                nfa.edge(cur, enc[-1], enc[-1], target, inc)
-        if q in fsm.finals:
-            ends.append(src)
-    return ends
+                for i, (blo, bhi) in enumerate(seq):
+                    last = i == len(seq) - 1
+                    nxt = dst if last else nfa.state(seg)
+                    nfa.edge(cur, blo, bhi, nxt, inc if last else (ROOM if seg and i == 0 else 0))
+                    cur = nxt
 
 
-@functools.lru_cache(maxsize=256)
-def _regex_fsm(pattern: str) -> Any:
-    """interegular's DFA for a regex (cached: formats and repeated patterns parse once per process)."""
-    import interegular
+def utf8_sequences(lo: int, hi: int) -> list[list[tuple[int, int]]]:
+    """The UTF-8 encodings of code points ``lo..hi`` (no surrogates inside) as byte-range sequences."""
+    out: list[list[tuple[int, int]]] = []
+    for a, b in ((0x80, 0x7FF), (0x800, 0xFFFF), (0x10000, 0x10FFFF)):
+        if lo <= b and hi >= a:
+            _split(max(lo, a), min(hi, b), out)
+    return out
 
-    return interegular.parse_pattern(pattern).to_fsm()
+
+def _split(lo: int, hi: int, out: list[list[tuple[int, int]]]) -> None:
+    n = len(chr(lo).encode("utf-8"))
+    for i in range(1, n):
+        m = (1 << (6 * i)) - 1
+        if lo & ~m != hi & ~m:
+            if lo & m:
+                _split(lo, lo | m, out)
+                _split((lo | m) + 1, hi, out)
+                return
+            if hi & m != m:
+                _split(lo, (hi & ~m) - 1, out)
+                _split(hi & ~m, hi, out)
+                return
+    out.append(list(zip(chr(lo).encode("utf-8"), chr(hi).encode("utf-8"), strict=True)))

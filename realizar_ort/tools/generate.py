@@ -173,13 +173,15 @@ def _call_grammar(engine: Any, call_format: CallFormat, tools: Sequence[ToolDefi
     vocab = _vocabulary(engine, stop_ids)
     try:
         schema = call_format.call_schema(tools, MAX_PARALLEL_CALLS if parallel else 1)
-        return compile_json_schema(schema, vocab, whitespace=CALL_WHITESPACE)
+        # closed objects (additionalProperties absent = false), as before the grammar followed the spec's
+        # default: a call must end within max_tokens, and open objects let a weak model add keys forever
+        return compile_json_schema(schema, vocab, whitespace=CALL_WHITESPACE, strict=True)
     except GrammarError as exc:
         for i, tool in enumerate(all_tools):  # name the tool whose schema is at fault
             if tool not in tools:
                 continue
             try:
-                compile_json_schema(call_format.call_schema([tool]), vocab, whitespace=CALL_WHITESPACE)
+                compile_json_schema(call_format.call_schema([tool]), vocab, whitespace=CALL_WHITESPACE, strict=True)
             except UnsupportedSchemaError as inner:
                 raise InvalidRequestError(
                     f"tools[{i}].function.parameters cannot be enforced: {inner}", f"tools[{i}].function.parameters"

@@ -40,6 +40,8 @@ def test_defaults_fill_missing_keys() -> None:
         ({"models": {"llm": {}}}, "missing required config key 'models.llm.path'"),
         ({"models": {"llm": {"path": "m", "max_batch_size": "8"}}}, "'models.llm.max_batch_size' must be an integer"),
         ({"models": {"llm": {"path": "m", "max_batch_size": 0}}}, "'models.llm.max_batch_size' must be > 0"),
+        ({"models": {"llm": {"path": "m", "grammar_compile_budget_s": 0}}},
+         "'models.llm.grammar_compile_budget_s' must be > 0"),
         ({"models": {"llm": {"path": "m", "max_context": True}}}, "'models.llm.max_context' must be an integer"),
         ({"models": {"embedding": {"path": "e", "overflow": "drop"}}}, "'models.embedding.overflow' must be one of"),
         ({"server": {"port": 70000}}, "'server.port' must be in 0..65535"),

@@ -36,28 +36,28 @@ REFUSED = [
     ("multipleOf", {"type": "integer", "multipleOf": 3}),
     ("minProperties", {"type": "object", "minProperties": 1}),
     ("maxProperties", {"type": "object", "maxProperties": 1}),
-    ("patternProperties", {"type": "object", "patternProperties": {"^a": {}}}),
-    ("propertyNames", {"type": "object", "propertyNames": {"maxLength": 3}}),
     ("contains", {"type": "array", "contains": {"type": "integer"}}),
     ("maxItems", {"type": "array", "items": {"type": "integer"}, "maxItems": 1000}),
     ("minItems", {"type": "array", "items": {"type": "integer"}, "minItems": 500}),
     ("uniqueItems", {"type": "array", "uniqueItems": True}),
     ("if", {"if": {"type": "string"}, "then": {"maxLength": 3}}),
-    ("not", {"not": {"type": "string"}}),
-    ("dependentRequired", {"type": "object", "dependentRequired": {"a": ["b"]}}),
+    ("not", {"not": {"enum": [1, 2]}}),
+    ("dependencies", {"type": "object", "dependencies": {"a": {"required": ["b"]}}}),
+    ("propertyNames", {"type": "object", "properties": {"a": {}}, "propertyNames": {"format": "email"}}),
+    ("$dynamicRef", {"$dynamicRef": "#meta"}),
+    ("$id", {"$defs": {"a": {"$id": "http://x/a", "items": {"$ref": "#/$defs/b"}}}, "$ref": "#/$defs/a"}),
     ("unevaluatedProperties", {"type": "object", "unevaluatedProperties": False}),
-    ("format", {"type": "string", "format": "uri"}),
+    ("format", {"type": "string", "format": "iri"}),
+    ("format", {"type": "string", "format": "regex"}),
     ("pattern", {"type": "string", "pattern": r"\bfoo"}),
     ("pattern", {"type": "string", "pattern": r"(a)\1"}),
     ("$ref", {"$ref": "https://example.com/schema.json"}),
     ("$ref", {"$defs": {"a": {"$anchor": "foo", "type": "integer"}}, "$ref": "#foo"}),
-    ("$id", {"$defs": {"a": {"$id": "http://x/a", "type": "integer"}}, "$ref": "#/$defs/a"}),
     ("oneOf", {"oneOf": [{"type": "integer"}, {"type": "number"}]}),
     ("allOf", {"allOf": [{"pattern": "^a"}, {"pattern": "^b"}]}),
-    ("maximum", {"type": "number", "maximum": 10}),
+    ("maximum", {"type": "number", "maximum": 10.5}),
     ("minimum", {"type": "number", "minimum": 1.5}),
-    ("exclusiveMinimum", {"type": "number", "exclusiveMinimum": 0}),
-    ("required", {"type": "object", "required": ["a"], "additionalProperties": True}),
+    ("exclusiveMinimum", {"type": "number", "exclusiveMinimum": 0.5}),
     ("maxLength", {"anyOf": [{"type": "string", "maxLength": 3}, {"type": "string", "maxLength": 5}]}),
     ("$ref", {"anyOf": [{"type": "array", "items": {"$ref": "#"}}, {"type": "array", "items": {"type": "array"}}]}),
 ]
@@ -126,7 +126,9 @@ def test_properties_in_schema_order_with_optional_and_required():
     assert accepts(schema, '{"b":"x","c":false}')
     assert not accepts(schema, '{"a":1}')
     assert not accepts(schema, '{"b":"x","a":1}')
-    assert not accepts(schema, '{"b":"x","d":1}')
+    assert accepts(schema, '{"b":"x","d":1}')  # additionalProperties absent: extra keys allowed, after the listed ones
+    assert not accepts(schema, '{"b":"x","d":1}', strict=True)  # OpenAI strict mode: absent means false
+    assert accepts(schema, '{"a":1,"b":"x"}', strict=True)
 
 
 def test_additional_properties_schema_excludes_known_names():
@@ -185,11 +187,39 @@ def test_pattern_search_semantics_and_anchors():
     ("uuid", "123e4567-e89b-12d3-a456-426614174000", "123e4567e89b12d3a456426614174000"),
     ("email", "a.b@example.com", "a.b.example.com"),
     ("ipv4", "192.168.0.255", "192.168.0.256"),
+    ("uri", "https://a.b:8080/p%20q?x=1#f", "http://x/%zz"),
+    ("uri", "urn:isbn:0451450523", "example.com"),
+    ("uri-reference", "../a/b?c", "a b"),
+    ("hostname", "a-b.example.com", "a_b.com"),
+    ("ipv6", "2001:db8::8a2e:370:7334", "1::2::3"),
+    ("ipv6", "::ffff:192.168.0.1", "1:2:3:4:5:6:7:8:9"),
+    ("duration", "P1Y2M3DT4H5M6S", "P1DT"),
+    ("json-pointer", "/a~1b/0", "/a~2"),
 ])
 def test_formats(fmt, good, bad):
     schema = {"type": "string", "format": fmt}
     assert accepts(schema, compact(good))
     assert not accepts(schema, compact(bad))
+
+
+def test_formats_json_schema_does_not_define_are_annotations():
+    for fmt in ("int32", "password", "topic"):
+        assert accepts({"type": "string", "format": fmt}, '"anything"')
+    assert accepts({"type": "integer", "format": "int64"}, "12")
+
+
+def test_one_of_proven_disjoint():
+    by_required = {"oneOf": [
+        {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": False},
+        {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"], "additionalProperties": False}]}
+    assert accepts(by_required, '{"a":1}') and accepts(by_required, '{"b":1}') and not accepts(by_required, '{}')
+    by_value = {"oneOf": [{"enum": ["x", "y"]}, {"enum": ["z"]}, {"type": "integer"}]}
+    assert accepts(by_value, '"z"') and accepts(by_value, "3") and not accepts(by_value, '"w"')
+    nested = {"oneOf": [{"type": "object", "properties": {"kind": {"enum": ["a"]}}, "required": ["kind"]},
+                        {"type": "object", "properties": {"kind": {"type": "integer"}}, "required": ["kind"]}]}
+    assert accepts(nested, '{"kind":"a"}') and accepts(nested, '{"kind":2}') and not accepts(nested, '{"kind":"b"}')
+    with pytest.raises(UnsupportedSchemaError, match="'oneOf'"):  # open objects: {"a":1,"b":1} matches both
+        compile_schema_automaton({"oneOf": [{"type": "object", "required": ["a"]}, {"type": "object", "required": ["b"]}]})
 
 
 def test_enum_const_and_type_lists():

@@ -44,7 +44,9 @@ FORMAT = CallFormat(opening_token="<tag>", json_at_start=True, name_key="name", 
                     type_field=False, parallel_array=True, stop_tokens=("<stop>",))
 TOOLS = parse_tools([
     {"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["x"]}}},
+        # closed: a random walk over an open object (extra keys allowed, as JSON Schema says) need not end
+        "type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["x"],
+        "additionalProperties": False}}},
     {"type": "function", "function": {"name": "g"}},
 ])
 SCHEMA = FORMAT.call_schema(TOOLS)
