@@ -145,8 +145,8 @@ def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingPa
 
         tools = [dict(t) for t in req.tools]
         return lambda: generate_with_tools_stream(llm.engine, messages, tools, req.tool_choice,
-                                                  req.parallel_tool_calls, params)
-    return lambda: llm.engine.chat_stream(messages, params)
+                                                  req.parallel_tool_calls, params, req.chat_template_kwargs)
+    return lambda: llm.engine.chat_stream(messages, params, **req.chat_template_kwargs)
 
 
 @dataclass

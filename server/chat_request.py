@@ -9,7 +9,7 @@ linear in the body size. Pure functions: safe from any thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .chat_messages import read_messages
@@ -24,6 +24,7 @@ from .protocol_fields import (
     short_repr,
     type_name,
 )
+from .template_kwargs import read_chat_template_kwargs
 
 __all__ = ["ChatCompletionRequest", "validate_chat_request"]
 
@@ -36,7 +37,7 @@ _CHAT_FIELDS = {
     "model", "messages", "tools", "tool_choice", "parallel_tool_calls", "response_format", "max_tokens",
     "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs", "n", "stream", "stream_options",
-    "logit_bias", "ignore_eos",
+    "logit_bias", "ignore_eos", "chat_template_kwargs",
 } | _CHAT_METADATA_FIELDS
 
 
@@ -63,6 +64,7 @@ class ChatCompletionRequest:
     stream: bool = False
     include_usage: bool = False
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # vLLM's: extra template variables
 
     @property
     def uses_tools(self) -> bool:
@@ -140,6 +142,7 @@ def validate_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
         stream=stream,
         include_usage=include_usage,
         ignore_eos=read_bool(data, "ignore_eos", default=False),
+        chat_template_kwargs=read_chat_template_kwargs(data),
     )
 
 
