@@ -1,16 +1,17 @@
 """``POST /tokenize`` and ``POST /detokenize`` (vLLM's bodies): see exactly what the model receives.
 
-``/tokenize`` takes either ``{"model", "prompt", "add_special_tokens"?}`` or a chat body
-``{"model", "messages", "tools"?, "add_generation_prompt"? (true), "chat_template_kwargs"?,
+``/tokenize`` takes either ``{"model"?, "prompt", "add_special_tokens"?}`` or a chat body
+``{"model"?, "messages", "tools"?, "add_generation_prompt"? (true), "chat_template_kwargs"?,
 "add_special_tokens"? (true)}``. A chat body is rendered by the same path ``/v1/chat/completions``
 takes (the model's chat template, through the tool strategy when tools or tool messages are present),
-so ``prompt`` in the answer is byte for byte the text a completion starts from, and ``tokens`` its ids
-(``add_special_tokens`` true: the model's BOS is prepended when the text lacks it, as generation does;
-false: the text's own tokens only). Answer: ``{"prompt", "tokens", "count", "max_model_len"}``.
-``/detokenize`` takes ``{"model", "tokens"}`` and answers ``{"prompt"}`` (special tokens kept).
+so ``prompt`` in the answer is byte for byte the text a completion starts from, and ``tokens`` its ids.
+``model`` defaults to the served chat model (as in vLLM). ``add_special_tokens`` true: the model's BOS
+is prepended when the text lacks it, as generation does; false: the text's own tokens only. Answer:
+``{"prompt", "tokens", "count", "max_model_len"}`` (+ ``token_strs`` with ``return_token_strs``).
+``/detokenize`` takes ``{"model"?, "tokens"}`` and answers ``{"prompt"}`` (special tokens kept).
 
-Both are pure CPU work on the request thread pool (rendering is microseconds to a millisecond,
-tokenizing linear in the text); every error is a 400 naming the field.
+Both are pure CPU work in a worker thread (rendering is microseconds to a millisecond, tokenizing
+linear in the text); every error is a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .protocol_fields import (
     short_repr,
     type_name,
 )
-from .state import read_body, state_of
+from .state import LlmService, ServerState, read_body, state_of
 from .template_kwargs import read_chat_template_kwargs
 
 __all__ = ["detokenize", "tokenize"]
@@ -48,7 +49,7 @@ _CHAT_FIELDS = {"model", "messages", "tools", "add_generation_prompt", "chat_tem
 async def tokenize(request: Request) -> Response:
     state = state_of(request)
     data = parse_json_body(await read_body(request, state.config.server.max_body_bytes))
-    llm = state.require_llm(read_string(data, "model", required=True))
+    llm = _llm(state, data)
     if "messages" in data and "prompt" in data:
         raise invalid("Send either prompt or messages, not both.", "prompt")
     if "messages" not in data and "prompt" not in data:
@@ -85,6 +86,14 @@ async def tokenize(request: Request) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+def _llm(state: ServerState, data: dict[str, Any]) -> LlmService:
+    """The chat model named by ``model``; as in vLLM, ``model`` may be left out (the served chat model)."""
+    model = read_string(data, "model")
+    if not model and state.llm is not None:
+        return state.llm
+    return state.require_llm(model)
+
+
 def _renderer(engine: Any, req: ChatCompletionRequest, add_generation_prompt: bool) -> Any:
     """The prompt text exactly as ``/v1/chat/completions`` renders it for this request."""
     messages = [dict(m) for m in req.messages]
@@ -100,7 +109,7 @@ async def detokenize(request: Request) -> Response:
     state = state_of(request)
     data = parse_json_body(await read_body(request, state.config.server.max_body_bytes))
     check_unknown_fields(data, {"model", "tokens"})
-    llm = state.require_llm(read_string(data, "model", required=True))
+    llm = _llm(state, data)
     tokens = data.get("tokens")
     if not isinstance(tokens, list):
         raise invalid(f"tokens must be an array of token ids, got {type_name(tokens)}.", "tokens")
