@@ -53,9 +53,15 @@ def golden_prompts() -> list[dict[str, Any]]:
     ]
 
 
+# Chat goldens pin the template's date: Llama 3.1/3.2 templates write "Today Date" from the clock otherwise,
+# and a golden rendered on the export day would not match the same render a day later.
+GOLDEN_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024"}
+
+
 def _prompt_ids(tokenizer: Any, prompt: dict[str, Any], add_bos: bool) -> tuple[str, list[int]]:
     if "messages" in prompt:
-        text = tokenizer.apply_chat_template(prompt["messages"], add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(prompt["messages"], add_generation_prompt=True, tokenize=False,
+                                             **GOLDEN_TEMPLATE_KWARGS)
         return text, tokenizer(text, add_special_tokens=False).input_ids
     return prompt["text"], tokenizer(prompt["text"], add_special_tokens=add_bos).input_ids
 
@@ -143,7 +149,8 @@ def llm_greedy_parity(hf_dir: Path, folder: Path, spec: dict[str, Any]) -> dict[
         got = ort_greedy(session, spec, ids, MAX_NEW_TOKENS)
         if got != expected:
             mismatches.append({"prompt": text[:80], "transformers": expected, "onnxruntime": got})
-        records.append({**prompt, "prompt_text": text, "prompt_ids": ids, "greedy_ids": expected})
+        kwargs = {"chat_template_kwargs": GOLDEN_TEMPLATE_KWARGS} if "messages" in prompt else {}
+        records.append({**prompt, **kwargs, "prompt_text": text, "prompt_ids": ids, "greedy_ids": expected})
     (folder / GOLDEN_FILE).write_text(json.dumps({"max_new_tokens": MAX_NEW_TOKENS, "prompts": records}, ensure_ascii=False))
     longest = max(len(r["prompt_ids"]) for r in records)
     return {"passed": not mismatches, "prompts": len(records), "longest_prompt_tokens": longest, "mismatches": mismatches}

@@ -24,7 +24,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import InvalidRequestError
 
-__all__ = ["ChatTemplate", "ChatTemplateError"]
+__all__ = ["RESERVED_VARIABLES", "ChatTemplate", "ChatTemplateError"]
+
+# Template variables a request sets itself; extra variables (chat_template_kwargs) may not replace them.
+RESERVED_VARIABLES = frozenset({"messages", "tools", "documents", "add_generation_prompt", "continue_final_message"})
 
 
 class ChatTemplateError(ValueError):
@@ -107,12 +110,20 @@ class ChatTemplate:
         **template_kwargs: Any,
     ) -> str:
         """The prompt text for `messages` (OpenAI-style dicts). Extra kwargs become template variables
-        (e.g. ``date_string`` for Llama 3). ``tools`` and ``documents`` are None when absent, as in transformers."""
+        (e.g. ``date_string`` for Llama 3) and override the special tokens, as in transformers; they may
+        not be one of `RESERVED_VARIABLES`. ``tools`` and ``documents`` are None when absent, as in
+        transformers. Deterministic for equal inputs, except where the template calls ``strftime_now``
+        (Meta's Llama 3.2 template writes today's date unless ``date_string`` is given)."""
         if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
             raise InvalidRequestError("messages must be a list of message objects", "messages")
         for i, message in enumerate(messages):
             if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
                 raise InvalidRequestError(f"messages[{i}] must be an object with a string 'role'", "messages")
+        reserved = RESERVED_VARIABLES.intersection(template_kwargs)
+        if reserved:
+            raise InvalidRequestError(
+                f"chat_template_kwargs may not set {', '.join(sorted(reserved))}: the request sets it", "chat_template_kwargs"
+            )
         variables: dict[str, Any] = {**self.special_tokens, **template_kwargs}
         variables["messages"] = messages
         variables["add_generation_prompt"] = add_generation_prompt

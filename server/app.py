@@ -6,9 +6,10 @@ and closes them when it stops; tests and embedders of the server may pass ready 
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``POST /v1/completions``,
 ``POST /v1/embeddings``, ``GET /v1/models[/{model}]``,
+``POST /tokenize`` / ``POST /detokenize`` (vLLM's: the exact prompt text and ids a request gives),
 ``GET /health`` (liveness: the process answers), ``GET /ready`` (readiness: models loaded, engine
-running), ``GET /metrics`` (Prometheus). With ``[server].api_keys`` set, every ``/v1/`` route needs
-``Authorization: Bearer <key>``; health, readiness and metrics stay open for probes and scrapers.
+running), ``GET /metrics`` (Prometheus). With ``[server].api_keys`` set, every ``/v1/`` route and
+``/tokenize`` / ``/detokenize`` need ``Authorization: Bearer <key>``; health, readiness and metrics stay open for probes and scrapers.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .metrics import CONTENT_TYPE, ServerMetrics
 from .models_route import list_models, retrieve_model
 from .responses import create_response
 from .state import EmbeddingService, LlmService, ServerState, state_of
+from .tokenize import detokenize, tokenize
 
 __all__ = ["create_app", "engine_provider"]
 
@@ -49,8 +51,10 @@ log = logging.getLogger("realizar_ort.server")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 _ROUTE_LABELS = {
-    "/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/ready", "/metrics",
+    "/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings", "/v1/models", "/health",
+    "/ready", "/metrics", "/tokenize", "/detokenize",
 }
+_KEYED_ROOT_ROUTES = {"/tokenize", "/detokenize"}  # outside /v1/ (vLLM's paths) but behind the API keys too
 
 
 def create_app(config: Config, *, llm: Any = None, embedder: Any = None) -> Starlette:
@@ -80,6 +84,8 @@ def create_app(config: Config, *, llm: Any = None, embedder: Any = None) -> Star
         Route("/v1/embeddings", _guard(embeddings), methods=["POST"]),
         Route("/v1/models", _guard(list_models), methods=["GET"]),
         Route("/v1/models/{model:path}", _guard(retrieve_model), methods=["GET"]),
+        Route("/tokenize", _guard(tokenize), methods=["POST"]),
+        Route("/detokenize", _guard(detokenize), methods=["POST"]),
         Route("/health", _guard(health), methods=["GET"]),
         Route("/ready", _guard(ready), methods=["GET"]),
         Route("/metrics", _guard(metrics_route), methods=["GET"]),
@@ -229,7 +235,7 @@ class _Gateway:
             await send(message)
 
         try:
-            if self.keys and path.startswith("/v1/") and not self._authorized(scope):
+            if self.keys and (path.startswith("/v1/") or path in _KEYED_ROOT_ROUTES) and not self._authorized(scope):
                 error = APIError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
                                  "invalid_request_error", None, "invalid_api_key",
                                  {"www-authenticate": "Bearer"})

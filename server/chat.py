@@ -156,8 +156,8 @@ def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingPa
         fmt = req.response_format
         answer = None if fmt is None else (fmt.schema if fmt.type == "json_schema" and fmt.schema else {"type": "object"})
         return lambda: generate_with_tools_stream(llm.engine, messages, tools, req.tool_choice,
-                                                  req.parallel_tool_calls, params, answer)
-    return lambda: llm.engine.chat_stream(messages, params)
+                                                  req.parallel_tool_calls, params, answer, req.chat_template_kwargs)
+    return lambda: llm.engine.chat_stream(messages, params, **req.chat_template_kwargs)
 
 
 @dataclass

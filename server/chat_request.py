@@ -9,7 +9,7 @@ linear in the body size. Pure functions: safe from any thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .chat_messages import read_messages
@@ -24,6 +24,7 @@ from .protocol_fields import (
     short_repr,
     type_name,
 )
+from .template_kwargs import read_chat_template_kwargs
 
 __all__ = ["ChatCompletionRequest", "read_stop", "validate_chat_request"]
 
@@ -36,7 +37,7 @@ _CHAT_FIELDS = {
     "model", "messages", "tools", "tool_choice", "parallel_tool_calls", "response_format", "max_tokens",
     "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs", "n", "stream", "stream_options",
-    "logit_bias", "ignore_eos", "fast_forward",
+    "logit_bias", "ignore_eos", "fast_forward", "chat_template_kwargs",
 } | _CHAT_METADATA_FIELDS
 
 
@@ -64,6 +65,7 @@ class ChatCompletionRequest:
     include_usage: bool = False
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
     fast_forward: bool = True  # ours: false samples every token even where a grammar forces it
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # vLLM's: extra template variables
 
     @property
     def uses_tools(self) -> bool:
@@ -139,6 +141,7 @@ def validate_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
         include_usage=include_usage,
         ignore_eos=read_bool(data, "ignore_eos", default=False),
         fast_forward=read_bool(data, "fast_forward", default=True),
+        chat_template_kwargs=read_chat_template_kwargs(data),
     )
 
 

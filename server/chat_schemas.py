@@ -40,7 +40,7 @@ class JsonSchemaFormat:
 
 
 def read_tools(value: Any) -> tuple[dict[str, Any], ...]:
-    """``tools``: at most :data:`MAX_TOOLS` function definitions with unique names, cleaned of extras."""
+    """``tools``: at most :data:`MAX_TOOLS` function definitions with unique names, kept as sent (the chat template lists them so)."""
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -75,12 +75,8 @@ def read_tools(value: Any) -> tuple[dict[str, Any], ...]:
         strict = fn.get("strict")
         if strict is not None and not isinstance(strict, bool):
             raise invalid(f"{at}.function.strict must be a boolean.", f"{at}.function.strict")
-        clean = {"name": name, "parameters": parameters}
-        if description is not None:
-            clean["description"] = description
-        if strict is not None:
-            clean["strict"] = strict
-        tools.append({"type": "function", "function": clean})
+        # kept as sent (unknown keys were refused above): the chat template lists tools as the client wrote them
+        tools.append({"type": "function", "function": dict(fn)})
     return tuple(tools)
 
 

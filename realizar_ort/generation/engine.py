@@ -242,15 +242,17 @@ class ModelEngine:
         tool_choice: Any = "auto",
         parallel_tool_calls: bool | None = None,
         params: SamplingParams | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> ToolGenerationResult:
         """A chat turn that ends in text and/or tool calls; every call is valid against its tool's schema.
 
         `tools`: OpenAI `tools` dicts or `ToolDefinition`s; `tool_choice`: "auto" | "required" | "none" |
         {"type": "function", "function": {"name": ...}} (OpenAI's shapes); `parallel_tool_calls`: None lets the model's tool format
-        decide (Llama 3's JSON format holds one call per turn)."""
+        decide (Llama 3's JSON format holds one call per turn); `template_kwargs`: extra chat-template
+        variables (e.g. ``date_string``)."""
         from ..tools.generate import generate_with_tools
 
-        return generate_with_tools(self, messages, tools, tool_choice, parallel_tool_calls, params)
+        return generate_with_tools(self, messages, tools, tool_choice, parallel_tool_calls, params, template_kwargs)
 
     def generate_with_tools_stream(
         self,
@@ -259,11 +261,13 @@ class ModelEngine:
         tool_choice: Any = "auto",
         parallel_tool_calls: bool | None = None,
         params: SamplingParams | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> ToolGenerationStream:
         """The streaming form of `generate_with_tools`: deltas carry content and tool-call fragments."""
         from ..tools.generate import generate_with_tools_stream
 
-        return generate_with_tools_stream(self, messages, tools, tool_choice, parallel_tool_calls, params)
+        return generate_with_tools_stream(self, messages, tools, tool_choice, parallel_tool_calls, params,
+                                          template_kwargs)
 
     def _check_params(self, params: SamplingParams | None) -> SamplingParams:
         if params is None:

@@ -52,6 +52,7 @@ class ToolDefinition:
     description: str | None = None
     parameters: Mapping[str, Any] = field(default_factory=lambda: dict(_EMPTY_PARAMETERS))
     strict: bool | None = None
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)  # the dict as sent
 
     @classmethod
     def from_openai(cls, tool: Any, param: str = "tools[0]") -> ToolDefinition:
@@ -96,7 +97,7 @@ class ToolDefinition:
             raise InvalidRequestError(
                 f"{param}.function.strict must be a boolean, got {_kind(strict)}", f"{param}.function.strict"
             )
-        return cls(name=name, description=description, parameters=parameters, strict=strict)
+        return cls(name=name, description=description, parameters=parameters, strict=strict, source=tool)
 
     def to_openai(self) -> dict[str, Any]:
         """The OpenAI ``tools[]`` entry; keys in OpenAI's order (name, description, parameters)."""
@@ -107,6 +108,11 @@ class ToolDefinition:
         if self.strict is not None:
             fn["strict"] = self.strict
         return {"type": "function", "function": fn}
+
+    def as_sent(self) -> Mapping[str, Any]:
+        """The ``tools[]`` entry exactly as the client sent it (what a chat template lists, as in
+        transformers and vLLM), or `to_openai` for a definition built in code."""
+        return self.source if self.source is not None else self.to_openai()
 
 
 @dataclass(frozen=True)

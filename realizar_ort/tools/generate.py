@@ -57,6 +57,7 @@ __all__ = [
     "ToolGenerationStream",
     "generate_with_tools",
     "generate_with_tools_stream",
+    "render_tool_prompt",
 ]
 
 MAX_PARALLEL_CALLS = 8  # calls one turn may hold when the format allows several
@@ -193,9 +194,22 @@ def _call_grammar(engine: Any, call_format: CallFormat, tools: Sequence[ToolDefi
         raise InvalidRequestError(f"the tools' schemas cannot be enforced together: {exc}", "tools") from exc
 
 
+def render_tool_prompt(
+    engine: Any, messages: Any, tools: Any, template_kwargs: Mapping[str, Any] | None = None,
+    add_generation_prompt: bool = True,
+) -> str:
+    """The exact prompt a tool-calling turn on `engine` starts from (what ``/tokenize`` shows): messages
+    normalised (past calls' arguments parsed), rendered by the model's tool strategy with
+    `template_kwargs` (the request's ``chat_template_kwargs``). Raises `InvalidRequestError`."""
+    definitions = tools if _is_definitions(tools) else parse_tools(tools)
+    strategy = strategy_for(engine.manifest, getattr(engine, "chat_template", None))
+    return strategy.render(normalize_messages(messages), definitions, add_generation_prompt, **dict(template_kwargs or {}))
+
+
 def _prepare(
     engine: Any, messages: Any, tools: Any, tool_choice: Any, parallel_tool_calls: bool | None,
     params: SamplingParams | None, response_format: Mapping[str, Any] | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> _ToolRequest:
     definitions = tools if _is_definitions(tools) else parse_tools(tools)
     choice = parse_tool_choice(tool_choice, definitions)
@@ -241,7 +255,7 @@ def _prepare(
         processors = (sampler,) + processors  # the grammar mask comes first
     stop_ids = tuple(dict.fromkeys(tuple(base.stop_token_ids) + tuple(int(t) for t in tables.stop_ids)))
     run_params = dataclasses.replace(base, logit_processors=processors, stop_token_ids=stop_ids)
-    prompt = strategy.render(normalized, definitions, add_generation_prompt=True)
+    prompt = strategy.render(normalized, definitions, True, **dict(template_kwargs or {}))
     return _ToolRequest(strategy, definitions, choice, tables, parallel, prompt, run_params, formatted)
 
 
@@ -410,6 +424,7 @@ def generate_with_tools_stream(
     parallel_tool_calls: bool | None = None,
     params: SamplingParams | None = None,
     response_format: Mapping[str, Any] | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> ToolGenerationStream:
     """Start a tool-calling turn on `engine` (a `ModelEngine`) and stream its deltas.
 
@@ -420,11 +435,13 @@ def generate_with_tools_stream(
     being possible and is refused for one-call formats such as Llama 3's. `params`: sampling; the tool
     sampler goes first among its logit processors and the format's stop tokens are added.
     `response_format`: a JSON Schema (``{"type": "object"}`` for any object) a reply that is not a call
-    must match: under "auto" the reply is a call or that JSON (one grammar for both), under "none" only
-    the JSON, under "required"/a named tool only calls. Raises `InvalidRequestError` (naming the field)
-    before anything is queued.
+    must match: under "auto" the reply is a call or that JSON, under "none" only the JSON, under
+    "required"/a named tool only calls. `template_kwargs`: extra chat-template variables (the request's
+    ``chat_template_kwargs``, e.g. ``{"date_string": "25 Nov 2026"}``). Raises `InvalidRequestError`
+    (naming the field) before anything is queued.
     """
-    request = _prepare(engine, messages, tools, tool_choice, parallel_tool_calls, params, response_format)
+    request = _prepare(engine, messages, tools, tool_choice, parallel_tool_calls, params, response_format,
+                       template_kwargs)
     inner = engine.generate_stream(request.prompt, request.params)
     return ToolGenerationStream(inner, _ReplyReader(request, engine.tokenizer))
 
@@ -437,8 +454,9 @@ def generate_with_tools(
     parallel_tool_calls: bool | None = None,
     params: SamplingParams | None = None,
     response_format: Mapping[str, Any] | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> ToolGenerationResult:
     """Run a tool-calling turn to the end: the fold of `generate_with_tools_stream` (same arguments)."""
     with generate_with_tools_stream(engine, messages, tools, tool_choice, parallel_tool_calls, params,
-                                    response_format) as stream:
+                                    response_format, template_kwargs) as stream:
         return ToolGenerationResult.fold(stream)

@@ -8,7 +8,9 @@ A `LogitProcessor` for one request. Its phases, driven only by the tokens the re
   token. The probability of opening a call is kept: the mass of the ``{`` tokens the grammar refuses
   (say ``{\\n`` under a compact grammar) is moved onto the ones it accepts, in proportion, so the model
   calls a tool exactly as often as it wanted to, and every call it starts is valid.
-  ``"required"``/a named tool: only a call may start (the opening token, or the grammar's first tokens).
+  ``"required"``/a named tool: only a call may start: the opening token or the grammar's first token
+  (the pooled ``{`` mass, as above), so a Llama 3 model chooses ``<|python_tag|>{...}`` or a bare
+  ``{"name": ...}`` as it would unconstrained; the grammar takes over from the first token of either.
   ``"none"``: call openings are masked.
 - ``free``: text. Unmasked, except that ``"none"`` keeps masking the opening token; seeing the opening
   token (``"auto"``) moves to ``call``.
@@ -158,13 +160,13 @@ class HybridSampler:
             return
         if mode == "none":
             return
-        if mode == "required" and tables.opening_id is not None:
+        if mode == "required" and not json_at_start:
             self.phase = "force_opening"
             return
         first = self._new_matcher_first_tokens()
-        if mode == "required":  # a JSON call from the first token
+        if mode == "required" and tables.opening_id is None:  # a JSON call from the first token
             self.phase = "call"
-        elif json_at_start:  # auto: which "{" / "[" tokens the grammar can start with
+        else:  # which "{" / "[" tokens the grammar can start with (auto, or required with an opening token)
             self._start_ok = self._start_ids[np.isin(self._start_ids, first, assume_unique=True)]
             self._matcher = None  # a new one is made if a call starts
 
@@ -301,8 +303,11 @@ class HybridSampler:
                     logits[t.opening_id] = -np.inf
             elif self._answer is not None:  # auto with a response format: a call or the answer, no text
                 self._only(logits, self._start_allowed)
-            elif self.mode == "auto":  # ("required" never waits here: it starts in force_opening or call)
-                self._pool_opening_mass(logits)
+            else:
+                best = self._pool_opening_mass(logits)
+                if self.mode == "required":  # the opening token or the grammar's first token, nothing else
+                    keep = [t.opening_id] if t.opening_id is not None else []
+                    self._only(logits, np.array(keep + ([best] if best is not None else []), dtype=np.int64))
         elif phase == "free":
             if self.mode == "none" and t.opening_id is not None:
                 logits[t.opening_id] = -np.inf
@@ -324,25 +329,26 @@ class HybridSampler:
         else:  # between, done, error
             self._only(logits, t.stop_ids)
 
-    def _pool_opening_mass(self, logits: np.ndarray) -> None:
+    def _pool_opening_mass(self, logits: np.ndarray) -> int | None:
         """Give the probability of every call-opening token ("{...", "[...") to the grammar's most likely
-        first token.
+        first token, and return that token (None when there is none).
 
         The chance of opening a call is then the model's whole mass on such tokens (however it would have
         spelled the brace), so greedy decoding calls a tool exactly when a call is likelier than any single
         text token; the other opening tokens are refused (those the grammar cannot start with must be)."""
         starts = self._start_ids
         if starts.size == 0:
-            return
+            return None
         if self._start_ok.size == 0:
             logits[starts] = -np.inf
-            return
+            return None
         every = logits[starts].astype(np.float64)
         peak = every.max()
         best = int(self._start_ok[np.argmax(logits[self._start_ok])])
         logits[starts] = -np.inf
         if np.isfinite(peak):
             logits[best] = peak + np.log(np.exp(every - peak).sum())
+        return best
 
     @staticmethod
     def _only(logits: np.ndarray, ids: np.ndarray) -> None:

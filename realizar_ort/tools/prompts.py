@@ -3,10 +3,15 @@
 A strategy renders a whole conversation (system text, the tool listing, past calls, tool results) and
 describes a call in the model's output (`CallFormat`: the special token or leading ``{`` that opens one,
 the JSON keys of its body, the stop tokens, whether several calls fit in one turn), so `HybridSampler`
-knows when a call begins and which grammar takes over. `strategy_for(manifest)` picks one from the
-manifest's ``llm.chat_format``, never from the model's name.
+knows when a call begins and which grammar takes over. `strategy_for(manifest, chat_template)` picks one
+from the manifest's ``llm.chat_format`` and the model's template, never from the model's name.
 
-- `Llama3ToolStrategy` (``chat_format = "llama3"``): Meta's JSON-based custom tool calling for Llama
+- `template_tools.TemplateToolStrategy` (``chat_format = "llama3"`` with a template that renders tools,
+  such as Meta's Llama 3.1/3.2 template or ours in ``realizar_ort/templates/llama3.jinja``): the model's
+  own template renders everything, as transformers' ``apply_chat_template`` does; the call format is read
+  off the template's rendering of a past call (see that module).
+- `Llama3ToolStrategy` (``chat_format = "llama3"`` without a template, or with one that cannot render
+  tools, e.g. Llama 3.0's): Meta's JSON-based custom tool calling for Llama
   3.1 / 3.2 / 3.3, from meta-llama/llama-models ``models/llama3_1/prompt_format.md`` ("JSON based tool
   calling", "Built-in tools full interaction") and ``models/llama3_2/text_prompt_format.md`` ("Zero shot
   function calling E2E format"): ``Environment: ipython`` in the system header, the tool listing in a
@@ -14,8 +19,8 @@ manifest's ``llm.chat_format``, never from the model's name.
   ``<|python_tag|>{"type": "function", "name": ..., "parameters": {...}}`` ended by ``<|eom_id|>``, tool
   results under the ``ipython`` role. Past calls are rendered as Meta's reference does
   (``models/llama3/tool_utils.py``: ``json.dumps({"type", "name", "parameters"})``). One call per turn
-  ("Only single tool calls are supported as of now"). The same text comes out of
-  ``realizar_ort/templates/llama3.jinja``; the tests hold both to the documentation byte for byte.
+  ("Only single tool calls are supported as of now"). ``tests/unit/tools/llama3_docs.jinja`` renders the
+  same text; the tests hold both to the documentation byte for byte.
 - `ChatMLToolStrategy` (``chat_format = "chatml"``, SmolLM2): the tool schemas, an example call and the
   question share the last user message (the only layout in which SmolLM2-135M-Instruct calls
   get_weather for "What is the weather in Paris?" and still answers "What is 2+2?" in text); the reply is
@@ -118,27 +123,17 @@ class ToolPromptTemplate(Protocol):
         messages: Sequence[Mapping[str, Any]],
         tools: Sequence[ToolDefinition] = (),
         add_generation_prompt: bool = True,
+        **template_kwargs: Any,
     ) -> str:
-        """The prompt for normalised messages (see `realizar_ort.tools.definitions.normalize_messages`)."""
-        ...
-
-    def render_tool_introduction(self, tools: Sequence[ToolDefinition]) -> str:
-        """The text that lists the tools and says how to call them."""
-        ...
-
-    def render_tool_calls(self, calls: Sequence[Mapping[str, Any]]) -> str:
-        """A past assistant turn's calls (``[{"function": {"name", "arguments": {...}}}]``) as the model
-        would have written them, stop token included."""
-        ...
-
-    def render_tool_result(self, message: Mapping[str, Any]) -> str:
-        """One ``tool`` message as a whole turn."""
+        """The prompt for normalised messages (see `realizar_ort.tools.definitions.normalize_messages`).
+        `template_kwargs`: the request's ``chat_template_kwargs`` (template variables such as
+        ``date_string``)."""
         ...
 
 
 def pretty_json(value: Any, depth: int = 0) -> str:
     """JSON with 4-space indentation whose arrays of scalars stay on one line (``"required": ["n"]``), as
-    in Meta's tool listings. Mirrors the ``pretty_json`` macro of ``templates/llama3.jinja``."""
+    in Meta's tool listings. Mirrors the ``pretty_json`` macro of ``tests/unit/tools/llama3_docs.jinja``."""
     pad = "    "
     if isinstance(value, Mapping):
         if not value:
@@ -190,7 +185,7 @@ class Llama3ToolStrategy:
         self.bos_token = bos_token
 
     def template_variables(self) -> dict[str, Any]:
-        """The variables that make ``templates/llama3.jinja`` render exactly what `render` does."""
+        """The variables that make ``tests/unit/tools/llama3_docs.jinja`` render exactly what `render` does."""
         out: dict[str, Any] = {
             "tools_in_user_message": self.tools_in_user_message,
             "knowledge_cutoff": self.knowledge_cutoff,
@@ -245,7 +240,15 @@ class Llama3ToolStrategy:
         messages: Sequence[Mapping[str, Any]],
         tools: Sequence[ToolDefinition] = (),
         add_generation_prompt: bool = True,
+        **template_kwargs: Any,
     ) -> str:
+        """`template_kwargs`: ``date_string`` overrides the constructor's; other variables are ignored
+        (this format has no others)."""
+        if template_kwargs.get("date_string"):
+            dated = Llama3ToolStrategy(tools_in_user_message=self.tools_in_user_message,
+                                       date_string=str(template_kwargs["date_string"]),
+                                       knowledge_cutoff=self.knowledge_cutoff, bos_token=self.bos_token)
+            return dated.render(messages, tools, add_generation_prompt)
         rest = list(messages)
         system = None
         if rest and rest[0]["role"] == "system":
@@ -337,10 +340,12 @@ class ChatMLToolStrategy:
         messages: Sequence[Mapping[str, Any]],
         tools: Sequence[ToolDefinition] = (),
         add_generation_prompt: bool = True,
+        **template_kwargs: Any,
     ) -> str:
+        """`template_kwargs` go to the model's chat template (plain ChatML has no variables)."""
         prepared = self.prepare_messages(messages, tools)
         if self.chat_template is not None:
-            return self.chat_template.render(prepared, add_generation_prompt=add_generation_prompt)
+            return self.chat_template.render(prepared, add_generation_prompt=add_generation_prompt, **template_kwargs)
         parts = []
         if self.default_system is not None and (not prepared or prepared[0]["role"] != "system"):
             parts.append(f"<|im_start|>system\n{self.default_system}<|im_end|>\n")
@@ -376,12 +381,22 @@ def _example_value(schema: Any) -> Any:
 
 
 def strategy_for(manifest: Manifest, chat_template: ChatTemplate | None = None, **options: Any) -> ToolPromptTemplate:
-    """The tool strategy for a model, chosen by ``manifest.llm.chat_format``. `chat_template` is the
-    model's own template (used by the ChatML strategy); `options` go to the strategy's constructor."""
+    """The tool strategy for a model, chosen by ``manifest.llm.chat_format`` and its chat template.
+
+    ``llama3``: the model's own template (`template_tools.TemplateToolStrategy`) when `probe_template`
+    finds that it renders tools, calls and results; otherwise `Llama3ToolStrategy` (no template, or one
+    such as Llama 3.0's that ignores tools). ``chatml``: `ChatMLToolStrategy`, with the template for the
+    tool-free parts. `options` go to our own strategies' constructors."""
     if manifest.llm is None:
         raise InvalidRequestError(f"model {manifest.name} is not a chat model; it cannot call tools", "tools")
     fmt = manifest.llm.chat_format
     if fmt == "llama3":
+        if chat_template is not None and not options:
+            from .template_tools import TemplateToolStrategy, probe_template  # builds on CallFormat above
+
+            probe = probe_template(chat_template)
+            if probe.call_format is not None:
+                return TemplateToolStrategy(chat_template, probe.call_format)
         return Llama3ToolStrategy(**options)
     if fmt == "chatml":
         return ChatMLToolStrategy(chat_template=chat_template, **options)

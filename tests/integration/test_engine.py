@@ -54,7 +54,7 @@ def _check_golden(engine: ModelEngine, folder: Path) -> None:
     assert max(len(p["prompt_ids"]) for p in golden["prompts"]) > 800  # a long prompt is among them
     for prompt in golden["prompts"]:
         if "messages" in prompt:
-            assert engine.render_chat(prompt["messages"]) == prompt["prompt_text"]
+            assert engine.render_chat(prompt["messages"], **prompt.get("chat_template_kwargs", {})) == prompt["prompt_text"]
         assert engine.encode_prompt(prompt["prompt_text"]) == prompt["prompt_ids"]
         result = engine.generate(prompt["prompt_ids"], params)
         assert result.token_ids == prompt["greedy_ids"], prompt["prompt_text"][:60]

@@ -9,17 +9,20 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+import realizar_ort
 from realizar_ort.chat_template import ChatTemplate
 from realizar_ort.errors import InvalidRequestError
 from realizar_ort.generation.engine import ModelEngine
 from realizar_ort.generation.sampling import SamplingParams
-from realizar_ort.tools.definitions import normalize_messages, parse_tools
+from realizar_ort.tools.definitions import normalize_messages
 from realizar_ort.tools.generate import (
     ToolGenerationResult,
     generate_with_tools,
     generate_with_tools_stream,
+    render_tool_prompt,
 )
-from realizar_ort.tools.prompts import ChatMLToolStrategy, Llama3ToolStrategy, strategy_for
+from realizar_ort.tools.prompts import ChatMLToolStrategy, strategy_for
+from realizar_ort.tools.template_tools import TemplateToolStrategy
 
 pytestmark = pytest.mark.slow  # real models; seconds per test on two shared cores
 
@@ -134,20 +137,28 @@ def test_chatml_strategy_renders_tool_free_chat_like_the_model_template(smollm2:
 
 # ---- tiny Llama 3 (random weights, real vocabulary) ------------------------------------------------------
 def test_tiny_llama3_required_calls_are_always_valid(tiny: ModelEngine) -> None:
+    """Through the folder's Meta-structured template: a call opens with <|python_tag|> or a bare "{", its
+    body is the template's own {"name": ..., "parameters": ...}, and it ends with <|eom_id|> or <|eot_id|>."""
     python_tag = tiny.tokenizer.token_id("<|python_tag|>")
     stops = {tiny.tokenizer.token_id("<|eom_id|>"), tiny.tokenizer.token_id("<|eot_id|>")}
-    names = set()
+    names, openings = set(), set()
     for seed in range(50):
         params = SamplingParams(max_tokens=120, temperature=1.0, seed=seed)
         result = generate_with_tools(tiny, ask("Do something useful."), BOUNDED_TOOLS, "required", params=params)
         assert result.finish_reason == "tool_calls", (seed, result)
-        assert result.token_ids[0] == python_tag and result.token_ids[-1] in stops
+        first = result.token_ids[0]
+        assert first == python_tag or tiny.tokenizer.token_bytes(first).startswith(b"{"), (seed, result.token_ids)
+        assert result.token_ids[-1] in stops
+        body = tiny.tokenizer.decode(result.token_ids[first == python_tag : -1], skip_special_tokens=False)
+        assert list(json.loads(body)) == ["name", "parameters"], body  # the template's call shape, no "type"
         assert len(result.tool_calls) == 1
         call = result.tool_calls[0]
         assert call.arguments is not None, (seed, call)
         jsonschema.validate(call.arguments, SCHEMAS[call.name])
         names.add(call.name)
+        openings.add("python_tag" if first == python_tag else "bare json")
     assert len(names) >= 2  # the union of the tools, not one of them
+    assert openings  # (which opening a random-weight model prefers is its own business)
 
 
 def test_tiny_llama3_named_choice_calls_that_tool(tiny: ModelEngine) -> None:
@@ -175,24 +186,50 @@ def test_tiny_llama3_streams_fold_into_the_non_streaming_result(tiny: ModelEngin
     assert kinds == {"call", "text"}
 
 
+def test_tiny_llama3_exports_with_our_meta_structured_template(tiny: ModelEngine, tiny_llama3_dir: Path) -> None:
+    shipped = Path(realizar_ort.__file__).parent / "templates" / "llama3.jinja"
+    assert (tiny_llama3_dir / "chat_template.jinja").read_text(encoding="utf-8") == shipped.read_text(encoding="utf-8")
+    strategy = strategy_for(tiny.manifest, tiny.chat_template)
+    assert isinstance(strategy, TemplateToolStrategy)
+    assert (strategy.call_format.name_key, strategy.call_format.arguments_key) == ("name", "parameters")
+
+
 def test_tiny_llama3_prompt_is_the_model_folder_template(tiny: ModelEngine, tiny_llama3_dir: Path) -> None:
-    strategy = strategy_for(tiny.manifest)
-    assert isinstance(strategy, Llama3ToolStrategy)
-    template = ChatTemplate.from_file(tiny_llama3_dir / "chat_template.jinja")
-    tools = parse_tools(BOUNDED_TOOLS)
-    turns = normalize_messages([
+    template = ChatTemplate.from_file(tiny_llama3_dir / "chat_template.jinja", {"bos_token": "<|begin_of_text|>"})
+    turns = [
         {"role": "system", "content": "You help."}, *ask("Weather in Zürich?"),
         {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
             "name": "get_weather", "arguments": '{"city": "Zürich"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "3 C"},
-    ])
+    ]
+    date = {"date_string": "25 Nov 2026"}
     for messages in (turns, turns[1:], turns[:2]):
-        for tool_set in (tools, ()):
-            expected = strategy.render(messages, tool_set)
-            variables = strategy.template_variables()
-            openai_tools = [t.to_openai() for t in tool_set] or None
-            assert template.render(messages, tools=openai_tools, **variables) == expected
-            assert tiny.render_chat(messages, tools=openai_tools, **variables) == expected
+        for tool_set in (BOUNDED_TOOLS, []):
+            prompt = render_tool_prompt(tiny, messages, tool_set, date)
+            assert prompt == template.render(normalize_messages(messages), tools=tool_set or None, **date)
+            assert prompt == tiny.render_chat(normalize_messages(messages), tools=tool_set or None, **date)
+            if len(messages) > 2:
+                assert '{"name": "get_weather", "parameters": {"city": "Zürich"}}<|eot_id|>' in prompt
+                assert '<|start_header_id|>ipython<|end_header_id|>\n\n"3 C"<|eot_id|>' in prompt
+
+
+def test_tiny_llama3_round_trip_through_the_template(tiny: ModelEngine) -> None:
+    """A call the model made goes back into the next prompt exactly as the template writes a past call."""
+    date = {"date_string": "25 Nov 2026"}
+    turns = ask("Weather in Paris?")
+    params = SamplingParams(max_tokens=80, temperature=1.0, seed=11)
+    first = generate_with_tools(tiny, turns, BOUNDED_TOOLS, "required", params=params, template_kwargs=date)
+    [made] = first.tool_calls
+    turns = turns + [first.to_openai_message(),
+                     {"role": "tool", "tool_call_id": made.id, "content": json.dumps({"ok": True})}]
+    prompt = render_tool_prompt(tiny, turns, BOUNDED_TOOLS, date)
+    past = json.dumps({"name": made.name, "parameters": made.arguments}, ensure_ascii=False)
+    assert "<|start_header_id|>assistant<|end_header_id|>\n\n" + past + "<|eot_id|>" in prompt
+    assert prompt.endswith('ipython<|end_header_id|>\n\n"{\\"ok\\": true}"<|eot_id|>'
+                           "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    answer = generate_with_tools(tiny, turns, BOUNDED_TOOLS, "none", params=SamplingParams(max_tokens=12, seed=1),
+                                 template_kwargs=date)
+    assert answer.tool_calls == () and answer.usage.prompt_tokens == len(tiny.encode_prompt(prompt))
 
 
 def test_parallel_calls_are_refused_for_llama3(tiny: ModelEngine) -> None:

@@ -1,4 +1,5 @@
-"""Llama 3 prompts, byte for byte against Meta's published examples, and the Jinja template against the strategy.
+"""`Llama3ToolStrategy` (the fallback for Llama 3 models whose template cannot render tools), byte for byte
+against Meta's published prompt-format examples, and its mirror template ``llama3_docs.jinja`` against it.
 
 The expected strings are copied verbatim from meta-llama/llama-models (each cites its file and section).
 Where an example uses something other than JSON tool calling (Llama 3.2's pythonic call in the E2E
@@ -19,7 +20,7 @@ from realizar_ort.tools.definitions import ToolDefinition, normalize_messages, p
 from realizar_ort.tools.parsing import parse_tool_calls
 from realizar_ort.tools.prompts import Llama3ToolStrategy, pretty_json
 
-TEMPLATE = Path(__file__).resolve().parents[3] / "realizar_ort" / "templates" / "llama3.jinja"
+TEMPLATE = Path(__file__).resolve().parent / "llama3_docs.jinja"
 
 # models/llama3_1/prompt_format.md, "Llama 3.1 Instruct Model / User and assistant conversation", input prompt
 DOC_31_CHAT = """<|begin_of_text|><|start_header_id|>system<|end_header_id|>

@@ -154,14 +154,32 @@ def test_none_never_opens_a_call() -> None:
     assert not np.isfinite(logits[TAG]) and np.isfinite(np.delete(logits, TAG)).all()
 
 
-def test_required_with_an_opening_token_starts_with_it(grammar) -> None:
+def test_required_with_an_opening_token_starts_with_it_or_with_bare_json(grammar) -> None:
+    """Llama 3.1/3.2 write a call as <|python_tag|>{...} or as a bare {"name": ...}: under "required" both
+    may start the reply; the "{" tokens' mass is pooled on the grammar's first token, as under "auto"."""
+    braces = [i for i, p in enumerate(PIECES) if p.startswith("{")]
+    logits = logits_for(6)
+    pooled = float(np.logaddexp.reduce(logits[braces].astype(np.float64)))
     s = sampler(grammar, "required")
+    s.process([], logits)
+    assert np.flatnonzero(np.isfinite(logits)).tolist() == sorted([TAG, *ids('{"')])
+    assert logits[ids('{"')[0]] == pytest.approx(pooled, rel=1e-6)
+    s.process([TAG], logits_for(7))
+    assert s.phase == "call"
+    bare = sampler(grammar, "required")
+    bare.process([], logits_for(6))
+    logits = logits_for(7)
+    bare.process(ids('{"'), logits)
+    assert bare.phase == "call"
+    assert {PIECES[i] for i in np.flatnonzero(np.isfinite(logits))} == {"n", "name"}  # the grammar read '{"'
+
+
+def test_required_with_an_opening_token_only_forces_it_when_json_cannot_start(grammar) -> None:
+    fmt = CallFormat("<tag>", False, "name", "arguments", False, True, ("<stop>",))
+    s = sampler(grammar, "required", fmt=fmt)
     logits = logits_for(6)
     s.process([], logits)
     assert np.flatnonzero(np.isfinite(logits)).tolist() == [TAG]
-    logits = logits_for(7)
-    s.process([TAG], logits)
-    assert s.phase == "call"
 
 
 def test_required_without_an_opening_token_starts_inside_the_grammar(grammar) -> None:
@@ -191,14 +209,17 @@ def _walk(s: HybridSampler, rng: np.random.Generator, limit: int = 200) -> tuple
 @pytest.mark.parametrize("parallel", [False, True])
 def test_random_sampling_under_required_always_yields_valid_calls(grammar, parallel_grammar, parallel: bool) -> None:
     shapes = set()
+    openings = set()
     for seed in range(200):
         s = sampler(parallel_grammar if parallel else grammar, "required", parallel=parallel)
         generated, stopped = _walk(s, np.random.default_rng(seed))
-        assert stopped and generated[0] == TAG
-        value = json.loads("".join(PIECES[t] for t in generated[1:]))
+        assert stopped and (generated[0] == TAG or PIECES[generated[0]][0] in "{[")
+        openings.add("<tag>" if generated[0] == TAG else "json")
+        value = json.loads("".join(PIECES[t] for t in generated[generated[0] == TAG:]))
         jsonschema.validate(value, PARALLEL_SCHEMA if parallel else SCHEMA)
         shapes.add(type(value).__name__)
     assert shapes == ({"dict", "list"} if parallel else {"dict"})
+    assert openings == {"<tag>", "json"}  # both ways of opening a call were taken
 
 
 def test_parallel_auto_start_pools_brace_and_bracket_mass(parallel_grammar) -> None:
