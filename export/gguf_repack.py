@@ -70,7 +70,9 @@ def _rotary_rows(n: int, heads: int) -> np.ndarray:
 
 
 def _take_rows(q: QuantLinear, rows: np.ndarray) -> QuantLinear:
-    pick = (lambda a: None if a is None else a[rows])
+    def pick(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[rows]
+
     return QuantLinear(q.bits, q.block_size, q.n, q.k, q.codes[rows], q.scales[rows], pick(q.zero_points),
                        pick(q.offsets), q.source_type)
 

@@ -31,6 +31,7 @@ Export time only (torch/transformers are imported by the caller, weights come in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,12 +144,13 @@ class _Graph:
         return names
 
 
-def _linear(g: _Graph, x: str, name: str, weight_name: str, weight_t: np.ndarray, quant: QuantLinear | None,
-            accuracy_level: int, output: str | None = None) -> str:
-    """``x @ weight_t`` as a MatMul, or as MatMulNBits (+ the block-offset term) when `quant` is given."""
+def _linear(g: _Graph, x: str, name: str, weight_name: str, weight_t: Callable[[], np.ndarray],
+            quant: QuantLinear | None, accuracy_level: int, output: str | None = None) -> str:
+    """``x @ weight_t()`` as a MatMul, or as MatMulNBits (+ the block-offset term) when `quant` is given (then
+    the float weight is never materialised)."""
     if quant is None:
         out = [output] if output else [f"{name}/output_0"]
-        g.nodes.append(helper.make_node("MatMul", [x, g.weight(weight_name, weight_t)], out, name=name))
+        g.nodes.append(helper.make_node("MatMul", [x, g.weight(weight_name, weight_t())], out, name=name))
         return out[0]
     zp = quant.packed_zero_points()
     inputs = [x, g.weight(weight_name + ".qweight", quant.packed_b()),
@@ -169,7 +171,7 @@ def _linear(g: _Graph, x: str, name: str, weight_name: str, weight_t: np.ndarray
     (sums,) = g.node("ReduceSum", [blocked, axes], f"{name}/offsets/ReduceSum", keepdims=0)
     offsets = g.weight(weight_name + ".offsets", np.ascontiguousarray(quant.offsets.T.astype(np.float32)))
     (shift,) = g.node("MatMul", [sums, offsets], f"{name}/offsets/MatMul")
-    out = [output] if output else [f"{name}/output_0"]
+    out = [output] if output else [f"{name}/offsets/Add/output_0"]
     g.nodes.append(helper.make_node("Add", [codes, shift], out, name=f"{name}/offsets/Add"))
     return out[0]
 
@@ -215,8 +217,8 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path, *, all_logits: bo
         else:  # residual + previous MLP output, then RMSNorm
             normed, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [residual, hidden, norm_in],
                                             f"{p}/input_layernorm", outputs=4, domain="com.microsoft", unused=(1, 2), epsilon=eps)
-        qkv_w = np.concatenate([layer["q"], layer["k"], layer["v"]], axis=0).T  # [H, (N + 2 Kv) * hd]
-        qkv = _linear(g, normed, f"{p}/attn/qkv_proj", f"model.layers.{i}.attn.qkv_proj.weight", qkv_w,
+        qkv = _linear(g, normed, f"{p}/attn/qkv_proj", f"model.layers.{i}.attn.qkv_proj.weight",
+                      lambda: np.concatenate([layer["q"], layer["k"], layer["v"]], axis=0).T,  # [H, (N + 2 Kv) * hd]
                       _packed_qkv(w, i), level)
         attn, _, _ = g.node(
             "GroupQueryAttention",
@@ -227,26 +229,26 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path, *, all_logits: bo
             do_rotary=1, rotary_interleaved=0, local_window_size=-1,
         )
         g.nodes[-1].output[1:] = [f"present.{i}.key", f"present.{i}.value"]
-        attn_out = _linear(g, attn, f"{p}/attn/o_proj", f"model.layers.{i}.attn.o_proj.weight", layer["o"].T,
+        attn_out = _linear(g, attn, f"{p}/attn/o_proj", f"model.layers.{i}.attn.o_proj.weight", lambda: layer["o"].T,
                            q.get(f"layers.{i}.o"), level)
         norm_post = g.weight(f"model.layers.{i}.post_attention_layernorm.weight", layer["post_norm"])
         normed, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [residual, attn_out, norm_post],
                                         f"{p}/post_attention_layernorm", outputs=4, domain="com.microsoft", unused=(1, 2), epsilon=eps)
-        gate = _linear(g, normed, f"{p}/mlp/gate_proj", f"model.layers.{i}.mlp.gate_proj.weight", layer["gate"].T,
+        gate = _linear(g, normed, f"{p}/mlp/gate_proj", f"model.layers.{i}.mlp.gate_proj.weight", lambda: layer["gate"].T,
                        q.get(f"layers.{i}.gate"), level)
-        up = _linear(g, normed, f"{p}/mlp/up_proj", f"model.layers.{i}.mlp.up_proj.weight", layer["up"].T,
+        up = _linear(g, normed, f"{p}/mlp/up_proj", f"model.layers.{i}.mlp.up_proj.weight", lambda: layer["up"].T,
                      q.get(f"layers.{i}.up"), level)
         (sig,) = g.node("Sigmoid", [gate], f"{p}/mlp/act_fn/Sigmoid")
         (silu,) = g.node("Mul", [gate, sig], f"{p}/mlp/act_fn/Mul")
         (gated,) = g.node("Mul", [silu, up], f"{p}/mlp/Mul")
-        hidden = _linear(g, gated, f"{p}/mlp/down_proj", f"model.layers.{i}.mlp.down_proj.weight", layer["down"].T,
+        hidden = _linear(g, gated, f"{p}/mlp/down_proj", f"model.layers.{i}.mlp.down_proj.weight", lambda: layer["down"].T,
                          q.get(f"layers.{i}.down"), level)
 
     final = g.weight("model.norm.weight", w.final_norm)
     (normed,) = g.node("SkipSimplifiedLayerNormalization", [residual, hidden, final], "/model/norm",
                        domain="com.microsoft", epsilon=eps)
     if all_logits:
-        _linear(g, normed, "/lm_head/MatMul", "lm_head.weight", w.lm_head.T, q.get("lm_head"), level, "logits")
+        _linear(g, normed, "/lm_head/MatMul", "lm_head.weight", lambda: w.lm_head.T, q.get("lm_head"), level, "logits")
         _save(g, w, path, ["batch_size", "sequence_length", w.vocab_size])
         return
     # Only each row's last position feeds the LM head: [B, S, H] -> [B, 1, H]. Row b's last token sits at
@@ -264,7 +266,7 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path, *, all_logits: bo
     row_shape = g.weight("/model/last_position/row_shape", np.array([1, 1, w.hidden_size], np.int64))
     (index,) = g.node("Expand", [index, row_shape], "/model/last_position/expand")  # [B, 1, H]
     (last,) = g.node("GatherElements", [normed, index], "/model/last_position", axis=1)  # [B, 1, H]
-    _linear(g, last, "/lm_head/MatMul", "lm_head.weight", w.lm_head.T, q.get("lm_head"), level, "logits")  # [H, V]
+    _linear(g, last, "/lm_head/MatMul", "lm_head.weight", lambda: w.lm_head.T, q.get("lm_head"), level, "logits")  # [H, V]
     _save(g, w, path, ["batch_size", 1, w.vocab_size])
 
 

@@ -50,7 +50,7 @@ def _weights(seed: int) -> np.ndarray:
 def _run_linear(quant: QuantLinear, x: np.ndarray, level: int = 0) -> np.ndarray:
     """x @ W.T through the exporter's own MatMulNBits node(s)."""
     g = llama_graph._Graph()
-    llama_graph._linear(g, "x", "/linear", "w", np.zeros((quant.k, quant.n), np.float32), quant, level, "y")
+    llama_graph._linear(g, "x", "/linear", "w", lambda: np.zeros((quant.k, quant.n), np.float32), quant, level, "y")
     graph = helper.make_graph(
         g.nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", quant.k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "s", quant.n])], g.initializers,
@@ -87,7 +87,7 @@ def test_repacked_blocks_are_the_files_own_weights(tmp_path: Path, qtype: str) -
 
 
 def test_repack_undoes_the_rotary_row_permutation_like_transformers(tmp_path: Path) -> None:
-    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor  # what transformers' GGUF loader uses
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
     heads, kv_heads, head_dim = 2, 1, 16
     hidden = heads * head_dim * 3  # K = 96

@@ -1,0 +1,136 @@
+"""Quantized exports: SmolLM2's GGUF blocks repacked into MatMulNBits, the manifest, and the quality gate.
+
+`smollm2-135m-instruct-q4_1` is built by `make models` (`--quantize gguf`, cached by the export cache) from
+the same GGUF file as the fp32 `smollm2-135m-instruct`, whose weights transformers dequantized.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from realizar_ort.export.llm import export_llm
+from realizar_ort.export.quality import QualityGateError, QualityThresholds, check
+from realizar_ort.export.quant_blocks import QuantLinear, dequantize, unpack_codes
+from realizar_ort.export.quantize import QuantError, QuantOptions
+from realizar_ort.export.verify import ort_greedy
+
+from realizar_ort import ModelEngine, SamplingParams
+from realizar_ort.manifest import load_manifest
+from realizar_ort.onnx_session import create_session
+
+
+def _initializers(folder: Path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(folder / "model.onnx"))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _graph_weight(model: onnx.ModelProto, inits: dict[str, np.ndarray], node_name: str) -> np.ndarray:
+    """The float [N, K] weight a MatMulNBits node (+ its offsets MatMul) computes with, by the op's definition."""
+    node = next(n for n in model.graph.node if n.name == node_name)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    bits, block, n, k = attrs["bits"], attrs["block_size"], attrs["N"], attrs["K"]
+    codes = unpack_codes(inits[node.input[1]], bits)
+    zp = None
+    if len(node.input) > 3 and node.input[3]:
+        packed = inits[node.input[3]].reshape(n, -1)
+        zp = unpack_codes(packed[:, None, :], 4)[:, 0, : k // block] if bits == 4 else packed
+    offsets_name = node.input[1].removesuffix(".qweight") + ".offsets"
+    offsets = inits[offsets_name].T if offsets_name in inits else None
+    quant = QuantLinear(bits, block, n, k, codes, inits[node.input[2]].reshape(n, -1), zp, offsets)
+    return dequantize(quant)
+
+
+@pytest.fixture(scope="module")
+def q4_manifest(smollm2_q4_1_dir: Path):
+    return load_manifest(smollm2_q4_1_dir)
+
+
+def test_manifest_records_method_blocks_level_and_quality(q4_manifest) -> None:
+    q = q4_manifest.quantization
+    assert (q["method"], q["block_size"], q["accuracy_level"]) == ("gguf", 32, 4)
+    assert q["layers"] == {"Q4_1": 30 * 7, "Q8_0": 1}  # every linear layer + the tied LM head (token_embd)
+    assert q["float32_layers"] == {}
+    quality = q["quality"]
+    assert set(quality["by_accuracy_level"]) == {"0", "4"}
+    assert quality["scored_tokens"] >= 1000 and quality["perplexity_fp32"] > 1
+    assert quality["perplexity"] <= quality["perplexity_fp32"] * (1 + quality["thresholds"]["max_perplexity_increase"])
+    assert q4_manifest.dtype == "gguf"
+
+
+def test_every_repacked_layer_computes_with_the_fp32_exports_weights(
+    smollm2_q4_1_dir: Path, smollm2_dir: Path,
+) -> None:
+    """The fp32 export holds transformers' dequantization of the same GGUF: the repacked graph's weights are
+    those, bit for bit for Q8_0 and to one float rounding for Q4_1 (code * d + m)."""
+    fp32 = _initializers(smollm2_dir)
+    model = onnx.load(str(smollm2_q4_1_dir / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    pairs = {"/lm_head/MatMul": "lm_head.weight"}
+    for i in range(30):
+        p = f"/model/layers.{i}"
+        pairs |= {f"{p}/attn/qkv_proj": f"model.layers.{i}.attn.qkv_proj.weight",
+                  f"{p}/attn/o_proj": f"model.layers.{i}.attn.o_proj.weight",
+                  f"{p}/mlp/gate_proj": f"model.layers.{i}.mlp.gate_proj.weight",
+                  f"{p}/mlp/up_proj": f"model.layers.{i}.mlp.up_proj.weight",
+                  f"{p}/mlp/down_proj": f"model.layers.{i}.mlp.down_proj.weight"}
+    for node, weight in pairs.items():
+        got, expected = _graph_weight(model, inits, node), fp32[weight].T
+        if node == "/lm_head/MatMul":
+            np.testing.assert_array_equal(got, expected)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=0, atol=float(np.spacing(np.abs(expected)).max()), err_msg=node)
+
+
+def test_repacked_greedy_tokens_stay_close_to_fp32(smollm2_q4_1_dir: Path, q4_manifest) -> None:
+    """Same weights, different arithmetic: MatMulNBits at accuracy_level 4 quantizes activations to int8 per
+    block, so greedy tokens may part from fp32's late in a continuation; the export's own gate measured how
+    far, and a rerun through the runtime's decoder reproduces the gate's figure."""
+    golden = json.loads((smollm2_q4_1_dir / "golden.json").read_text())
+    session = create_session(smollm2_q4_1_dir / "model.onnx")
+    fields = ("num_layers", "num_kv_heads", "head_dim", "vocab_size", "eos_token_ids", "kv_layout")
+    spec = {f: getattr(q4_manifest.llm, f) for f in fields}
+    kept = total = 0
+    for record in golden["prompts"]:
+        got = ort_greedy(session, spec, record["prompt_ids"], golden["max_new_tokens"])
+        expected = record["greedy_ids"]
+        kept += next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+        total += len(expected)
+    assert abs(kept / total - q4_manifest.quantization["quality"]["greedy_agreement"]) < 1e-3
+    assert kept / total >= 0.5
+
+
+def test_runtime_serves_the_repacked_model(smollm2_q4_1_dir: Path) -> None:
+    with ModelEngine.from_folder(smollm2_q4_1_dir) as engine:
+        out = engine.chat([{"role": "user", "content": "What is the capital of France?"}],
+                          SamplingParams(max_tokens=8, temperature=0))
+    assert "Paris" in out.text
+
+
+def test_quality_gate_names_each_breached_threshold() -> None:
+    report = {"perplexity": 12.0, "perplexity_fp32": 10.0, "greedy_agreement": 0.3}
+    check(report, QualityThresholds(max_perplexity_increase=0.25, min_greedy_agreement=0.3))  # passes
+    with pytest.raises(QualityGateError, match=r"perplexity 12\.000 > 11\.000.*greedy agreement with fp32 30% < 50%"):
+        check(report, QualityThresholds(max_perplexity_increase=0.10, min_greedy_agreement=0.5))
+
+
+@pytest.mark.slow
+def test_export_failing_its_quality_gate_fails_loudly_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("REALIZAR_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "tiny-int4"
+    impossible = QualityThresholds(max_perplexity_increase=-0.5, min_greedy_agreement=1.0)
+    with pytest.raises(QualityGateError, match="quality gate.*perplexity"):
+        export_llm("builtin:tiny-llama3", out, quantize=QuantOptions("int4", thresholds=impossible))
+    assert not out.exists()
+    assert not any((tmp_path / "cache" / "exports").glob("*")) if (tmp_path / "cache" / "exports").exists() else True
+
+
+def test_gguf_method_is_refused_for_a_non_gguf_source(tmp_path: Path) -> None:
+    with pytest.raises(QuantError, match="not a .gguf file: use --quantize int4 or int8"):
+        export_llm("builtin:tiny-llama3", tmp_path / "x", quantize=QuantOptions("gguf"))
+    with pytest.raises(QuantError, match="needs the fused graph"):
+        export_llm("builtin:tiny-llama3", tmp_path / "x", quantize=QuantOptions("int4"), graph="optimum")
