@@ -39,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     llm.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64, 128, 256],
                      help="int4/int8: weights per block along K (default 32)")
-    llm.add_argument("--accuracy-level", type=int, default=4, choices=[0, 4],
-                     help="MatMulNBits accuracy_level: 4 = int8 activations (default; faster), 0 = float32 "
-                     "activations (8-bit layers and the LM head then stay float32)")
+    llm.add_argument("--accuracy-level", type=int, default=0, choices=[0, 4],
+                     help="MatMulNBits accuracy_level: 0 = float32 activations (default; a GGUF repack then "
+                     "reproduces fp32's greedy tokens; 8-bit layers and the LM head stay float32), 4 = int8 "
+                     "activations (faster, changes greedy tokens on small models: see the quality report)")
     llm.add_argument("--symmetric", action="store_true", help="int4/int8: symmetric blocks (no zero points)")
     llm.add_argument("--max-perplexity-increase", type=float, default=QualityThresholds.max_perplexity_increase,
                      help="quality gate: fail if perplexity exceeds fp32's by more than this fraction (default %(default)s)")

@@ -38,7 +38,7 @@ class QuantError(ValueError):
 class QuantOptions:
     method: Method
     block_size: int = 32  # int4 / int8 only (a GGUF's blocks are what they are: 32)
-    accuracy_level: int = 4  # MatMulNBits: 0 = float32 activations, 4 = int8 activations
+    accuracy_level: int = 0  # MatMulNBits: 0 = float32 activations (exact), 4 = int8 activations (faster)
     symmetric: bool = False  # int4 / int8: codes around a fixed zero point instead of per-block min/max
     thresholds: quality.QualityThresholds = field(default_factory=quality.QualityThresholds)
 

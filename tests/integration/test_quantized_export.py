@@ -7,6 +7,8 @@ the same GGUF file as the fp32 `smollm2-135m-instruct`, whose weights transforme
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,6 @@ from realizar_ort.export.quant_blocks import QuantLinear, dequantize, unpack_cod
 from realizar_ort.export.quantize import QuantError, QuantOptions
 from realizar_ort.export.verify import ort_greedy
 
-from realizar_ort import ModelEngine, SamplingParams
 from realizar_ort.manifest import load_manifest
 from realizar_ort.onnx_session import create_session
 
@@ -52,9 +53,10 @@ def q4_manifest(smollm2_q4_1_dir: Path):
 
 def test_manifest_records_method_blocks_level_and_quality(q4_manifest) -> None:
     q = q4_manifest.quantization
-    assert (q["method"], q["block_size"], q["accuracy_level"]) == ("gguf", 32, 4)
-    assert q["layers"] == {"Q4_1": 30 * 7, "Q8_0": 1}  # every linear layer + the tied LM head (token_embd)
-    assert q["float32_layers"] == {}
+    assert (q["method"], q["block_size"], q["accuracy_level"]) == ("gguf", 32, 0)
+    assert q["layers"] == {"Q4_1": 30 * 7}  # every linear layer
+    # the tied LM head (token_embd, Q8_0) needs accuracy_level 4: kept float32, and the manifest says why
+    assert list(q["float32_layers"]) == ["lm_head"] and "Q8_0" in q["float32_layers"]["lm_head"]
     quality = q["quality"]
     assert set(quality["by_accuracy_level"]) == {"0", "4"}
     assert quality["scored_tokens"] >= 1000 and quality["perplexity_fp32"] > 1
@@ -70,7 +72,7 @@ def test_every_repacked_layer_computes_with_the_fp32_exports_weights(
     fp32 = _initializers(smollm2_dir)
     model = onnx.load(str(smollm2_q4_1_dir / "model.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    pairs = {"/lm_head/MatMul": "lm_head.weight"}
+    pairs = {}
     for i in range(30):
         p = f"/model/layers.{i}"
         pairs |= {f"{p}/attn/qkv_proj": f"model.layers.{i}.attn.qkv_proj.weight",
@@ -80,16 +82,14 @@ def test_every_repacked_layer_computes_with_the_fp32_exports_weights(
                   f"{p}/mlp/down_proj": f"model.layers.{i}.mlp.down_proj.weight"}
     for node, weight in pairs.items():
         got, expected = _graph_weight(model, inits, node), fp32[weight].T
-        if node == "/lm_head/MatMul":
-            np.testing.assert_array_equal(got, expected)
-        else:
-            np.testing.assert_allclose(got, expected, rtol=0, atol=float(np.spacing(np.abs(expected)).max()), err_msg=node)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=float(np.spacing(np.abs(expected)).max()), err_msg=node)
+    np.testing.assert_array_equal(inits["lm_head.weight"], fp32["lm_head.weight"])
 
 
-def test_repacked_greedy_tokens_stay_close_to_fp32(smollm2_q4_1_dir: Path, q4_manifest) -> None:
-    """Same weights, different arithmetic: MatMulNBits at accuracy_level 4 quantizes activations to int8 per
-    block, so greedy tokens may part from fp32's late in a continuation; the export's own gate measured how
-    far, and a rerun through the runtime's decoder reproduces the gate's figure."""
+def test_repacked_greedy_tokens_equal_fp32s(smollm2_q4_1_dir: Path, q4_manifest) -> None:
+    """Same weights, float32 activations: only the order of float additions inside MatMulNBits differs from
+    the fp32 MatMul, and on the golden prompts no argmax flips (measured: 88/88 tokens, perplexity equal
+    to 4 decimals). At accuracy_level 4 (int8 activations) the gate measured 22% and +1.1% perplexity."""
     golden = json.loads((smollm2_q4_1_dir / "golden.json").read_text())
     session = create_session(smollm2_q4_1_dir / "model.onnx")
     fields = ("num_layers", "num_kv_heads", "head_dim", "vocab_size", "eos_token_ids", "kv_layout")
@@ -101,14 +101,24 @@ def test_repacked_greedy_tokens_stay_close_to_fp32(smollm2_q4_1_dir: Path, q4_ma
         kept += next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
         total += len(expected)
     assert abs(kept / total - q4_manifest.quantization["quality"]["greedy_agreement"]) < 1e-3
-    assert kept / total >= 0.5
+    assert kept == total
+    quality = q4_manifest.quantization["quality"]
+    assert abs(quality["perplexity"] - quality["perplexity_fp32"]) < 1e-3 * quality["perplexity_fp32"]
 
 
-def test_runtime_serves_the_repacked_model(smollm2_q4_1_dir: Path) -> None:
-    with ModelEngine.from_folder(smollm2_q4_1_dir) as engine:
-        out = engine.chat([{"role": "user", "content": "What is the capital of France?"}],
-                          SamplingParams(max_tokens=8, temperature=0))
-    assert "Paris" in out.text
+def test_runtime_serves_the_repacked_model_with_nothing_new(smollm2_q4_1_dir: Path) -> None:
+    """A fresh process: the engine runs the MatMulNBits model and never imports torch, gguf or onnx."""
+    code = (
+        "import sys; from realizar_ort import ModelEngine, SamplingParams\n"
+        f"with ModelEngine.from_folder({str(smollm2_q4_1_dir)!r}) as engine:\n"
+        "    out = engine.chat([{'role': 'user', 'content': 'What is the capital of France?'}],"
+        " SamplingParams(max_tokens=8, temperature=0))\n"
+        "print(out.text); print(sorted({'torch', 'gguf', 'onnx', 'transformers'} & set(sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text, imported = proc.stdout.strip().splitlines()[-2:]
+    assert "Paris" in text and imported == "[]"
 
 
 def test_quality_gate_names_each_breached_threshold() -> None:
@@ -126,7 +136,7 @@ def test_export_failing_its_quality_gate_fails_loudly_and_writes_nothing(tmp_pat
     with pytest.raises(QualityGateError, match="quality gate.*perplexity"):
         export_llm("builtin:tiny-llama3", out, quantize=QuantOptions("int4", thresholds=impossible))
     assert not out.exists()
-    assert not any((tmp_path / "cache" / "exports").glob("*")) if (tmp_path / "cache" / "exports").exists() else True
+    assert not list((tmp_path / "cache").rglob("manifest.json"))  # nothing cached either
 
 
 def test_gguf_method_is_refused_for_a_non_gguf_source(tmp_path: Path) -> None:
