@@ -55,8 +55,10 @@ def build(out: Path, quantize: str, accuracy_level: int, block_size: int, seed: 
         layers.append(layer)
         print(f"  layer {i + 1}/{s['num_layers']}", file=sys.stderr, flush=True)
     embed = randn(s["vocab"], s["hidden"]) * 25  # embeddings ~N(0, 0.5): hidden states of a sane scale
-    if quantize == "int4" and accuracy_level == 4:
-        quantized["lm_head"] = quantize_rtn(embed, 8, block_size, symmetric=False)
+    if quantize == "int4":
+        quantized["embed"] = quantize_rtn(embed, 8, block_size, symmetric=True)  # GatherBlockQuantized rows
+        if accuracy_level == 4:
+            quantized["lm_head"] = quantize_rtn(embed, 8, block_size, symmetric=False)
     inv = 1.0 / ROPE_THETA ** (np.arange(0, s["head_dim"], 2, dtype=np.float32) / s["head_dim"])
     angles = np.outer(np.arange(CONTEXT, dtype=np.float32), inv)
     weights = llama_graph.LlamaWeights(
@@ -86,7 +88,7 @@ def build(out: Path, quantize: str, accuracy_level: int, block_size: int, seed: 
             llm=LlmSpec(**spec),
             quantization=None if quantize == "none" else {
                 "method": quantize, "block_size": block_size, "accuracy_level": accuracy_level, "symmetric": False,
-                "embeddings": "float32", "lm_head": "8-bit" if accuracy_level == 4 else "float32",
+                "embeddings": "int8-sym", "lm_head": "8-bit" if accuracy_level == 4 else "float32",
             },
         )
         manifest = Manifest.from_dict(manifest.to_dict())

@@ -83,8 +83,8 @@ def repack_gguf_linears(
 ) -> tuple[dict[str, QuantLinear], dict[str, str]]:
     """Repack every linear layer of a GGUF file it can: ``({key: QuantLinear}, {key: why not})``.
 
-    Keys are ``"layers.{i}.{q,k,v,o,gate,up,down}"`` and ``"lm_head"`` (the tied ``token_embd`` when the
-    file has no ``output.weight``). `reference` holds transformers' float32 weights under the same keys;
+    Keys are ``"layers.{i}.{q,k,v,o,gate,up,down}"``, ``"lm_head"`` (the tied ``token_embd`` when the
+    file has no ``output.weight``) and ``"embed"`` (``token_embd`` when it is Q8_0). `reference` holds transformers' float32 weights under the same keys;
     a repack must reproduce them (to float rounding for offset formats, bit for bit otherwise).
     """
     from gguf import GGUFReader
@@ -93,6 +93,7 @@ def repack_gguf_linears(
     wanted = {f"layers.{i}.{key}": name.format(i=i) for i in range(num_layers) for key, name in LINEAR_NAMES.items()}
     if lm_head:
         wanted["lm_head"] = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    wanted["embed"] = "token_embd.weight"
     repacked: dict[str, QuantLinear] = {}
     kept: dict[str, str] = {}
     for key, name in wanted.items():
@@ -106,6 +107,9 @@ def repack_gguf_linears(
             continue
         k, n = (int(x) for x in tensor.shape[:2])  # ggml order: ne0 = K (inner), ne1 = N
         quant = read_gguf_block(np.asarray(tensor.data), qtype, n, k)
+        if key == "embed" and (quant.bits != 8 or quant.offsets is not None):
+            kept[key] = f"{name} is {qtype}: only 8-bit embeddings are read as blocks (GatherBlockQuantized)"
+            continue
         if key.endswith(".q"):
             quant = _take_rows(quant, _rotary_rows(n, num_heads))
         elif key.endswith(".k"):

@@ -69,7 +69,8 @@ class LlamaWeights:
     layers: list[dict[str, np.ndarray]]  # q, k, v, o, gate, up, down, input_norm, post_norm
     cos_cache: np.ndarray  # [positions, head_dim / 2]
     sin_cache: np.ndarray
-    # Linear layers written as MatMulNBits instead of MatMul: "layers.{i}.{q,k,v,o,gate,up,down}", "lm_head".
+    # Linear layers written as MatMulNBits instead of MatMul: "layers.{i}.{q,k,v,o,gate,up,down}", "lm_head";
+    # "embed": 8-bit token embeddings read by GatherBlockQuantized.
     quantized: dict[str, QuantLinear] = field(default_factory=dict)
     accuracy_level: int = 0  # MatMulNBits' accuracy_level: 0 = float32 activations, 4 = int8
 
@@ -176,6 +177,23 @@ def _linear(g: _Graph, x: str, name: str, weight_name: str, weight_t: Callable[[
     return out[0]
 
 
+def _embedding(g: _Graph, w: LlamaWeights) -> str:
+    """Token embeddings: a Gather of float rows, or GatherBlockQuantized of 8-bit blocks (``"embed"``), whose
+    rows come out as ``(code - zero_point) * scale`` like MatMulNBits' weights."""
+    quant = w.quantized.get("embed")
+    if quant is None:
+        embed = g.weight("model.embed_tokens.weight", w.embed_tokens)  # [V, H]
+        return g.node("Gather", [embed, "input_ids"], "/model/embed_tokens")[0]
+    if quant.bits != 8 or quant.offsets is not None:
+        raise ValueError("quantized embeddings must be 8-bit blocks without offsets")
+    inputs = [g.weight("model.embed_tokens.qweight", quant.codes.reshape(quant.n, quant.k)), "input_ids",
+              g.weight("model.embed_tokens.scales", quant.scales.astype(np.float32))]
+    if quant.zero_points is not None:
+        inputs.append(g.weight("model.embed_tokens.zero_points", quant.zero_points))
+    return g.node("GatherBlockQuantized", inputs, "/model/embed_tokens", domain="com.microsoft", gather_axis=0,
+                  quantize_axis=1, block_size=quant.block_size, bits=8)[0]
+
+
 def _packed_qkv(weights: LlamaWeights, i: int) -> QuantLinear | None:
     parts = [weights.quantized.get(f"layers.{i}.{key}") for key in ("q", "k", "v")]
     if any(p is None for p in parts):
@@ -190,7 +208,7 @@ def quantized_layer_keys(weights: LlamaWeights) -> list[str]:
         if _packed_qkv(weights, i) is not None:
             keys += [f"layers.{i}.{k}" for k in ("q", "k", "v")]
         keys += [f"layers.{i}.{k}" for k in ("o", "gate", "up", "down") if f"layers.{i}.{k}" in weights.quantized]
-    return keys + (["lm_head"] if "lm_head" in weights.quantized else [])
+    return keys + [k for k in ("lm_head", "embed") if k in weights.quantized]
 
 
 def build_fused_llama_graph(weights: LlamaWeights, path: Path, *, all_logits: bool = False) -> None:
@@ -202,11 +220,10 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path, *, all_logits: bo
     w, g = weights, _Graph()
     q, level = weights.quantized, weights.accuracy_level
     eps = w.rms_norm_eps
-    embed = g.weight("model.embed_tokens.weight", w.embed_tokens)  # [V, H]
     cos = g.weight("cos_cache", w.cos_cache)
     sin = g.weight("sin_cache", w.sin_cache)
 
-    (hidden,) = g.node("Gather", [embed, "input_ids"], "/model/embed_tokens")  # [B, S, H]
+    hidden = _embedding(g, w)  # [B, S, H]
     residual = hidden
     for i, layer in enumerate(w.layers):
         p = f"/model/layers.{i}"

@@ -5,7 +5,8 @@
 - ``int4`` / ``int8``: round-to-nearest blockwise weights from a float source (`quant_blocks.quantize_rtn`,
   the scheme of onnxruntime's default MatMulNBits quantizer), symmetric or asymmetric.
 
-Embeddings stay float32 (a Gather reads one row per token; they cost no decode bandwidth). The LM head is the
+Embeddings become 8-bit blocks read by ``GatherBlockQuantized`` (a GGUF's Q8_0 ``token_embd`` exactly; from a
+float source, symmetric 8-bit): they cost no decode bandwidth, but memory (a quarter of float32). The LM head is the
 largest single matrix of a small model: it is written as 8-bit blocks at accuracy_level 4 and kept float32
 at accuracy_level 0, because onnxruntime's CPU MatMulNBits has no float-activation 8-bit kernel (measured
 ~20x slower than an fp32 MatMul); for the same reason Q8_0 layers and ``int8`` need accuracy_level 4.
@@ -44,13 +45,14 @@ class QuantOptions:
 
     def cache_variant(self) -> str:
         t = self.thresholds
-        return (f"{self.method}|bs{self.block_size}|acc{self.accuracy_level}|sym{int(self.symmetric)}"
+        return (f"q13v2|{self.method}|bs{self.block_size}|acc{self.accuracy_level}|sym{int(self.symmetric)}"
                 f"|ppl{t.max_perplexity_increase}|agree{t.min_greedy_agreement}")
 
 
 def _reference(weights: LlamaWeights) -> dict[str, Any]:
     ref = {f"layers.{i}.{k}": layer[k] for i, layer in enumerate(weights.layers) for k in _LINEARS}
     ref["lm_head"] = weights.lm_head
+    ref["embed"] = weights.embed_tokens
     return ref
 
 
@@ -80,6 +82,8 @@ def quantize_weights(
         for key, weight in _reference(weights).items():
             if key == "lm_head":  # 8-bit: used at accuracy_level 4 only (see for_level)
                 quantized[key] = quantize_rtn(weight, 8, options.block_size, options.symmetric)
+            elif key == "embed":  # 8-bit rows, whatever the level (a Gather, no activations involved)
+                quantized[key] = quantize_rtn(weight, 8, options.block_size, symmetric=True)
             elif weight.shape[1] % options.block_size:
                 kept[key] = f"K={weight.shape[1]} is not a multiple of block size {options.block_size}"
             else:
@@ -91,7 +95,8 @@ def for_level(quantized: dict[str, QuantLinear], level: int) -> tuple[dict[str, 
     """The layers to write at `level`: 8-bit blocks only at accuracy_level 4 (else they stay float32)."""
     if level == 4:
         return dict(quantized), {}
-    kept = {k: f"{q.source_type} (8-bit) blocks need accuracy_level 4; kept float32" for k, q in quantized.items() if q.bits == 8}
+    kept = {k: f"{q.source_type} (8-bit) blocks need accuracy_level 4; kept float32"
+            for k, q in quantized.items() if q.bits == 8 and k != "embed"}
     return {k: q for k, q in quantized.items() if k not in kept}, kept
 
 
@@ -110,7 +115,7 @@ def summary(weights: LlamaWeights, options: QuantOptions, kept: dict[str, str]) 
         "layers": dict(sorted(types.items())),
         "float32_layers": dict(sorted(kept.items())),
         "quantized_weight_bytes": qbytes,
-        "embeddings": "float32",
+        "embeddings": weights.quantized["embed"].source_type if "embed" in written else "float32",
     }
 
 

@@ -54,7 +54,8 @@ def q4_manifest(smollm2_q4_1_dir: Path):
 def test_manifest_records_method_blocks_level_and_quality(q4_manifest) -> None:
     q = q4_manifest.quantization
     assert (q["method"], q["block_size"], q["accuracy_level"]) == ("gguf", 32, 0)
-    assert q["layers"] == {"Q4_1": 30 * 7}  # every linear layer
+    assert q["layers"] == {"Q4_1": 30 * 7, "Q8_0": 1}  # every linear layer + token_embd (GatherBlockQuantized)
+    assert q["embeddings"] == "Q8_0"
     # the tied LM head (token_embd, Q8_0) needs accuracy_level 4: kept float32, and the manifest says why
     assert list(q["float32_layers"]) == ["lm_head"] and "Q8_0" in q["float32_layers"]["lm_head"]
     quality = q["quality"]
@@ -84,6 +85,9 @@ def test_every_repacked_layer_computes_with_the_fp32_exports_weights(
         got, expected = _graph_weight(model, inits, node), fp32[weight].T
         np.testing.assert_allclose(got, expected, rtol=0, atol=float(np.spacing(np.abs(expected)).max()), err_msg=node)
     np.testing.assert_array_equal(inits["lm_head.weight"], fp32["lm_head.weight"])
+    embed = (inits["model.embed_tokens.qweight"].astype(np.float32) - 128).reshape(len(fp32["lm_head.weight"].T), -1, 32)
+    embed = (embed * inits["model.embed_tokens.scales"][..., None]).reshape(embed.shape[0], -1)
+    np.testing.assert_array_equal(embed, fp32["model.embed_tokens.weight"])
 
 
 def test_repacked_greedy_tokens_equal_fp32s(smollm2_q4_1_dir: Path, q4_manifest) -> None:

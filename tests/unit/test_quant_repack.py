@@ -132,3 +132,23 @@ def test_rtn_quantization_round_trips_through_the_operator(bits: int, symmetric:
         np.testing.assert_array_equal(through_ort, deq.T)
     else:  # int8 activations: identity rows quantize exactly, so still the weights to float rounding
         np.testing.assert_allclose(through_ort, deq.T, rtol=1e-6, atol=1e-6)
+
+
+def test_q8_0_token_embeddings_are_gathered_from_their_blocks(tmp_path: Path) -> None:
+    """token_embd as GatherBlockQuantized: the rows onnxruntime returns are gguf's own dequantized rows."""
+    vocab = _weights(7)  # 48 tokens x 96
+    files = _write_gguf(tmp_path / "m.gguf", {"token_embd.weight": (vocab, "Q8_0")})
+    expected = files["token_embd.weight"]
+    repacked, _ = gguf_repack.repack_gguf_linears(tmp_path / "m.gguf", 0, 1, 1, {"embed": expected}, lm_head=False)
+    g = llama_graph._Graph()
+    weights = llama_graph.LlamaWeights(0, 1, 1, K, K, N, 1e-5, expected, expected, np.ones(K, np.float32), [],
+                                       np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32), repacked)
+    out = llama_graph._embedding(g, weights)
+    assert g.nodes[-1].op_type == "GatherBlockQuantized"
+    graph = helper.make_graph(g.nodes, "embed", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "s"])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, "s", K])], g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.array([[0, 5, 47, 5]], np.int64)
+    np.testing.assert_array_equal(session.run(None, {"input_ids": ids})[0][0], expected[ids[0]])
