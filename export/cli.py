@@ -83,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
     from .llm import export_llm
     from .sources import resolve_source
 
-    if args.export_kind == "llm":
-        from .quantize import QuantOptions
+    from .quantize import QuantOptions
 
+    if args.export_kind == "llm":
         quantize = None
         if args.quantize:
             quantize = QuantOptions(
@@ -109,14 +109,13 @@ def run(args: argparse.Namespace) -> int:
         if config.llm is not None:
             if not config.llm.source:
                 raise SystemExit("[models.llm] has no `source` to export from")
-            export_llm(config.llm.source, config.llm.path)
+            method = config.llm.quantize
+            export_llm(config.llm.source, config.llm.path, quantize=None if method == "none" else QuantOptions(method))
         if config.embedding is not None:
             if not config.embedding.source:
                 raise SystemExit("[models.embedding] has no `source` to export from")
             export_embedding(resolve_source(config.embedding.source).path, config.embedding.path)
         if args.test_models:
-            from .quantize import QuantOptions
-
             for name, (source, graph, method) in DEFAULT_TEST_MODELS.items():
                 quant = QuantOptions(method) if method else None  # type: ignore[arg-type]
                 export_llm(source, args.models_dir / name, graph=graph, quantize=quant)
