@@ -81,9 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .llm import export_llm
-    from .sources import resolve_source
-
     from .quantize import QuantOptions
+    from .sources import resolve_source
 
     if args.export_kind == "llm":
         quantize = None
