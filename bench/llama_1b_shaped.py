@@ -104,7 +104,7 @@ def _tokenizer_folder(dest: Path, prepare, resolve) -> Path:  # noqa: ANN001
     """config.json + the Llama 3.2 tokenizer, the way the exporter's builtin tiny model gets them."""
     from transformers import LlamaConfig
 
-    hf_dir = prepare(resolve("builtin:tiny-llama3"), dest, "llama3")
+    hf_dir, _ = prepare(resolve("builtin:tiny-llama3"), dest, "llama3")
     config = json.loads((hf_dir / "config.json").read_text())
     s = SHAPES
     config.update(hidden_size=s["hidden"], intermediate_size=s["mlp"], num_hidden_layers=s["num_layers"],
