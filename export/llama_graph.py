@@ -31,7 +31,8 @@ Export time only (torch/transformers are imported by the caller, weights come in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["FusedGraphError", "LlamaWeights", "build_fused_llama_graph", "llama_weights_from_model"]
+from .quant_blocks import QuantLinear, concat_rows
+
+__all__ = ["FusedGraphError", "LlamaWeights", "build_fused_llama_graph", "llama_weights_from_model", "quantized_layer_keys"]
 
 OPSET = 21
 MAX_ROTARY_POSITIONS = 131072
@@ -66,6 +69,10 @@ class LlamaWeights:
     layers: list[dict[str, np.ndarray]]  # q, k, v, o, gate, up, down, input_norm, post_norm
     cos_cache: np.ndarray  # [positions, head_dim / 2]
     sin_cache: np.ndarray
+    # Linear layers written as MatMulNBits instead of MatMul: "layers.{i}.{q,k,v,o,gate,up,down}", "lm_head";
+    # "embed": 8-bit token embeddings read by GatherBlockQuantized.
+    quantized: dict[str, QuantLinear] = field(default_factory=dict)
+    accuracy_level: int = 0  # MatMulNBits' accuracy_level: 0 = float32 activations, 4 = int8
 
 
 def llama_weights_from_model(model: Any) -> LlamaWeights:
@@ -138,15 +145,85 @@ class _Graph:
         return names
 
 
-def build_fused_llama_graph(weights: LlamaWeights, path: Path) -> None:
-    """Write the fused decoder graph (``model.onnx`` + ``model.onnx_data``) to `path`."""
+def _linear(g: _Graph, x: str, name: str, weight_name: str, weight_t: Callable[[], np.ndarray],
+            quant: QuantLinear | None, accuracy_level: int, output: str | None = None) -> str:
+    """``x @ weight_t()`` as a MatMul, or as MatMulNBits (+ the block-offset term) when `quant` is given (then
+    the float weight is never materialised)."""
+    if quant is None:
+        out = [output] if output else [f"{name}/output_0"]
+        g.nodes.append(helper.make_node("MatMul", [x, g.weight(weight_name, weight_t())], out, name=name))
+        return out[0]
+    zp = quant.packed_zero_points()
+    inputs = [x, g.weight(weight_name + ".qweight", quant.packed_b()),
+              g.weight(weight_name + ".scales", quant.scales.reshape(-1).astype(np.float32))]
+    if zp is not None:
+        inputs.append(g.weight(weight_name + ".zero_points", zp))
+    attrs = {"K": quant.k, "N": quant.n, "bits": quant.bits, "block_size": quant.block_size,
+             "accuracy_level": accuracy_level}
+    if quant.offsets is None:
+        out = [output] if output else [f"{name}/output_0"]
+        g.nodes.append(helper.make_node("MatMulNBits", inputs, out, name=name, domain="com.microsoft", **attrs))
+        return out[0]
+    (codes,) = g.node("MatMulNBits", inputs, name, domain="com.microsoft", **attrs)
+    # + sum over each block of x, times the block's offset: [.., K] -> [.., K / block, block] -> [.., K / block]
+    shape = g.weight(weight_name + ".block_shape", np.array([0, 0, -1, quant.block_size], np.int64))
+    (blocked,) = g.node("Reshape", [x, shape], f"{name}/offsets/Reshape")
+    axes = g.weight(weight_name + ".block_axis", np.array([-1], np.int64))
+    (sums,) = g.node("ReduceSum", [blocked, axes], f"{name}/offsets/ReduceSum", keepdims=0)
+    offsets = g.weight(weight_name + ".offsets", np.ascontiguousarray(quant.offsets.T.astype(np.float32)))
+    (shift,) = g.node("MatMul", [sums, offsets], f"{name}/offsets/MatMul")
+    out = [output] if output else [f"{name}/offsets/Add/output_0"]
+    g.nodes.append(helper.make_node("Add", [codes, shift], out, name=f"{name}/offsets/Add"))
+    return out[0]
+
+
+def _embedding(g: _Graph, w: LlamaWeights) -> str:
+    """Token embeddings: a Gather of float rows, or GatherBlockQuantized of 8-bit blocks (``"embed"``), whose
+    rows come out as ``(code - zero_point) * scale`` like MatMulNBits' weights."""
+    quant = w.quantized.get("embed")
+    if quant is None:
+        embed = g.weight("model.embed_tokens.weight", w.embed_tokens)  # [V, H]
+        return g.node("Gather", [embed, "input_ids"], "/model/embed_tokens")[0]
+    if quant.bits != 8 or quant.offsets is not None:
+        raise ValueError("quantized embeddings must be 8-bit blocks without offsets")
+    inputs = [g.weight("model.embed_tokens.qweight", quant.codes.reshape(quant.n, quant.k)), "input_ids",
+              g.weight("model.embed_tokens.scales", quant.scales.astype(np.float32))]
+    if quant.zero_points is not None:
+        inputs.append(g.weight("model.embed_tokens.zero_points", quant.zero_points))
+    return g.node("GatherBlockQuantized", inputs, "/model/embed_tokens", domain="com.microsoft", gather_axis=0,
+                  quantize_axis=1, block_size=quant.block_size, bits=8)[0]
+
+
+def _packed_qkv(weights: LlamaWeights, i: int) -> QuantLinear | None:
+    parts = [weights.quantized.get(f"layers.{i}.{key}") for key in ("q", "k", "v")]
+    if any(p is None for p in parts):
+        return None
+    return concat_rows(parts)  # type: ignore[arg-type]
+
+
+def quantized_layer_keys(weights: LlamaWeights) -> list[str]:
+    """The layer keys the graph really writes as MatMulNBits (q|k|v only when all three are quantized alike)."""
+    keys = []
+    for i in range(weights.num_layers):
+        if _packed_qkv(weights, i) is not None:
+            keys += [f"layers.{i}.{k}" for k in ("q", "k", "v")]
+        keys += [f"layers.{i}.{k}" for k in ("o", "gate", "up", "down") if f"layers.{i}.{k}" in weights.quantized]
+    return keys + [k for k in ("lm_head", "embed") if k in weights.quantized]
+
+
+def build_fused_llama_graph(weights: LlamaWeights, path: Path, *, all_logits: bool = False) -> None:
+    """Write the fused decoder graph (``model.onnx`` + ``model.onnx_data``) to `path`.
+
+    ``all_logits`` gives logits for every position ``[batch, sequence, vocab]`` (for perplexity at export
+    time) instead of each row's last one.
+    """
     w, g = weights, _Graph()
+    q, level = weights.quantized, weights.accuracy_level
     eps = w.rms_norm_eps
-    embed = g.weight("model.embed_tokens.weight", w.embed_tokens)  # [V, H]
     cos = g.weight("cos_cache", w.cos_cache)
     sin = g.weight("sin_cache", w.sin_cache)
 
-    (hidden,) = g.node("Gather", [embed, "input_ids"], "/model/embed_tokens")  # [B, S, H]
+    hidden = _embedding(g, w)  # [B, S, H]
     residual = hidden
     for i, layer in enumerate(w.layers):
         p = f"/model/layers.{i}"
@@ -157,8 +234,9 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path) -> None:
         else:  # residual + previous MLP output, then RMSNorm
             normed, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [residual, hidden, norm_in],
                                             f"{p}/input_layernorm", outputs=4, domain="com.microsoft", unused=(1, 2), epsilon=eps)
-        qkv_w = np.concatenate([layer["q"], layer["k"], layer["v"]], axis=0).T  # [H, (N + 2 Kv) * hd]
-        (qkv,) = g.node("MatMul", [normed, g.weight(f"model.layers.{i}.attn.qkv_proj.weight", qkv_w)], f"{p}/attn/qkv_proj")
+        qkv = _linear(g, normed, f"{p}/attn/qkv_proj", f"model.layers.{i}.attn.qkv_proj.weight",
+                      lambda: np.concatenate([layer["q"], layer["k"], layer["v"]], axis=0).T,  # [H, (N + 2 Kv) * hd]
+                      _packed_qkv(w, i), level)
         attn, _, _ = g.node(
             "GroupQueryAttention",
             [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
@@ -168,20 +246,28 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path) -> None:
             do_rotary=1, rotary_interleaved=0, local_window_size=-1,
         )
         g.nodes[-1].output[1:] = [f"present.{i}.key", f"present.{i}.value"]
-        (attn_out,) = g.node("MatMul", [attn, g.weight(f"model.layers.{i}.attn.o_proj.weight", layer["o"].T)], f"{p}/attn/o_proj")
+        attn_out = _linear(g, attn, f"{p}/attn/o_proj", f"model.layers.{i}.attn.o_proj.weight", lambda: layer["o"].T,
+                           q.get(f"layers.{i}.o"), level)
         norm_post = g.weight(f"model.layers.{i}.post_attention_layernorm.weight", layer["post_norm"])
         normed, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [residual, attn_out, norm_post],
                                         f"{p}/post_attention_layernorm", outputs=4, domain="com.microsoft", unused=(1, 2), epsilon=eps)
-        (gate,) = g.node("MatMul", [normed, g.weight(f"model.layers.{i}.mlp.gate_proj.weight", layer["gate"].T)], f"{p}/mlp/gate_proj")
-        (up,) = g.node("MatMul", [normed, g.weight(f"model.layers.{i}.mlp.up_proj.weight", layer["up"].T)], f"{p}/mlp/up_proj")
+        gate = _linear(g, normed, f"{p}/mlp/gate_proj", f"model.layers.{i}.mlp.gate_proj.weight", lambda: layer["gate"].T,
+                       q.get(f"layers.{i}.gate"), level)
+        up = _linear(g, normed, f"{p}/mlp/up_proj", f"model.layers.{i}.mlp.up_proj.weight", lambda: layer["up"].T,
+                     q.get(f"layers.{i}.up"), level)
         (sig,) = g.node("Sigmoid", [gate], f"{p}/mlp/act_fn/Sigmoid")
         (silu,) = g.node("Mul", [gate, sig], f"{p}/mlp/act_fn/Mul")
         (gated,) = g.node("Mul", [silu, up], f"{p}/mlp/Mul")
-        (hidden,) = g.node("MatMul", [gated, g.weight(f"model.layers.{i}.mlp.down_proj.weight", layer["down"].T)], f"{p}/mlp/down_proj")
+        hidden = _linear(g, gated, f"{p}/mlp/down_proj", f"model.layers.{i}.mlp.down_proj.weight", lambda: layer["down"].T,
+                         q.get(f"layers.{i}.down"), level)
 
     final = g.weight("model.norm.weight", w.final_norm)
     (normed,) = g.node("SkipSimplifiedLayerNormalization", [residual, hidden, final], "/model/norm",
                        domain="com.microsoft", epsilon=eps)
+    if all_logits:
+        _linear(g, normed, "/lm_head/MatMul", "lm_head.weight", lambda: w.lm_head.T, q.get("lm_head"), level, "logits")
+        _save(g, w, path, ["batch_size", "sequence_length", w.vocab_size])
+        return
     # Only each row's last position feeds the LM head: [B, S, H] -> [B, 1, H]. Row b's last token sits at
     # max(seqlens_k[b] - (total_sequence_length - S), 0) in this call: S - 1 for one prompt (or chunk),
     # 0 for decode steps, and its own length - 1 for a right-padded batch of first prompts.
@@ -197,16 +283,18 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path) -> None:
     row_shape = g.weight("/model/last_position/row_shape", np.array([1, 1, w.hidden_size], np.int64))
     (index,) = g.node("Expand", [index, row_shape], "/model/last_position/expand")  # [B, 1, H]
     (last,) = g.node("GatherElements", [normed, index], "/model/last_position", axis=1)  # [B, 1, H]
-    lm_head = g.weight("lm_head.weight", w.lm_head.T)  # [H, V]
-    g.nodes.append(helper.make_node("MatMul", [last, lm_head], ["logits"], name="/lm_head/MatMul"))
+    _linear(g, last, "/lm_head/MatMul", "lm_head.weight", lambda: w.lm_head.T, q.get("lm_head"), level, "logits")  # [H, V]
+    _save(g, w, path, ["batch_size", 1, w.vocab_size])
 
+
+def _save(g: _Graph, w: LlamaWeights, path: Path, logits_shape: list[Any]) -> None:
     kv_shape = ["batch_size", w.num_kv_heads, "max_sequence_length", w.head_dim]
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch_size"]),
         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
     ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", 1, w.vocab_size])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, logits_shape)]
     for i in range(w.num_layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv_shape))

@@ -1,7 +1,8 @@
 """Export a Llama-architecture chat model to ONNX with KV-cache inputs/outputs, plus its manifest.
 
 Stages: load (HF folder, GGUF, or the built-in tiny Llama 3) -> fix special tokens -> ONNX graph ->
-parity with transformers' greedy tokens -> (optional) int8 with a quality report -> manifest.
+parity with transformers' greedy tokens -> (optional) quantized weights (MatMulNBits) with a quality gate
+-> manifest.
 
 Two graphs (``graph=``):
 - ``"fused"`` (default): built from the weights by :mod:`.llama_graph` with onnxruntime's fused ops
@@ -21,8 +22,9 @@ from typing import Any, Literal
 
 from realizar_ort.manifest import MANIFEST_FILE, LlmSpec, Manifest
 
-from . import cache, graph_fusion, llama_graph, onnx_graph, quiet, verify
+from . import cache, graph_fusion, llama_graph, onnx_graph, quality, quiet, verify
 from .progress import Stages
+from .quantize import QuantError, QuantOptions, for_level, quality_report, quantize_weights, summary
 from .sources import ResolvedSource, resolve_source
 
 __all__ = ["export_llm"]
@@ -40,16 +42,24 @@ def export_llm(
     out: Path,
     *,
     chat_format: ChatFormat | None = None,
-    quantize: Literal["int8"] | None = None,
+    quantize: QuantOptions | None = None,
     graph: GraphKind = "fused",
     optimize_graph: bool = False,
     force: bool = False,
 ) -> Manifest:
+    """Export `source` to `out`; with `quantize`, linear layers become MatMulNBits and the export must pass
+    the quality gate (`quality.QualityGateError` otherwise, and `out` is left untouched)."""
     if optimize_graph and graph != "optimum":
         raise ValueError("--optimize-graph applies to --graph optimum only (the fused graph is fused already)")
+    if quantize is not None and graph != "fused":
+        raise QuantError("--quantize needs the fused graph (--graph fused, the default)")
     stages = Stages(f"export llm {source} -> {out}")
     resolved = resolve_source(source)
-    key = cache.key(resolved.sha256, f"{quantize or 'fp32'}|{graph}" + ("+fused" if optimize_graph else ""))
+    if quantize is not None and quantize.method == "gguf" and resolved.kind != "gguf":
+        raise QuantError(f"--quantize gguf keeps a GGUF file's own blocks, but {source} is not a .gguf file: "
+                         "use --quantize int4 or int8")
+    variant = quantize.cache_variant() if quantize else "fp32"
+    key = cache.key(resolved.sha256, f"{variant}|{graph}" + ("+fused" if optimize_graph else ""))
     if not force:
         done = cache.up_to_date(out, key) or cache.restore(out, key)
         if done is not None:
@@ -59,11 +69,13 @@ def export_llm(
         work = Path(tmp)
         with stages("load weights and tokenizer"):
             hf_dir, fmt = _prepare_hf_folder(resolved, work / "hf", chat_format)
-        graph_note = None
+        graph_note, weights = None, None
         if graph == "fused":
             with stages("fused onnx graph (GroupQueryAttention, KV written in place)"):
-                graph_note = _fused_export(hf_dir, work / "onnx")
+                weights, graph_note = _fused_export(hf_dir, work / "onnx")
             if graph_note is not None:
+                if quantize is not None:
+                    raise QuantError(f"--quantize needs the fused graph, which this model cannot use: {graph_note}")
                 stages.note(f"fused graph refused ({graph_note}); falling back to the Optimum graph")
                 graph = "optimum"
         if graph == "optimum":
@@ -84,10 +96,20 @@ def export_llm(
                 )
         with stages("parity: onnxruntime greedy == transformers greedy"):
             parity = verify.llm_greedy_parity(hf_dir, staging, spec)
-        quant_note = None
-        if quantize == "int8":
-            with stages("dynamic int8 quantization + quality report"):
-                quant_note = verify.quantize_int8_with_report(staging, spec)
+        quant_section = None
+        if quantize is not None and weights is not None:
+            with stages(f"quantize ({quantize.method}) to MatMulNBits blocks"):
+                gguf_path = resolved.path if resolved.kind == "gguf" else None
+                candidates, kept = quantize_weights(weights, quantize, resolved.kind, gguf_path)
+                chosen, dropped = for_level(candidates, quantize.accuracy_level)
+                weights.quantized, weights.accuracy_level = chosen, quantize.accuracy_level
+                quant_section = summary(weights, quantize, {**kept, **dropped})
+            with stages("quality gate: perplexity on eval_prose.txt, greedy agreement with fp32 (levels 0 and 4)"):
+                quant_section["quality"] = quality_report(weights, candidates, spec, staging, quantize)
+            with stages("write the quantized graph"):
+                for name in ("model.onnx", "model.onnx_data"):
+                    (staging / name).unlink(missing_ok=True)
+                llama_graph.build_fused_llama_graph(weights, staging / "model.onnx")
         inputs, outputs = onnx_graph.io_specs(staging / "model.onnx")
         manifest = Manifest(
             kind="llm",
@@ -97,23 +119,24 @@ def export_llm(
             chat_template_file="chat_template.jinja",
             inputs=tuple(inputs),  # type: ignore[arg-type]
             outputs=tuple(outputs),  # type: ignore[arg-type]
-            dtype="int8" if quantize else "float32",
+            dtype=quantize.method if quantize else "float32",
             special_tokens=spec.pop("special_tokens"),
             source={"kind": resolved.kind, "spec": resolved.spec, "path": str(resolved.path), "sha256": resolved.sha256},
             exporter=verify.exporter_versions(),
             verification={
                 "passed": parity["passed"], "cache_key": key, **parity, "graph": graph,
                 **({"fused_graph_refused": graph_note} if graph_note else {}),
-                **({"int8": quant_note} if quant_note else {}),
                 **({"graph_fusion": fused_ops} if fused_ops else {}),
             },
             llm=LlmSpec(**spec),
-            quantization=quantize,
+            quantization=quant_section,
         )
         manifest = Manifest.from_dict(manifest.to_dict())  # normalise tensor specs
         manifest.write(staging)
         if not parity["passed"]:
             raise RuntimeError(f"export parity check FAILED for {source}: {parity['mismatches']}")
+        if quant_section is not None and quantize is not None:
+            quality.check(quant_section["quality"], quantize.thresholds)
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,8 +246,9 @@ _GRAPH_IO: dict[str, dict[str, Any]] = {
 
 
 @quiet.false_alarms_silenced()
-def _fused_export(hf_dir: Path, out: Path) -> str | None:
-    """Build the fused graph into ``out/model.onnx``; returns why not when the model needs the Optimum graph."""
+def _fused_export(hf_dir: Path, out: Path) -> tuple[llama_graph.LlamaWeights | None, str | None]:
+    """Build the fused graph into ``out/model.onnx``: ``(weights, None)``, or ``(None, why not)`` when the
+    model needs the Optimum graph."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -232,10 +256,10 @@ def _fused_export(hf_dir: Path, out: Path) -> str | None:
     try:
         weights = llama_graph.llama_weights_from_model(model)
     except llama_graph.FusedGraphError as exc:
-        return str(exc)
+        return None, str(exc)
     out.mkdir(parents=True)
     llama_graph.build_fused_llama_graph(weights, out / "model.onnx")
-    return None
+    return weights, None
 
 
 @quiet.false_alarms_silenced()

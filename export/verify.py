@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from realizar_ort.onnx_session import create_session
 
 from . import quiet
 
-__all__ = ["GOLDEN_FILE", "exporter_versions", "golden_prompts", "llm_greedy_parity", "ort_greedy", "quantize_int8_with_report"]
+__all__ = ["GOLDEN_FILE", "exporter_versions", "golden_prompts", "llm_greedy_parity", "ort_greedy"]
 
 GOLDEN_FILE = "golden.json"
 MAX_NEW_TOKENS = 24
@@ -154,29 +153,3 @@ def llm_greedy_parity(hf_dir: Path, folder: Path, spec: dict[str, Any]) -> dict[
     (folder / GOLDEN_FILE).write_text(json.dumps({"max_new_tokens": MAX_NEW_TOKENS, "prompts": records}, ensure_ascii=False))
     longest = max(len(r["prompt_ids"]) for r in records)
     return {"passed": not mismatches, "prompts": len(records), "longest_prompt_tokens": longest, "mismatches": mismatches}
-
-
-def quantize_int8_with_report(folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """Replace model.onnx by a dynamic-int8 model and report token agreement with the fp32 golden tokens."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    fp32 = folder / "model.onnx"
-    int8 = folder / "model.int8.onnx"
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-    golden = json.loads((folder / GOLDEN_FILE).read_text())["prompts"]
-    session = create_session(int8)
-    agree = total = 0
-    for record in golden:
-        got = ort_greedy(session, spec, record["prompt_ids"], MAX_NEW_TOKENS)
-        expected = record["greedy_ids"]
-        total += len(expected)
-        agree += sum(1 for a, b in zip(got, expected) if a == b)
-    int8.replace(fp32)
-    (folder / "model.onnx_data").unlink(missing_ok=True)
-    report = {"token_agreement": f"{agree}/{total}", "agreement_ratio": round(agree / max(total, 1), 3)}
-    print(
-        f"  int8 quality report: greedy tokens agree with fp32 on {agree} of {total} positions "
-        f"({report['agreement_ratio']:.0%}). int8 is opt-in: check this is acceptable for your use.",
-        file=sys.stderr,
-    )
-    return report

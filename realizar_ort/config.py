@@ -46,6 +46,7 @@ class LlmModelConfig:
     path: Path
     name: str = ""  # the id clients use; defaults to the folder name
     source: str = ""  # where `make serve` exports it from when `path` is missing
+    quantize: Literal["none", "gguf", "int4", "int8"] = "none"  # how that export writes the weights
     session: SessionConfig = field(default_factory=SessionConfig)
     max_batch_size: int = 16
     max_context: int = 2048  # prompt + generated tokens per sequence

@@ -117,7 +117,9 @@ class Manifest:
     llm: LlmSpec | None = None
     embedding: EmbeddingSpec | None = None
     chat_template_file: str | None = None
-    quantization: str | None = None
+    # None for float weights; else {"method": "gguf"|"int4"|"int8", "block_size", "accuracy_level", "layers",
+    # "float32_layers", ..., "quality": the export's quality report} (see export/quantize.py)
+    quantization: dict[str, Any] | None = None
     manifest_version: int = MANIFEST_VERSION
 
     # ---- file round-trip -------------------------------------------------------------------------
@@ -136,6 +138,8 @@ class Manifest:
             if version != MANIFEST_VERSION:
                 raise ManifestError(f"manifest_version {version} is not supported (expected {MANIFEST_VERSION})")
             fields = dict(data)
+            if isinstance(fields.get("quantization"), str):  # manifests before quantization was a section
+                fields["quantization"] = {"method": fields["quantization"]}
             fields["inputs"] = tuple(_tensor(t) for t in data["inputs"])
             fields["outputs"] = tuple(_tensor(t) for t in data["outputs"])
             if data.get("llm") is not None:

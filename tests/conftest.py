@@ -19,6 +19,7 @@ SMOLLM2 = "smollm2-135m-instruct"
 TINY_LLAMA3 = "tiny-llama3"
 TINY_LLAMA3_OPTIMUM = "tiny-llama3-optimum"  # the same weights through Optimum's concat-KV graph
 MINILM = "all-minilm-l6-v2"
+SMOLLM2_Q4_1 = "smollm2-135m-instruct-q4_1"  # the same GGUF's own Q4_1/Q8_0 blocks as MatMulNBits
 
 
 def _model(name: str) -> Path:
@@ -54,6 +55,11 @@ def tiny_llama3_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama3_optimum_dir() -> Path:
     return _model(TINY_LLAMA3_OPTIMUM)
+
+
+@pytest.fixture(scope="session")
+def smollm2_q4_1_dir() -> Path:
+    return _model(SMOLLM2_Q4_1)
 
 
 @pytest.fixture(scope="session")

@@ -72,3 +72,15 @@ def test_missing_and_malformed_manifests(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="needs an 'llm' section"):
         load_manifest(tmp_path)
+
+
+def test_quantization_section_round_trips_and_old_string_form_is_read(tmp_path: Path) -> None:
+    import dataclasses
+
+    section = {"method": "gguf", "block_size": 32, "accuracy_level": 0, "layers": {"Q4_1": 14},
+               "quality": {"perplexity": 24.2, "perplexity_fp32": 24.2}}
+    manifest = dataclasses.replace(_llm_manifest(), quantization=section, dtype="gguf")
+    manifest.write(tmp_path)
+    assert load_manifest(tmp_path).quantization == section
+    data = {**manifest.to_dict(), "quantization": "int8"}  # written before quantization was a section
+    assert Manifest.from_dict(data).quantization == {"method": "int8"}
