@@ -52,6 +52,7 @@ class LlmModelConfig:
     max_queued: int = 256
     default_max_tokens: int = 512
     prefill_chunk_tokens: int = 256  # prompt tokens prefilled per decode step while other streams run
+    prefix_cache_mb: int = 512  # host RAM for KV of prompts seen before (0 = off; fused graph only)
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,8 @@ def _check_ranges(obj: Any, where: str) -> None:
             raise ConfigError(f"config key '{where}.{f.name}' must be >= 0, got {value}")
         if f.name == "port" and not 0 <= value <= 65535:
             raise ConfigError(f"config key '{where}.port' must be in 0..65535, got {value}")
+        if f.name == "prefix_cache_mb" and value < 0:
+            raise ConfigError(f"config key '{where}.prefix_cache_mb' must be >= 0 (0 turns the cache off), got {value}")
         if f.name == "max_wait_ms" and value < 0:
             raise ConfigError(f"config key '{where}.max_wait_ms' must be >= 0, got {value}")
         if f.name == "providers" and not value:

@@ -11,6 +11,13 @@ to `prefill_chunk` tokens per boundary (always at least one prompt); with a deco
 longer prompt is prefilled `prefill_chunk` tokens per boundary (one such prompt at a time, its row
 reserved) and joins the batch when its last chunk has run. Tokens are the same either way.
 
+Prefix cache (`PrefixCache`, fused graph only): a prompt whose first blocks are cached has their KV
+copied into its slot and prefills only the rest, which counts against the per-boundary budget; the rest
+is fed as one chunk on top of the copied positions (`decoder.extend`), or chunk by chunk when it is long.
+Prompts are stored once prefilled (so a burst sharing a long prefix computes it once: chunked prompts go
+one at a time, and the next one's lookup sees the first one's blocks), and a finished row's whole
+sequence (prompt + answer) is stored when it retires, ready for the conversation's next turn.
+
 Threading: `submit` and `Request.cancel` may be called from any thread; everything else runs on the
 scheduler thread. A failure inside one request's logit processors fails that request only; a failure
 of the graph fails the requests in the batch and the loop carries on.
@@ -32,6 +39,7 @@ import numpy as np
 from ..errors import EngineClosedError, QueueFullError, RealizarError
 from .decoder import Decoder
 from .detokenizer import TextStream
+from .prefix_cache import PrefixCache
 from .results import GenerationDelta, TokenLogprob, Usage
 from .sampling import RequestSampler, SampledToken, SamplingParams, sample_batch
 
@@ -61,6 +69,8 @@ class Request:
     generated: list[int] = field(default_factory=list)
     seq_length: int = 0  # tokens in this row's KV
     next_token: int = -1  # sampled, not yet fed
+    cached_tokens: int = 0  # prompt positions loaded from the prefix cache instead of prefilled
+    prefix_keys: list[bytes] | None = None  # the prompt's prefix-cache block keys (computed once)
     cancelled: bool = False
     finished: bool = False
 
@@ -70,9 +80,17 @@ class Request:
 
 class Scheduler:
     def __init__(
-        self, decoder: Decoder, max_batch: int, max_queued: int, prefill_chunk: int = PREFILL_CHUNK_TOKENS
+        self,
+        decoder: Decoder,
+        max_batch: int,
+        max_queued: int,
+        prefill_chunk: int = PREFILL_CHUNK_TOKENS,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
+        if prefix_cache is not None and not getattr(decoder, "prefix_caching", False):
+            raise ValueError("this decoder cannot load cached prefixes (the prefix cache needs the fused graph)")
         self.decoder = decoder
+        self.cache = prefix_cache
         self.max_batch = max_batch
         self.max_queued = max_queued
         self.prefill_chunk = prefill_chunk
@@ -120,6 +138,8 @@ class Scheduler:
             "decode_step_seconds": self._decode_step_seconds,
             "session_run_seconds": self.decoder.session_run_seconds,
             "prefill_seconds": self.decoder.prefill_seconds,
+            "prefix_cache_enabled": self.cache is not None,
+            **(self.cache.stats() if self.cache is not None else _NO_CACHE_STATS),
         }
 
     def close(self, timeout: float | None = 10.0) -> None:
@@ -163,9 +183,9 @@ class Scheduler:
         budget = self.prefill_chunk
         free_rows = self.max_batch - len(self._running) - (self._chunking is not None)
         while self._waiting and len(taken) < free_rows:
-            cost = len(self._waiting[0].prompt_ids)
+            cost = self._uncached_tokens(self._waiting[0])
             if cost > self.prefill_chunk and self.decoder.chunked_prefill:
-                if self._chunking is not None or any(len(r.prompt_ids) > self.prefill_chunk for r in taken):
+                if self._chunking is not None or any(self._uncached_tokens(r) > self.prefill_chunk for r in taken):
                     break  # one chunked prompt at a time
             elif taken and cost > budget:
                 break
@@ -174,18 +194,53 @@ class Scheduler:
             taken.append(self._waiting.popleft())
         return taken
 
+    def _uncached_tokens(self, request: Request) -> int:
+        """Prompt tokens `request` has to prefill: those past its longest cached prefix (as of now)."""
+        n = len(request.prompt_ids)
+        if self.cache is None:
+            return n
+        if request.prefix_keys is None:
+            request.prefix_keys = self.cache.keys(request.prompt_ids)
+        return n - self.cache.peek(request.prefix_keys, n - 1)
+
+    def _load_cached_prefix(self, request: Request, slot: int) -> int:
+        """Copy `request`'s longest cached prefix into `slot`; returns its length (0: none)."""
+        n = len(request.prompt_ids)
+        if request.prefix_keys is None:
+            request.prefix_keys = self.cache.keys(request.prompt_ids)
+        match = self.cache.match(request.prefix_keys, n - 1)
+        self.cache.record(n, match.tokens)
+        if match.tokens:
+            self.cache.load(match, self.decoder.kv, slot)
+        request.cached_tokens = match.tokens
+        return match.tokens
+
+    def _store(self, request: Request, slot: int, length: int) -> None:
+        """Keep the full blocks of `request`'s first `length` tokens (prompt, then answer) from `slot`."""
+        if self.cache is None:
+            return
+        tokens = request.prompt_ids if length <= len(request.prompt_ids) else request.prompt_ids + request.generated
+        self.cache.store(tokens, length, self.decoder.kv, slot, request.prefix_keys or ())
+
     def _prefill_admitted(self, admitted: list[Request]) -> None:
         """Stage 1: prefill this boundary's admissions. A long prompt starts its chunked prefill; short ones
         run alone or, where the decoder can, right-padded in groups (one pass over the weights per group,
-        at most `prefill_chunk` padded positions each), and each starts with its first token."""
+        at most `prefill_chunk` padded positions each), and each starts with its first token. Prompts with
+        a cached prefix come last, one pass each (their rests start at different positions)."""
         short: list[Request] = []
+        cached: list[Request] = []
         for request in admitted:
             if request.cancelled:
                 continue
             self._counters["prompt_tokens"] += len(request.prompt_ids)
-            if len(request.prompt_ids) > self.prefill_chunk and self.decoder.chunked_prefill:
-                self._chunking, self._chunked_tokens = request, 0
+            if self._uncached_tokens(request) > self.prefill_chunk and self.decoder.chunked_prefill:
+                self._chunking = request
+                self._chunked_tokens = self._load_cached_prefix(request, self.decoder.kv.staging_slot) if self.cache else 0
+            elif self.cache is not None and self._uncached_tokens(request) < len(request.prompt_ids):
+                cached.append(request)
             else:
+                if self.cache is not None:
+                    self.cache.record(len(request.prompt_ids), 0)
                 short.append(request)
         if not self.decoder.batched_prefill:
             for request in short:
@@ -202,6 +257,24 @@ class Scheduler:
             width = max(width, n)
         if group:
             self._prefill_group(group)
+        for request in cached:
+            self._prefill_rest(request)
+
+    def _prefill_rest(self, request: Request) -> None:
+        """Load `request`'s cached prefix into the next free slot and feed the rest of its prompt there as
+        one chunk; then start it. Its prefix is re-matched here, so blocks evicted since it was admitted
+        are simply computed."""
+        slot = self.decoder.next_slot
+        done = self._load_cached_prefix(request, slot)
+        self._counters["prefill_passes"] += 1
+        try:
+            logits = self.decoder.extend(slot, request.prompt_ids[done:], done)  # [V]
+        except Exception as exc:  # noqa: BLE001 - a bad prompt fails this request only
+            request.finished = True
+            self._emit(request, exc)
+            return
+        self._store(request, slot, len(request.prompt_ids))
+        self._start_prefilled(request, logits, self.decoder.admit)
 
     def _prefill_group(self, group: list[Request]) -> None:
         """Run the prompts of `group` (one pass), sample each one's first token, admit those that go on."""
@@ -216,6 +289,10 @@ class Scheduler:
                 request.finished = True
                 self._emit(request, exc)
             return
+        if self.cache is not None:
+            first = self.decoder.next_slot  # the group sits in slots first .. first + k - 1
+            for j, request in enumerate(group):
+                self._store(request, first + j, len(request.prompt_ids))
         sampled = sample_batch(logits, [r.sampler for r in group], [r.generated for r in group])
         for j, (request, choice) in enumerate(zip(group, sampled)):
             if isinstance(choice, BaseException):  # this request's logit processor failed
@@ -247,10 +324,12 @@ class Scheduler:
         self._chunked_tokens = done + len(chunk)
         if self._chunked_tokens == len(request.prompt_ids):
             self._chunking = None
-            self._start_staged(request, logits)
+            n = len(request.prompt_ids)
+            self._store(request, self.decoder.kv.staging_slot, n)
+            self._start_prefilled(request, logits, lambda: self.decoder.admit_staged(n))
 
-    def _start_staged(self, request: Request, logits: np.ndarray) -> None:
-        """Sample a chunk-prefilled request's first token and, unless that ends it, add its row to the batch."""
+    def _start_prefilled(self, request: Request, logits: np.ndarray, admit: Callable[[], int]) -> None:
+        """Sample a prefilled request's first token and, unless that ends it, `admit` its row to the batch."""
         (sampled,) = sample_batch(logits[None, :], [request.sampler], [request.generated])
         if isinstance(sampled, BaseException):  # its logit processor failed
             request.finished = True
@@ -258,7 +337,7 @@ class Scheduler:
             return
         if self._accept(request, sampled):
             return
-        self.decoder.admit_staged(len(request.prompt_ids))  # row index == len(self._running)
+        admit()  # row index == len(self._running)
         request.seq_length = len(request.prompt_ids)
         self._running.append(request)
 
@@ -308,7 +387,7 @@ class Scheduler:
             request.finished = True
             self._counters["requests_finished"] += 1
             n_prompt, n_out = len(request.prompt_ids), len(request.generated)
-            usage = Usage(prompt_tokens=n_prompt, completion_tokens=n_out, total_tokens=n_prompt + n_out)
+            usage = Usage(n_prompt, n_out, n_prompt + n_out, cached_tokens=request.cached_tokens)
         logprobs = (request.to_logprob(sampled),) if request.to_logprob is not None else None
         self._emit(request, GenerationDelta(text, (token,), finish, usage, logprobs, stop_reason))
         return request.finished
@@ -320,6 +399,10 @@ class Scheduler:
         alive = [not (r.cancelled or (r.finished and not cancelled_only)) for r in running]
         if all(alive):
             return
+        if self.cache is not None:  # their KV goes to the prefix cache before the slots are reused
+            for i, request in enumerate(running):
+                if not alive[i]:
+                    self._store(request, i, request.seq_length)
         kept = sum(alive)
         movers = [i for i in range(kept, len(running)) if alive[i]]  # kept rows past the new end
         rows = [i if alive[i] else movers.pop() for i in range(kept)]  # rows[j] >= j
@@ -361,6 +444,17 @@ class Scheduler:
         for request in waiting:
             self._emit(request, error)
         self._fail_running(error)
+
+
+_NO_CACHE_STATS = {
+    "prefix_cache_queries": 0,
+    "prefix_cache_query_tokens": 0,
+    "prefix_cache_hit_tokens": 0,
+    "prefix_cache_blocks": 0,
+    "prefix_cache_evicted_blocks": 0,
+    "prefix_cache_bytes_in_use": 0,
+    "prefix_cache_capacity_bytes": 0,
+}
 
 
 class _Courier:
