@@ -80,8 +80,9 @@ async def chat_completions(request: Request) -> Response:
     return response if response is not None else Response(status_code=499)
 
 
-def _no_usage() -> dict[str, int]:
-    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+def _no_usage() -> dict[str, Any]:
+    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+            "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 async def _sse(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], run: _Run) -> AsyncIterator[bytes]:

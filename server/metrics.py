@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics"]
@@ -39,7 +39,7 @@ class _EngineCollector(Collector):
     def __init__(self, engine_stats: Callable[[], dict[str, Any] | None]) -> None:
         self._engine_stats = engine_stats
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         try:
             stats = self._engine_stats() or {}
         except Exception:  # a closed engine has no gauges; the scrape still succeeds
@@ -53,6 +53,31 @@ class _EngineCollector(Collector):
             running.add_metric([], r)
         yield queue
         yield running
+        yield from _prefix_cache_metrics(stats)
+
+
+# (metric, help, stats() key): the engine's prefix cache, read at scrape time.
+_PREFIX_CACHE_COUNTERS = (
+    ("realizar_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", "prefix_cache_query_tokens"),
+    ("realizar_prefix_cache_hits", "Prompt tokens whose KV came from the prefix cache.", "prefix_cache_hit_tokens"),
+)
+_PREFIX_CACHE_GAUGES = (
+    ("realizar_prefix_cache_bytes", "Host memory the prefix cache's blocks hold.", "prefix_cache_bytes_in_use"),
+    ("realizar_prefix_cache_capacity_bytes", "The prefix cache's bound (0: off).", "prefix_cache_capacity_bytes"),
+)
+
+
+def _prefix_cache_metrics(stats: dict[str, Any]) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    for name, doc, key in _PREFIX_CACHE_COUNTERS:
+        family = CounterMetricFamily(name, doc)
+        if (value := stat(stats, (key,))) is not None:
+            family.add_metric([], value)
+        yield family
+    for name, doc, key in _PREFIX_CACHE_GAUGES:
+        family = GaugeMetricFamily(name, doc)
+        if (value := stat(stats, (key,))) is not None:
+            family.add_metric([], value)
+        yield family
 
 
 class ServerMetrics:
