@@ -55,6 +55,7 @@ class LlmModelConfig:
     prefill_chunk_tokens: int = 256  # prompt tokens prefilled per decode step while other streams run
     fast_forward: bool = True  # tokens a grammar forces are appended and fed without sampling (per request too)
     grammar_compile_budget_s: float = 5.0  # one response_format schema's compile; past it a 400
+    prefix_cache_mb: int = 512  # host RAM for KV of prompts seen before (0 = off; fused graph only)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,8 @@ def _check_ranges(obj: Any, where: str) -> None:
             raise ConfigError(f"config key '{where}.{f.name}' must be >= 0, got {value}")
         if f.name == "port" and not 0 <= value <= 65535:
             raise ConfigError(f"config key '{where}.port' must be in 0..65535, got {value}")
+        if f.name == "prefix_cache_mb" and value < 0:
+            raise ConfigError(f"config key '{where}.prefix_cache_mb' must be >= 0 (0 turns the cache off), got {value}")
         if f.name == "max_wait_ms" and value < 0:
             raise ConfigError(f"config key '{where}.max_wait_ms' must be >= 0, got {value}")
         if f.name == "providers" and not value:

@@ -88,8 +88,9 @@ async def start_completion(request: Request, state: ServerState, req: ChatComple
     return first, chunks, run
 
 
-def _no_usage() -> dict[str, int]:
-    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+def _no_usage() -> dict[str, Any]:
+    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+            "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 async def _sse(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], run: _Run) -> AsyncIterator[bytes]:

@@ -105,9 +105,11 @@ class ChunkBuilder:
         return chunk
 
 
-def usage_dict(usage: Any) -> dict[str, int]:
+def usage_dict(usage: Any) -> dict[str, Any]:
+    """OpenAI's usage object; ``prompt_tokens_details.cached_tokens``: prompt tokens served from the prefix cache."""
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
+            "total_tokens": usage.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": getattr(usage, "cached_tokens", 0)}}
 
 
 def _tool_delta(f: ToolCallFragment) -> dict[str, Any]:
@@ -123,7 +125,7 @@ def _tool_delta(f: ToolCallFragment) -> dict[str, Any]:
     return out
 
 
-def fold_chunks(chunks: list[dict[str, Any]], usage: dict[str, int]) -> dict[str, Any]:
+def fold_chunks(chunks: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any]:
     """The ``chat.completion`` equivalent to a complete list of chunks."""
     if not chunks:
         raise ValueError("no chunks to fold")

@@ -63,6 +63,7 @@ class _EngineCollector(Collector):
             if value is not None:
                 family.add_metric([], value)
             yield family
+        yield from _prefix_cache_metrics(stats)
         yield from _router_gauges(stats, q, r)
 
 
@@ -92,6 +93,30 @@ def kv_cache_usage(stats: dict[str, Any]) -> float | None:
     if running is None or not slots:
         return None
     return min(1.0, running / slots)
+
+
+# (metric, help, stats() key): the engine's prefix cache, read at scrape time.
+_PREFIX_CACHE_COUNTERS = (
+    ("realizar_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", "prefix_cache_query_tokens"),
+    ("realizar_prefix_cache_hits", "Prompt tokens whose KV came from the prefix cache.", "prefix_cache_hit_tokens"),
+)
+_PREFIX_CACHE_GAUGES = (
+    ("realizar_prefix_cache_bytes", "Host memory the prefix cache's blocks hold.", "prefix_cache_bytes_in_use"),
+    ("realizar_prefix_cache_capacity_bytes", "The prefix cache's bound (0: off).", "prefix_cache_capacity_bytes"),
+)
+
+
+def _prefix_cache_metrics(stats: dict[str, Any]) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    for name, doc, key in _PREFIX_CACHE_COUNTERS:
+        family = CounterMetricFamily(name, doc)
+        if (value := stat(stats, (key,))) is not None:
+            family.add_metric([], value)
+        yield family
+    for name, doc, key in _PREFIX_CACHE_GAUGES:
+        family = GaugeMetricFamily(name, doc)
+        if (value := stat(stats, (key,))) is not None:
+            family.add_metric([], value)
+        yield family
 
 
 class ServerMetrics:

@@ -35,6 +35,7 @@ class Decoder(Protocol):
     prefill_seconds: float
     chunked_prefill: bool  # whether prefill_chunk / admit_staged / extend exist (InPlaceDecoder)
     batched_prefill: bool  # whether prefill_batch / admit_prefilled exist (InPlaceDecoder)
+    prefix_caching: bool  # whether extend / next_slot / kv (slots) exist for a PrefixCache (InPlaceDecoder)
 
     def prefill(self, prompt_ids: list[int]) -> np.ndarray:
         """Run one prompt alone; returns its last position's logits ``[V]`` (valid until the next call)."""

@@ -36,6 +36,7 @@ __all__ = ["InPlaceDecoder"]
 class InPlaceDecoder:
     chunked_prefill = True
     batched_prefill = True
+    prefix_caching = True  # extend / next_slot / kv: a PrefixCache can load into and store from the slots
 
     def __init__(self, session: ort.InferenceSession, spec: LlmSpec, max_batch: int, max_context: int) -> None:
         if spec.seqlens_k_name is None or spec.total_sequence_length_name is None:
@@ -80,17 +81,24 @@ class InPlaceDecoder:
     def prefill_chunk(self, chunk_ids: list[int], done: int) -> np.ndarray:
         """The prompt's tokens ``[done, done + n)`` into the staging slot, on top of the `done` already there.
         Returns the chunk's last position's logits ``[V]`` (the prompt's, once the last chunk ran)."""
-        return self._run_prompts([chunk_ids], done, self.kv.staging_slot)[0]
+        return self.extend(self.kv.staging_slot, chunk_ids, done)
 
     def extend(self, slot: int, token_ids: Sequence[int], done: int) -> np.ndarray:
-        """Several tokens for one sequence in one pass: `token_ids` into positions ``[done, done + n)`` of
-        `slot` (a running row's, or the staging slot), on top of the `done` there. Returns the last
-        position's logits ``[V]`` (a view into scratch, valid until the next prefill). A running row's
-        forced tokens go this way, in a pass of their own: GroupQueryAttention feeds every row of a pass
-        the same number of tokens, and the graph's last-position pick assumes it."""
+        """Feed several tokens to one sequence in one pass: `token_ids` go to positions ``[done, done + n)``
+        of `slot`, on top of the `done` positions already there. Returns the last position's logits ``[V]``
+        (a view into scratch, valid until the next prefill). The one mechanism behind "a row's pending
+        tokens as a chunk": a long prompt's next chunk (staging slot), the rest of a prompt after a prefix
+        cache hit (the next free slot), or tokens a running row must take without sampling (its own slot;
+        GroupQueryAttention needs every row of a pass to feed the same number of tokens, so such a row runs
+        in a pass of its own)."""
         if not 0 <= slot <= self.kv.max_batch:
             raise ValueError(f"slot {slot} does not exist")
         return self._run_prompts([list(token_ids)], done, slot)[0]
+
+    @property
+    def next_slot(self) -> int:
+        """The slot the next admitted row takes (a prefill or `extend` there, then `admit`)."""
+        return self.kv.batch
 
     def admit_staged(self, length: int) -> int:
         """The fully prefilled staging slot (`length` tokens) becomes the batch's last row."""

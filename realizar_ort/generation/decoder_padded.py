@@ -28,6 +28,7 @@ __all__ = ["PaddedDecoder"]
 class PaddedDecoder:
     chunked_prefill = False  # the concat graph's prefill needs the whole prompt at once
     batched_prefill = False  # prompts are prefilled one at a time
+    prefix_caching = False  # no prefix cache on this graph (see generation/prefix_cache.py)
 
     def __init__(
         self, session: ort.InferenceSession, spec: LlmSpec, max_batch: int, max_context: int

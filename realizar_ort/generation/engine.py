@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Self
 from ..chat_template import ChatTemplate
 from ..config import LlmModelConfig
 from ..errors import ContextLengthError, EngineClosedError, InvalidRequestError
-from ..manifest import LlmSpec, Manifest, ManifestError, load_manifest
+from ..manifest import MANIFEST_FILE, LlmSpec, Manifest, ManifestError, load_manifest
 from ..onnx_session import create_session
 from ..tokenizer import Tokenizer
-from .decoder import create_decoder
+from .decoder import Decoder, create_decoder
 from .detokenizer import TextStream
+from .prefix_cache import PrefixCache
 from .results import GenerationDelta, GenerationResult, TokenLogprob, TopLogprob
 from .sampling import RequestSampler, SampledToken, SamplingParams
 from .scheduler import Request, Scheduler
@@ -123,7 +124,10 @@ class ModelEngine:
         session = create_session(folder / manifest.onnx_file, config.session)
         self.provider = session.get_providers()[0]
         decoder = create_decoder(session, self.spec, config.max_batch_size, self.max_context)
-        self._scheduler = Scheduler(decoder, config.max_batch_size, config.max_queued, config.prefill_chunk_tokens)
+        self._scheduler = Scheduler(
+            decoder, config.max_batch_size, config.max_queued, config.prefill_chunk_tokens,
+            self._prefix_cache(decoder, folder),
+        )
 
     @classmethod
     def from_folder(cls, path: str | Path, config: LlmModelConfig | None = None) -> ModelEngine:
@@ -138,6 +142,16 @@ class ModelEngine:
     @classmethod
     def from_config(cls, config: LlmModelConfig) -> ModelEngine:
         return cls(config, load_manifest(config.path))
+
+    def _prefix_cache(self, decoder: Decoder, folder: Path) -> PrefixCache | None:
+        """The prefix cache (`[models.llm] prefix_cache_mb`; 0 = off), keyed under this model and graph:
+        the manifest's bytes (export source, format, graph kind, shapes) and the graph file's size. The
+        Optimum concat graph has none (its decoder cannot load a prefix into a row)."""
+        if self.config.prefix_cache_mb <= 0 or not decoder.prefix_caching:
+            return None
+        onnx = folder / self.manifest.onnx_file
+        identity = (folder / MANIFEST_FILE).read_bytes() + f"|{onnx.stat().st_size}".encode()
+        return PrefixCache(decoder.kv, self.config.prefix_cache_mb * 1024 * 1024, identity)
 
     def _load_template(self, folder: Path) -> ChatTemplate | None:
         if not self.manifest.chat_template_file:

@@ -32,6 +32,7 @@ class SlotKVCache:
         self.max_batch = max_batch
         self.max_context = max_context
         self.past_names, self.present_names = spec.kv_io_names()
+        self.kv_heads, self.head_dim = spec.num_kv_heads, spec.head_dim
         shape = (max_batch + 1, spec.num_kv_heads, max_context, spec.head_dim)  # + the staging slot
         self._buffers = [np.zeros(shape, np.float32) for _ in self.past_names]
         self.bytes_per_position = len(self._buffers) * spec.num_kv_heads * spec.head_dim * 4

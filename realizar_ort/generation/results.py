@@ -29,6 +29,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int  # every generated token, including a stop token that ended the sequence
     total_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache (OpenAI's prompt_tokens_details)
 
 
 @dataclass(frozen=True)

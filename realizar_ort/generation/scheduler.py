@@ -20,6 +20,13 @@ as there are rows gets a pass of its own for them first (that pass costs about w
 and saves the row that many steps), and otherwise feeds one forced token per step, never sampling until
 they are all in. The Optimum graph (no `extend`) feeds them one per step.
 
+Prefix cache (`PrefixCache`, fused graph only): a prompt whose first blocks are cached has their KV
+copied into its slot and prefills only the rest, which counts against the per-boundary budget; the rest
+is fed as one chunk on top of the copied positions (`decoder.extend`), or chunk by chunk when it is long.
+Prompts are stored once prefilled (so a burst sharing a long prefix computes it once: chunked prompts go
+one at a time, and the next one's lookup sees the first one's blocks), and a finished row's whole
+sequence (prompt + answer) is stored when it retires, ready for the conversation's next turn.
+
 Threading: `submit` and `Request.cancel` may be called from any thread; everything else runs on the
 scheduler thread. A failure inside one request's logit processors fails that request only; a failure
 of the graph fails the requests in the batch and the loop carries on.
@@ -42,6 +49,7 @@ import numpy as np
 from ..errors import EngineClosedError, QueueFullError, RealizarError
 from .decoder import Decoder
 from .detokenizer import TextStream
+from .prefix_cache import PrefixCache
 from .results import GenerationDelta, TokenLogprob, Usage
 from .sampling import RequestSampler, SampledToken, SamplingParams, sample_batch
 
@@ -74,6 +82,8 @@ class Request:
     forcer: Any = None  # the logit processor that says which tokens its grammar forces (fast-forward), if any
     pending: list[int] = field(default_factory=list)  # forced tokens to feed after next_token, in order
     prompt_forced: int = 0  # forced tokens at the very start, prefilled with the prompt (the end of prompt_ids)
+    cached_tokens: int = 0  # prompt positions loaded from the prefix cache instead of prefilled
+    prefix_keys: list[bytes] | None = None  # the prompt's prefix-cache block keys (computed once)
     cancelled: bool = False
     finished: bool = False
 
@@ -83,9 +93,17 @@ class Request:
 
 class Scheduler:
     def __init__(
-        self, decoder: Decoder, max_batch: int, max_queued: int, prefill_chunk: int = PREFILL_CHUNK_TOKENS
+        self,
+        decoder: Decoder,
+        max_batch: int,
+        max_queued: int,
+        prefill_chunk: int = PREFILL_CHUNK_TOKENS,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
+        if prefix_cache is not None and not getattr(decoder, "prefix_caching", False):
+            raise ValueError("this decoder cannot load cached prefixes (the prefix cache needs the fused graph)")
         self.decoder = decoder
+        self.cache = prefix_cache
         self.max_batch = max_batch
         self.max_queued = max_queued
         self.prefill_chunk = prefill_chunk
@@ -136,6 +154,8 @@ class Scheduler:
             "decode_step_seconds": self._decode_step_seconds,
             "session_run_seconds": self.decoder.session_run_seconds,
             "prefill_seconds": self.decoder.prefill_seconds,
+            "prefix_cache_enabled": self.cache is not None,
+            **(self.cache.stats() if self.cache is not None else _NO_CACHE_STATS),
         }
 
     def close(self, timeout: float | None = 10.0) -> None:
@@ -179,9 +199,9 @@ class Scheduler:
         budget = self.prefill_chunk
         free_rows = self.max_batch - len(self._running) - (self._chunking is not None)
         while self._waiting and len(taken) < free_rows:
-            cost = len(self._waiting[0].prompt_ids)
+            cost = self._uncached_tokens(self._waiting[0])
             if cost > self.prefill_chunk and self.decoder.chunked_prefill:
-                if self._chunking is not None or any(len(r.prompt_ids) > self.prefill_chunk for r in taken):
+                if self._chunking is not None or any(self._uncached_tokens(r) > self.prefill_chunk for r in taken):
                     break  # one chunked prompt at a time
             elif taken and cost > budget:
                 break
@@ -190,11 +210,44 @@ class Scheduler:
             taken.append(self._waiting.popleft())
         return taken
 
+    def _uncached_tokens(self, request: Request) -> int:
+        """Prompt tokens `request` has to prefill: those past its longest cached prefix (as of now)."""
+        n = len(request.prompt_ids)
+        if self.cache is None:
+            return n
+        if request.prefix_keys is None:
+            request.prefix_keys = self.cache.keys(request.prompt_ids)
+        return n - self.cache.peek(request.prefix_keys, n - 1)
+
+    def _load_cached_prefix(self, request: Request, slot: int) -> int:
+        """Copy `request`'s longest cached prefix into `slot`; returns its length (0: none)."""
+        n = len(request.prompt_ids)
+        if request.prefix_keys is None:
+            request.prefix_keys = self.cache.keys(request.prompt_ids)
+        match = self.cache.match(request.prefix_keys, n - 1)
+        self.cache.record(n, match.tokens)
+        if match.tokens:
+            self.cache.load(match, self.decoder.kv, slot)
+        request.cached_tokens = match.tokens
+        return match.tokens
+
+    def _store(self, request: Request, slot: int, length: int) -> None:
+        """Keep the full blocks of `request`'s first `length` tokens (prompt, then answer) from `slot`."""
+        if self.cache is None:
+            return
+        if length <= len(request.prompt_ids):
+            tokens = request.prompt_ids
+        else:  # the prompt's forced tail (fast-forward at the start) is also the answer's head: count it once
+            tokens = request.prompt_ids[: len(request.prompt_ids) - request.prompt_forced] + request.generated
+        self.cache.store(tokens, length, self.decoder.kv, slot, request.prefix_keys or ())
+
     def _prefill_admitted(self, admitted: list[Request]) -> None:
         """Stage 1: prefill this boundary's admissions. A long prompt starts its chunked prefill; short ones
         run alone or, where the decoder can, right-padded in groups (one pass over the weights per group,
-        at most `prefill_chunk` padded positions each), and each starts with its first token."""
+        at most `prefill_chunk` padded positions each), and each starts with its first token. Prompts with
+        a cached prefix come last, one pass each (their rests start at different positions)."""
         short: list[Request] = []
+        cached: list[Request] = []
         for request in admitted:
             if request.cancelled:
                 continue
@@ -204,9 +257,15 @@ class Scheduler:
             if request.pending:
                 request.prompt_ids = [*request.prompt_ids, *request.pending]
                 request.prompt_forced, request.pending = len(request.pending), []
-            if len(request.prompt_ids) > self.prefill_chunk and self.decoder.chunked_prefill:
-                self._chunking, self._chunked_tokens = request, 0
+                request.prefix_keys = None  # the prompt grew: its block keys are computed again
+            if self._uncached_tokens(request) > self.prefill_chunk and self.decoder.chunked_prefill:
+                self._chunking = request
+                self._chunked_tokens = self._load_cached_prefix(request, self.decoder.kv.staging_slot) if self.cache else 0
+            elif self.cache is not None and self._uncached_tokens(request) < len(request.prompt_ids):
+                cached.append(request)
             else:
+                if self.cache is not None:
+                    self.cache.record(len(request.prompt_ids), 0)
                 short.append(request)
         if not self.decoder.batched_prefill:
             for request in short:
@@ -223,6 +282,24 @@ class Scheduler:
             width = max(width, n)
         if group:
             self._prefill_group(group)
+        for request in cached:
+            self._prefill_rest(request)
+
+    def _prefill_rest(self, request: Request) -> None:
+        """Load `request`'s cached prefix into the next free slot and feed the rest of its prompt there as
+        one chunk; then start it. Its prefix is re-matched here, so blocks evicted since it was admitted
+        are simply computed."""
+        slot = self.decoder.next_slot
+        done = self._load_cached_prefix(request, slot)
+        self._counters["prefill_passes"] += 1
+        try:
+            logits = self.decoder.extend(slot, request.prompt_ids[done:], done)  # [V]
+        except Exception as exc:  # noqa: BLE001 - a bad prompt fails this request only
+            request.finished = True
+            self._emit(request, exc)
+            return
+        self._store(request, slot, len(request.prompt_ids))
+        self._start_prefilled(request, logits, self.decoder.admit)
 
     def _prefill_group(self, group: list[Request]) -> None:
         """Run the prompts of `group` (one pass), sample each one's first token, admit those that go on."""
@@ -237,6 +314,10 @@ class Scheduler:
                 request.finished = True
                 self._emit(request, exc)
             return
+        if self.cache is not None:
+            first = self.decoder.next_slot  # the group sits in slots first .. first + k - 1
+            for j, request in enumerate(group):
+                self._store(request, first + j, len(request.prompt_ids))
         sampled = sample_batch(logits, [r.sampler for r in group], [r.generated for r in group])
         for j, (request, choice) in enumerate(zip(group, sampled)):
             if isinstance(choice, BaseException):  # this request's logit processor failed
@@ -268,10 +349,12 @@ class Scheduler:
         self._chunked_tokens = done + len(chunk)
         if self._chunked_tokens == len(request.prompt_ids):
             self._chunking = None
-            self._start_staged(request, logits)
+            n = len(request.prompt_ids)
+            self._store(request, self.decoder.kv.staging_slot, n)
+            self._start_prefilled(request, logits, lambda: self.decoder.admit_staged(n))
 
-    def _start_staged(self, request: Request, logits: np.ndarray) -> None:
-        """Sample a chunk-prefilled request's first token and, unless that ends it, add its row to the batch."""
+    def _start_prefilled(self, request: Request, logits: np.ndarray, admit: Callable[[], int]) -> None:
+        """Sample a prefilled request's first token and, unless that ends it, `admit` its row to the batch."""
         (sampled,) = sample_batch(logits[None, :], [request.sampler], [request.generated])
         if isinstance(sampled, BaseException):  # its logit processor failed
             request.finished = True
@@ -279,7 +362,7 @@ class Scheduler:
             return
         if self._accept(request, sampled) or self._fast_forward(request):
             return
-        self.decoder.admit_staged(len(request.prompt_ids))  # row index == len(self._running)
+        admit()  # row index == len(self._running)
         request.seq_length = len(request.prompt_ids)
         self._running.append(request)
 
@@ -401,7 +484,7 @@ class Scheduler:
             request.finished = True
             self._counters["requests_finished"] += 1
             n_prompt, n_out = len(request.prompt_ids) - request.prompt_forced, len(request.generated)
-            usage = Usage(prompt_tokens=n_prompt, completion_tokens=n_out, total_tokens=n_prompt + n_out)
+            usage = Usage(n_prompt, n_out, n_prompt + n_out, cached_tokens=request.cached_tokens)
         logprobs = (request.to_logprob(sampled),) if request.to_logprob is not None and sampled is not None else None
         self._emit(request, GenerationDelta(text, tuple(taken), finish, usage, logprobs, stop_reason))
         return request.finished
@@ -413,6 +496,10 @@ class Scheduler:
         alive = [not (r.cancelled or (r.finished and not cancelled_only)) for r in running]
         if all(alive):
             return
+        if self.cache is not None:  # their KV goes to the prefix cache before the slots are reused
+            for i, request in enumerate(running):
+                if not alive[i]:
+                    self._store(request, i, request.seq_length)
         kept = sum(alive)
         movers = [i for i in range(kept, len(running)) if alive[i]]  # kept rows past the new end
         rows = [i if alive[i] else movers.pop() for i in range(kept)]  # rows[j] >= j
@@ -454,6 +541,17 @@ class Scheduler:
         for request in waiting:
             self._emit(request, error)
         self._fail_running(error)
+
+
+_NO_CACHE_STATS = {
+    "prefix_cache_queries": 0,
+    "prefix_cache_query_tokens": 0,
+    "prefix_cache_hit_tokens": 0,
+    "prefix_cache_blocks": 0,
+    "prefix_cache_evicted_blocks": 0,
+    "prefix_cache_bytes_in_use": 0,
+    "prefix_cache_capacity_bytes": 0,
+}
 
 
 class _Courier:

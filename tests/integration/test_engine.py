@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -195,7 +196,9 @@ def test_chat_stream_folds_into_chat(smollm2: ModelEngine) -> None:
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     params = SamplingParams(max_tokens=16, temperature=0.0)
     result = smollm2.chat(messages, params)
-    assert GenerationResult.fold(smollm2.chat_stream(messages, params)) == result
+    folded = GenerationResult.fold(smollm2.chat_stream(messages, params))
+    assert folded.usage.cached_tokens > 0  # the same prompt again: a cache hit
+    assert dataclasses.replace(folded, usage=result.usage) == result
     assert "Paris" in result.text
     assert result.finish_reason == "stop" and result.stop_reason == smollm2.tokenizer.token_id("<|im_end|>")
 

@@ -58,7 +58,7 @@ def test_prefill_batch_refuses_more_prompts_than_free_slots(tiny_llama3_dir: Pat
 
 @pytest.fixture(scope="module")
 def tiny(tiny_llama3_dir: Path) -> Iterator[ModelEngine]:
-    config = LlmModelConfig(path=tiny_llama3_dir, max_batch_size=8, prefill_chunk_tokens=128,
+    config = LlmModelConfig(path=tiny_llama3_dir, max_batch_size=8, prefill_chunk_tokens=128, prefix_cache_mb=0,
                             session=SessionConfig(intra_op_threads=2))
     with ModelEngine.from_config(config) as engine:
         yield engine

@@ -20,7 +20,8 @@ CHUNK = 64
 
 @pytest.fixture(scope="module")
 def chunked(tiny_llama3_dir: Path):
-    config = LlmModelConfig(path=tiny_llama3_dir, max_batch_size=4, prefill_chunk_tokens=CHUNK)
+    config = LlmModelConfig(path=tiny_llama3_dir, max_batch_size=4, prefill_chunk_tokens=CHUNK,
+                            prefix_cache_mb=0)  # repeated prompts must be prefilled again here
     with ModelEngine.from_config(config) as engine:
         yield engine
 

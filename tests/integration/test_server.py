@@ -217,6 +217,31 @@ def test_agent_loop_with_a_tool_result(client):
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
 
+def test_usage_reports_prompt_tokens_served_from_the_prefix_cache(client, live):
+    """A conversation's next turn loads the previous turn's prompt and answer from the prefix cache:
+    usage.prompt_tokens_details.cached_tokens says how many (streamed usage too), answers stay the same."""
+    def scrape(name):
+        line = next(x for x in httpx.get(live.url + "/metrics").text.splitlines() if x.startswith(name + " "))
+        return float(line.split()[1])
+
+    hits_before = scrape("realizar_prefix_cache_hits_total")
+    system = {"role": "system", "content": "You answer geography questions in one short sentence. " * 8}
+    first_messages = [system, {"role": "user", "content": "What is the capital of Italy?"}]
+    first = client.chat.completions.create(model=LLM, messages=first_messages, temperature=0, max_tokens=12)
+    messages = [*first_messages, {"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "And of Spain?"}]
+    second = client.chat.completions.create(model=LLM, messages=messages, temperature=0, max_tokens=12)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens - 16 <= cached < second.usage.prompt_tokens
+    streamed = fold_stream(client.chat.completions.create(
+        model=LLM, messages=messages, temperature=0, max_tokens=12, stream=True,
+        stream_options={"include_usage": True}))
+    assert streamed["content"] == second.choices[0].message.content
+    assert streamed["usage"].prompt_tokens_details.cached_tokens >= cached  # this exact prompt was kept too
+    assert scrape("realizar_prefix_cache_hits_total") - hits_before >= 2 * cached
+    assert 0 < scrape("realizar_prefix_cache_bytes") <= scrape("realizar_prefix_cache_capacity_bytes")
+
+
 # ---- models, health, metrics ----------------------------------------------------------------------------
 
 
@@ -234,7 +259,8 @@ def test_models_health_ready_metrics(client, live):
                  "realizar_generation_tokens_total{model=\"smollm2-135m-instruct\"}",
                  "realizar_time_to_first_token_seconds_bucket", "realizar_inter_token_latency_seconds_bucket",
                  "realizar_queue_depth", "realizar_running_batch_size", "realizar_grammar_compile_seconds",
-                 "realizar_grammar_mask_seconds"):
+                 "realizar_grammar_mask_seconds", "realizar_prefix_cache_queries_total",
+                 "realizar_prefix_cache_hits_total", "realizar_prefix_cache_bytes"):
         assert name in metrics, name
 
 

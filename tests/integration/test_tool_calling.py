@@ -71,8 +71,9 @@ def ask(question: str) -> list[dict]:
 
 
 def summary(result: ToolGenerationResult) -> tuple:
+    usage = result.usage  # without cached_tokens: a repeated prompt is a prefix-cache hit, same answer
     return (result.content, [(c.name, c.arguments_json) for c in result.tool_calls], result.finish_reason,
-            result.token_ids, result.usage)
+            result.token_ids, (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens))
 
 
 # ---- SmolLM2 ---------------------------------------------------------------------------------------------

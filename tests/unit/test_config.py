@@ -29,6 +29,8 @@ def test_defaults_fill_missing_keys() -> None:
     assert config.embedding is None
     assert config.llm.session.huge_pages is True
     assert _parse({"models": {"llm": {"path": "m", "session": {"huge_pages": False}}}}).llm.session.huge_pages is False
+    assert config.llm.prefix_cache_mb > 0  # the prefix cache is on by default
+    assert _parse({"models": {"llm": {"path": "m", "prefix_cache_mb": 0}}}).llm.prefix_cache_mb == 0  # 0 = off
 
 
 @pytest.mark.parametrize(
@@ -59,6 +61,9 @@ def test_defaults_fill_missing_keys() -> None:
         ({"server": {"ray": {"target_ongoing_requests": 0}}}, "'server.ray.target_ongoing_requests' must be > 0"),
         ({"server": {"ray": {"num_cpus": 0}}}, "'server.ray.num_cpus' must be > 0"),
         ({"server": {"ray": 2}}, "[server.ray] must be a table"),
+        ({"models": {"llm": {"path": "m", "prefix_cache_mb": -1}}}, "'models.llm.prefix_cache_mb' must be >= 0"),
+        ({"models": {"llm": {"path": "m", "prefix_cache_mb": 1.5}}}, "'models.llm.prefix_cache_mb' must be an integer"),
+        ({"models": {"llm": {"path": "m", "prefix_cache_mb": False}}}, "'models.llm.prefix_cache_mb' must be an integer"),
     ],
 )
 def test_bad_config_names_the_key(raw: dict, message: str) -> None:

@@ -128,7 +128,8 @@ def test_chat_completion_shape(client):
     assert body["object"] == "chat.completion" and body["model"] == LLM and body["id"].startswith("chatcmpl-")
     assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "hello big", "refusal": None},
                                 "logprobs": None, "finish_reason": "length"}]
-    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 def test_stream_frames_fold_to_the_completion(client):
@@ -143,7 +144,8 @@ def test_stream_frames_fold_to_the_completion(client):
     assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None, None, None, None, "stop"]
     assert chunks[-2]["choices"][0]["delta"] == {}
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3,
-                                                                   "total_tokens": 6}
+                                                                   "total_tokens": 6,
+                                                                   "prompt_tokens_details": {"cached_tokens": 0}}
     assert all(c["usage"] is None for c in chunks[:-1])
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
     folded = client.post("/v1/chat/completions", json=chat("a b c")).json()
