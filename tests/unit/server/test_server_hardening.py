@@ -1,0 +1,81 @@
+"""Hardening on fake engines (no model): metrics that count what they say, shutdown drain, body timeout,
+the request-field policy and ``system_fingerprint``. Real-process shutdown: tests/integration/test_server_shutdown.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+import pytest
+from test_server_protocol_routes import LLM, FakeEmbedder, FakeEngine, chat, make_client, sse_events
+
+
+@pytest.fixture()
+def engine():
+    return FakeEngine()
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+    assert match, f"{name} not in the scrape"
+    return float(match.group(1))
+
+
+# ---- metrics ----------------------------------------------------------------------------------------------
+
+
+def test_streams_read_to_the_end_are_not_counted_as_cancelled(engine):
+    with make_client(engine) as c:
+        for _ in range(3):
+            r = c.post("/v1/chat/completions", json=chat("a b c", stream=True))
+            assert sse_events(r.text)[-1] == b"data: [DONE]"
+        c.post("/v1/chat/completions", json=chat("a b c"))
+        assert metric(c.get("/metrics").text, "realizar_cancelled_requests_total") == 0.0
+
+
+def test_every_metric_counts_exactly_what_it_says(engine):
+    with make_client(engine) as c:
+        assert c.post("/v1/chat/completions", json=chat("one two three", max_tokens=2)).status_code == 200
+        assert c.post("/v1/chat/completions", json=chat("a b c d", stream=True)).status_code == 200
+        assert c.post("/v1/chat/completions", json=chat("x", max_tokens=-1)).status_code == 400
+        assert c.post("/v1/embeddings", json={"model": "fake-emb", "input": ["ab", "c d e"]}).status_code == 200
+        text = c.get("/metrics").text
+    assert metric(text, 'realizar_requests_total{route="/v1/chat/completions",status="200"}') == 2
+    assert metric(text, 'realizar_requests_total{route="/v1/chat/completions",status="400"}') == 1
+    assert metric(text, 'realizar_requests_total{route="/v1/embeddings",status="200"}') == 1
+    assert metric(text, 'realizar_request_duration_seconds_count{route="/v1/chat/completions"}') == 3
+    # the fake's prompt is one token per word; MiniLM-free embeddings count words + 2 per input
+    assert metric(text, 'realizar_prompt_tokens_total{model="fake-llm"}') == 3 + 4
+    assert metric(text, 'realizar_prompt_tokens_total{model="fake-emb"}') == 3 + 5
+    assert metric(text, 'realizar_generation_tokens_total{model="fake-llm"}') == 2 + 4
+    assert metric(text, "realizar_time_to_first_token_seconds_count") == 2  # one per request with tokens
+    assert metric(text, "realizar_inter_token_latency_seconds_count") == (2 - 1) + (4 - 1)
+    assert metric(text, "realizar_cancelled_requests_total") == 0
+    assert metric(text, "realizar_running_batch_size") == 0 and metric(text, "realizar_queue_depth") == 0
+
+
+def test_a_hang_up_mid_stream_counts_one_cancellation_and_the_gauges_follow(engine):
+    import httpx
+    from realizar_ort.server.app import create_app
+    from realizar_ort.server.live import LiveServer
+
+    from realizar_ort.config import Config, ServerConfig
+
+    with LiveServer(create_app(Config(server=ServerConfig(port=0)), llm=engine, embedder=FakeEmbedder())) as live:
+        words = " ".join(["SLOW"] * 60)
+        with httpx.stream("POST", live.url + "/v1/chat/completions", json=chat(words, stream=True, max_tokens=60),
+                          timeout=30) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+            running = metric(httpx.get(live.url + "/metrics").text, "realizar_running_batch_size")
+        assert running == 1
+        for _ in range(200):  # the server notices the hang-up at its next send
+            text = httpx.get(live.url + "/metrics").text
+            if metric(text, "realizar_cancelled_requests_total") and not metric(text, "realizar_running_batch_size"):
+                break
+            import time
+
+            time.sleep(0.05)
+        assert metric(text, "realizar_cancelled_requests_total") == 1
+        assert metric(text, "realizar_running_batch_size") == 0
