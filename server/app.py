@@ -41,7 +41,7 @@ from .json_mode import JsonModeService
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .models_route import list_models, retrieve_model
 from .responses import create_response
-from .state import EmbeddingService, LlmService, ServerState, state_of
+from .state import EmbeddingService, LlmService, ServerState, state_of, system_fingerprint
 
 __all__ = ["create_app", "engine_provider"]
 
@@ -105,7 +105,8 @@ def _load_models(state: ServerState, llm: Any, embedder: Any) -> None:
         max_context = getattr(llm, "max_context", None) or (
             config.llm.max_context if config.llm else llm.manifest.llm.context_length)
         state.llm = LlmService(engine=llm, name=name, max_context=max_context,
-                               json_mode=_json_mode(llm, config, state.metrics))
+                               json_mode=_json_mode(llm, config, state.metrics),
+                               fingerprint=system_fingerprint(llm.manifest, config.llm))
         log.info("loaded chat model %s on %s (max_batch_size %s, max_context %s)", name,
                  engine_provider(llm, config.llm.session if config.llm else None),
                  config.llm.max_batch_size if config.llm else "?", max_context)

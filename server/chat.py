@@ -173,7 +173,7 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.builder = ChunkBuilder(model=self.llm.name, include_usage=self.req.include_usage,
-                                    want_logprobs=self.req.logprobs)
+                                    want_logprobs=self.req.logprobs, system_fingerprint=self.llm.fingerprint)
         self._tokens_seen = 0
         self._last_token_at: float | None = None
 

@@ -79,3 +79,31 @@ def test_a_hang_up_mid_stream_counts_one_cancellation_and_the_gauges_follow(engi
             time.sleep(0.05)
         assert metric(text, "realizar_cancelled_requests_total") == 1
         assert metric(text, "realizar_running_batch_size") == 0
+
+
+# ---- system_fingerprint -----------------------------------------------------------------------------------
+
+
+def test_system_fingerprint_is_a_stable_string_for_model_and_config(engine, tmp_path):
+    import dataclasses
+
+    from realizar_ort.server.state import system_fingerprint
+
+    from realizar_ort.config import LlmModelConfig
+
+    fingerprints = []
+    for _ in range(2):  # two app instances (a restart, or two replicas) of the same model and config
+        with make_client(engine) as c:
+            full = c.post("/v1/chat/completions", json=chat("a b")).json()
+            chunks = [orjson.loads(e[6:]) for e in sse_events(c.post("/v1/chat/completions",
+                                                                     json=chat("a b", stream=True)).text)[:-1]]
+            fingerprints.append(full["system_fingerprint"])
+            assert {c["system_fingerprint"] for c in chunks} == {full["system_fingerprint"]}
+    assert isinstance(fingerprints[0], str) and re.fullmatch(r"fp_[0-9a-f]{12}", fingerprints[0])
+    assert fingerprints[0] == fingerprints[1]
+    config = LlmModelConfig(path=tmp_path / "a")
+    same = system_fingerprint(engine.manifest, dataclasses.replace(config, path=tmp_path / "b"))
+    assert system_fingerprint(engine.manifest, config) == same  # where the folder lives does not matter
+    assert system_fingerprint(engine.manifest, dataclasses.replace(config, max_context=4096)) != same
+    other = type(engine.manifest)(**{**vars(engine.manifest), "name": "another"})
+    assert system_fingerprint(other, config) != same
