@@ -8,7 +8,7 @@ import re
 
 import orjson
 import pytest
-from test_server_protocol_routes import LLM, FakeEmbedder, FakeEngine, chat, make_client, sse_events
+from test_server_protocol_routes import FakeEmbedder, FakeEngine, chat, make_client, sse_events
 
 
 @pytest.fixture()
