@@ -92,18 +92,34 @@ def _no_usage() -> dict[str, int]:
     return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
+# The finish reason of a stream cut short by an error (a shutdown's drain timeout, an engine failure):
+# "length" is the one OpenAI's clients read as "the answer is incomplete"; the error event says why.
+CUT_SHORT_FINISH_REASON = "length"
+
+
 async def _sse(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], run: _Run) -> AsyncIterator[bytes]:
     yield sse_event(first)
+    finished = _finish_reason(first) is not None
     try:
         async for chunk in chunks:
+            finished = finished or _finish_reason(chunk) is not None
             yield sse_event(chunk)
-    except Exception as exc:  # after the stream began: an error event, then [DONE]
+    except Exception as exc:  # after the stream began: a finish reason, an error event, then [DONE]
+        if not finished:
+            last = run.builder.delta(finish_reason=CUT_SHORT_FINISH_REASON)
+            assert last is not None
+            yield sse_event(last)
         yield sse_error(to_api_error(exc))
         yield SSE_DONE
         return
     if run.req.include_usage and run.usage is not None:
         yield sse_event(run.builder.usage_chunk(run.usage))
     yield SSE_DONE
+
+
+def _finish_reason(chunk: dict[str, Any]) -> str | None:
+    choices = chunk.get("choices") or ()
+    return choices[0].get("finish_reason") if choices else None
 
 
 def sampling_params(req: ChatCompletionRequest, processors: tuple[Any, ...] = ()) -> SamplingParams:

@@ -20,6 +20,7 @@ from realizar_ort.config import Config, LlmModelConfig
 from .errors import APIError
 from .json_mode import JsonModeService
 from .metrics import ServerMetrics
+from .shutdown import Drain
 
 __all__ = ["EmbeddingService", "LlmService", "ServerState", "read_body", "run_unless_disconnected", "state_of",
            "system_fingerprint"]
@@ -66,6 +67,10 @@ class ServerState:
     embedding: EmbeddingService | None = None
     ready: bool = False
     owned: list[Any] = field(default_factory=list)  # engines the app created and must close
+    drain: Drain = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.drain = Drain(self.config.server.drain_timeout_s)
 
     def require_llm(self, model: str) -> LlmService:
         if self.llm is None or model != self.llm.name:

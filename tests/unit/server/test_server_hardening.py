@@ -5,6 +5,7 @@ the request-field policy and ``system_fingerprint``. Real-process shutdown: test
 from __future__ import annotations
 
 import re
+import time
 
 import orjson
 import pytest
@@ -107,3 +108,124 @@ def test_system_fingerprint_is_a_stable_string_for_model_and_config(engine, tmp_
     assert system_fingerprint(engine.manifest, dataclasses.replace(config, max_context=4096)) != same
     other = type(engine.manifest)(**{**vars(engine.manifest), "name": "another"})
     assert system_fingerprint(other, config) != same
+
+
+# ---- graceful shutdown (a real uvicorn in a thread; the real-signal test is in tests/integration) ----------
+
+
+def test_drain_refuses_new_work_lets_short_requests_finish_and_stops_the_rest_cleanly(engine):
+    import threading
+
+    import httpx
+    from realizar_ort.server.app import create_app
+    from realizar_ort.server.live import LiveServer
+
+    from realizar_ort.config import Config, ServerConfig
+
+    app = create_app(Config(server=ServerConfig(port=0, drain_timeout_s=1.5)), llm=engine, embedder=FakeEmbedder())
+    live = LiveServer(app)
+    url = live.url + "/v1/chat/completions"
+    results: dict[str, object] = {}
+    started = threading.Barrier(4)
+
+    def stream(name: str, words: int) -> None:
+        with httpx.stream("POST", url, json=chat(" ".join(["SLOW"] * words), stream=True, max_tokens=words),
+                          timeout=30) as r:
+            lines = r.iter_lines()
+            first = next(lines)
+            started.wait()
+            results[name] = [first] + [line for line in lines if line]
+
+    def folded() -> None:
+        with httpx.Client(timeout=30) as c:
+            started.wait()
+            results["folded"] = c.post(url, json=chat(" ".join(["SLOW"] * 60), max_tokens=60))
+
+    threads = [threading.Thread(target=stream, args=("short", 10)), threading.Thread(target=stream, args=("long", 60)),
+               threading.Thread(target=folded)]
+    for t in threads:
+        t.start()
+    started.wait()
+    time.sleep(0.1)  # the non-streaming request is in flight too
+    live.drain()
+    time.sleep(0.1)
+    try:
+        ready = httpx.get(live.url + "/ready")
+        assert ready.status_code == 503 and "shutting down" in ready.text
+        refused = httpx.post(url, json=chat("new"))
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_shutting_down"
+        assert refused.headers["retry-after"] == "1"
+        assert httpx.get(live.url + "/health").status_code == 200
+    finally:
+        for t in threads:
+            t.join(timeout=30)
+        live.thread.join(timeout=30)
+    assert not live.thread.is_alive(), "the server did not exit after draining"
+    short = results["short"]
+    assert short[-1] == "data: [DONE]" and not any(line.startswith("event: error") for line in short)
+    assert orjson.loads(short[-2][6:])["choices"][0]["finish_reason"] == "stop"
+    long = results["long"]
+    assert long[-1] == "data: [DONE]" and long[-3] == "event: error", long[-4:]
+    assert orjson.loads(long[-2][6:])["error"]["code"] == "server_shutting_down"
+    assert orjson.loads(long[-4][6:])["choices"][0]["finish_reason"] == "length"
+    assert 10 < len(long) < 60  # it was cut short, not run to the end
+    body = results["folded"]
+    assert body.status_code == 503 and body.json()["error"]["code"] == "server_shutting_down"
+    assert engine.active == 0
+
+
+def test_shutdown_error_mid_stream_of_any_kind_carries_a_finish_reason(engine):
+    with make_client(engine) as c:
+        events = sse_events(c.post("/v1/chat/completions", json=chat("ok BOOM", stream=True)).text)
+    assert events[-1] == b"data: [DONE]" and events[-2].startswith(b"event: error")
+    assert orjson.loads(events[-3][6:])["choices"][0]["finish_reason"] == "length"
+
+
+# ---- body-read timeout ------------------------------------------------------------------------------------
+
+
+def test_a_trickled_body_gets_a_408_and_its_connection_is_closed(engine):
+    import socket
+
+    import httpx
+    from realizar_ort.server.app import create_app
+    from realizar_ort.server.live import LiveServer
+
+    from realizar_ort.config import Config, ServerConfig
+
+    app = create_app(Config(server=ServerConfig(port=0, body_timeout_s=1.0)), llm=engine, embedder=FakeEmbedder())
+    with LiveServer(app) as live:
+        socks = []
+        for path in ("/v1/chat/completions", "/v1/embeddings"):
+            sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         "Content-Length: 100\r\n\r\n{\"mo".encode())
+            socks.append(sock)
+        started = time.monotonic()
+        for sock in socks:
+            received = b""
+            while True:  # trickle a byte every 0.2 s until the server answers and closes
+                try:
+                    sock.sendall(b" ")
+                except OSError:
+                    pass
+                sock.settimeout(0.2)
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    assert time.monotonic() - started < 8, "no answer to a trickled body"
+                    continue
+                except OSError:  # reset after the close
+                    break
+                if not chunk:
+                    break  # the server closed the connection
+                received += chunk
+            sock.close()
+            head, _, body = received.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408"), received[:200]
+            assert orjson.loads(body)["error"]["code"] == "request_timeout"
+        assert time.monotonic() - started < 8
+        # the server is still fine, and a normal body is unaffected
+        assert httpx.post(live.url + "/v1/chat/completions", json=chat("a b")).status_code == 200
+        text = httpx.get(live.url + "/metrics").text
+        assert metric(text, 'realizar_requests_total{route="/v1/chat/completions",status="408"}') == 1
