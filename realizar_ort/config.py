@@ -92,7 +92,7 @@ class ServerConfig:
     body_timeout_s: float = 30.0  # the whole request body must arrive within this (else 408, connection closed)
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight requests may run on (see server/shutdown.py)
     max_tools: int = 128  # tools per chat request (OpenAI's limit)
-    max_schema_bytes: int = 64 * 1024  # JSON size of one tool's parameters or one response_format schema
+    max_schema_bytes: int = 256 * 1024  # JSON size of one tool's parameters or one response_format schema
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     ray: RayServeConfig = field(default_factory=RayServeConfig)
 

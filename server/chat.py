@@ -39,7 +39,9 @@ async def chat_completions(request: Request) -> Response:
     state = state_of(request)
     arrived = time.perf_counter()
     body = await read_body(request, state.config.server.max_body_bytes)
-    req = validate_chat_request(parse_json_body(body))
+    server = state.config.server
+    req = validate_chat_request(parse_json_body(body), max_tools=server.max_tools,
+                                max_schema_bytes=server.max_schema_bytes)
     started = await start_completion(request, state, req, arrived)
     if started is None:
         return Response(status_code=499)
@@ -71,8 +73,9 @@ async def start_completion(request: Request, state: ServerState, req: ChatComple
                        "max_tokens", "context_length_exceeded")
     if req.uses_tools and req.logprobs:
         raise invalid("logprobs are not available for requests with tools or tool messages.", "logprobs")
+    prompt_ids = await _counted_prompt(llm, req)  # cheap checks first: before any grammar is compiled
     params = await _params_with_grammar(req, llm, state)
-    source = ThreadedIterator(_open_source(llm, req, params))
+    source = ThreadedIterator(_open_source(llm, req, params, prompt_ids))
     run = _Run(state, llm, req, source, arrived)
     chunks = run.chunks()
     try:  # errors up to the first chunk are plain HTTP errors; a hang-up while queued cancels at once
@@ -159,7 +162,24 @@ async def _params_with_grammar(req: ChatCompletionRequest, llm: LlmService, stat
     return sampling_params(req, (processor,))
 
 
-def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingParams) -> Callable[[], Iterator[Any]]:
+async def _counted_prompt(llm: LlmService, req: ChatCompletionRequest) -> list[int] | None:
+    """The plain chat prompt's token ids, refused now (ContextLengthError, a 400) when prompt + max_tokens
+    does not fit, so a long prompt never waits for a grammar compile. Tool turns do the same inside
+    ``generate_with_tools_stream``; None for engines without ``check_context`` (they check when queued)."""
+    engine = llm.engine
+    if req.uses_tools or not hasattr(engine, "check_context"):
+        return None
+
+    def count() -> list[int]:
+        ids: list[int] = engine.encode_prompt(engine.render_chat([dict(m) for m in req.messages]))
+        engine.check_context(len(ids), sampling_params(req))
+        return ids
+
+    return await anyio.to_thread.run_sync(count)
+
+
+def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingParams,
+                 prompt_ids: list[int] | None = None) -> Callable[[], Iterator[Any]]:
     messages = [dict(m) for m in req.messages]
     if req.uses_tools:
         try:
@@ -173,6 +193,8 @@ def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingPa
         answer = None if fmt is None else (fmt.schema if fmt.type == "json_schema" and fmt.schema else {"type": "object"})
         return lambda: generate_with_tools_stream(llm.engine, messages, tools, req.tool_choice,
                                                   req.parallel_tool_calls, params, answer)
+    if prompt_ids is not None:
+        return lambda: llm.engine.generate_stream(prompt_ids, params)
     return lambda: llm.engine.chat_stream(messages, params)
 
 

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .chat_messages import read_messages
-from .chat_schemas import JsonSchemaFormat, read_response_format, read_tool_choice, read_tools
+from .chat_schemas import (
+    MAX_SCHEMA_BYTES,
+    MAX_TOOLS,
+    JsonSchemaFormat,
+    read_response_format,
+    read_tool_choice,
+    read_tools,
+)
 from .errors import invalid
 from .field_policy import CHAT_FIELD_POLICY, check_policy_fields
 from .protocol_fields import (
@@ -72,15 +79,17 @@ class ChatCompletionRequest:
         return bool(self.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in self.messages)
 
 
-def validate_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
-    """Check a decoded chat-completions body field by field; the first bad field raises a 400 naming it."""
+def validate_chat_request(data: dict[str, Any], *, max_tools: int = MAX_TOOLS,
+                          max_schema_bytes: int = MAX_SCHEMA_BYTES) -> ChatCompletionRequest:
+    """Check a decoded chat-completions body field by field; the first bad field raises a 400 naming it.
+    ``max_tools`` / ``max_schema_bytes``: the server's caps (``[server]`` config)."""
     check_unknown_fields(data, _CHAT_FIELDS)
     model = read_string(data, "model", required=True)
     messages = read_messages(data.get("messages"))
-    tools = read_tools(data.get("tools"))
+    tools = read_tools(data.get("tools"), max_tools, max_schema_bytes)
     tool_choice = read_tool_choice(data.get("tool_choice"), tools)
     parallel = read_bool(data, "parallel_tool_calls", default=None)
-    response_format = read_response_format(data.get("response_format"))
+    response_format = read_response_format(data.get("response_format"), max_schema_bytes)
 
     max_tokens = read_int(data, "max_tokens", minimum=1)
     max_completion = read_int(data, "max_completion_tokens", minimum=1)

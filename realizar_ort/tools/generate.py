@@ -142,7 +142,7 @@ class _ToolRequest:
     choice: ToolChoice
     tables: CallTokenTables
     parallel: bool
-    prompt: str
+    prompt: str | list[int]  # token ids when the engine could count them up front
     params: SamplingParams
     formatted: bool = False  # a response format applies: a reply that is not a call is JSON in that format
 
@@ -220,6 +220,12 @@ def _prepare(
     except ValueError as exc:
         raise InvalidRequestError(f"model {engine.manifest.name} cannot call tools: {exc}", "tools") from exc
     base = params or SamplingParams()
+    # Cheap checks first: render and count the prompt, and refuse one over the context before compiling
+    # the tools' grammar (seconds for many tools).
+    prompt: str | list[int] = strategy.render(normalized, definitions, add_generation_prompt=True)
+    if hasattr(engine, "check_context"):
+        prompt = engine.encode_prompt(prompt)
+        engine.check_context(len(prompt), base)
     processors = tuple(base.logit_processors)
     if response_format is not None and not isinstance(response_format, Mapping):
         raise InvalidRequestError("response_format must be a JSON Schema object", "response_format")
@@ -241,7 +247,6 @@ def _prepare(
         processors = (sampler,) + processors  # the grammar mask comes first
     stop_ids = tuple(dict.fromkeys(tuple(base.stop_token_ids) + tuple(int(t) for t in tables.stop_ids)))
     run_params = dataclasses.replace(base, logit_processors=processors, stop_token_ids=stop_ids)
-    prompt = strategy.render(normalized, definitions, add_generation_prompt=True)
     return _ToolRequest(strategy, definitions, choice, tables, parallel, prompt, run_params, formatted)
 
 
