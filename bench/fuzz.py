@@ -46,7 +46,8 @@ def _fix_body(case: Any, model: str | None, max_tokens: int) -> None:
         value = body.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > max_tokens:  # 1e3 too
             body[key] = max_tokens
-    if "max_tokens" not in body and "max_completion_tokens" not in body and "messages" in body:
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None and "messages" in body:
+        # absent or null: the server's default_max_tokens (512) would apply
         body["max_tokens"] = max_tokens
 
 
@@ -61,12 +62,14 @@ def fuzz_operation(op: Any, url: str, model: str | None, seconds: float, max_tok
         try:
             response = case.call(base_url=url, session=session, timeout=timeout)
         except requests.Timeout:
-            stats["timeouts"].append(case.as_curl_command())
+            stats["timeouts"].append({"path": case.path, "body": json.dumps(case.body, default=repr)[:2000],
+                                      "at": time.strftime("%H:%M:%S")})
             return
         status = response.status_code
         stats["statuses"][f"{status // 100}xx"] += 1
         if status >= 500:
-            stats["5xx"].append({"status": status, "request": case.as_curl_command(), "body": response.text[:300]})
+            stats["5xx"].append({"status": status, "request": json.dumps(case.body, default=repr)[:2000],
+                                 "answer": response.text[:300]})
         body = case.body if isinstance(case.body, dict) else {}
         # Not checked against the response schema: streams (SSE, no schema) and base64 embeddings (OpenAI's
         # schema says array, but OpenAI itself answers base64 with a string, as we do).
