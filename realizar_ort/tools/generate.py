@@ -222,7 +222,10 @@ def _prepare(
     base = params or SamplingParams()
     # Cheap checks first: render and count the prompt, and refuse one over the context before compiling
     # the tools' grammar (seconds for many tools).
-    prompt: str | list[int] = strategy.render(normalized, definitions, add_generation_prompt=True)
+    try:
+        prompt: str | list[int] = strategy.render(normalized, definitions, add_generation_prompt=True)
+    except RecursionError:  # a tool schema nested past what the prompt renderer can walk
+        raise InvalidRequestError("tools: a tool's parameters schema is nested too deeply to render", "tools") from None
     if hasattr(engine, "check_context"):
         prompt = engine.encode_prompt(prompt)
         engine.check_context(len(prompt), base)
