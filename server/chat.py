@@ -109,9 +109,8 @@ async def _sse(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], run
             yield sse_event(chunk)
     except Exception as exc:  # after the stream began: a finish reason, an error event, then [DONE]
         if not finished:
-            last = run.builder.delta(finish_reason=CUT_SHORT_FINISH_REASON)
-            assert last is not None
-            yield sse_event(last)
+            for last in run.builder.delta(finish_reason=CUT_SHORT_FINISH_REASON):
+                yield sse_event(last)
         yield sse_error(to_api_error(exc))
         yield SSE_DONE
         return
