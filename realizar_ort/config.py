@@ -91,6 +91,10 @@ class ServerConfig:
     port: int = 8000
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 8 * 1024 * 1024
+    body_timeout_s: float = 30.0  # the whole request body must arrive within this (else 408, connection closed)
+    drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight requests may run on (see server/shutdown.py)
+    max_tools: int = 128  # tools per chat request (OpenAI's limit)
+    max_schema_bytes: int = 256 * 1024  # JSON size of one tool's parameters or one response_format schema
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     ray: RayServeConfig = field(default_factory=RayServeConfig)
 
@@ -199,6 +203,7 @@ def _convert(hint: Any, value: Any, key: str, base_dir: Path) -> Any:
 _POSITIVE = {
     "max_batch_size", "max_context", "max_queued", "default_max_tokens", "prefill_chunk_tokens", "batch_size",
     "max_body_bytes", "grammar_compile_budget_s", "max_replicas", "max_ongoing_requests", "target_ongoing_requests", "num_cpus",
+    "body_timeout_s", "max_tools", "max_schema_bytes",
 }
 
 
@@ -213,7 +218,7 @@ def _check_ranges(obj: Any, where: str) -> None:
             raise ConfigError(f"config key '{where}.port' must be in 0..65535, got {value}")
         if f.name == "prefix_cache_mb" and value < 0:
             raise ConfigError(f"config key '{where}.prefix_cache_mb' must be >= 0 (0 turns the cache off), got {value}")
-        if f.name == "max_wait_ms" and value < 0:
+        if f.name in ("max_wait_ms", "drain_timeout_s") and value < 0:
             raise ConfigError(f"config key '{where}.max_wait_ms' must be >= 0, got {value}")
         if f.name == "providers" and not value:
             raise ConfigError(f"config key '{where}.providers' must name at least one provider")

@@ -16,10 +16,20 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from .errors import InvalidRequestError
+
 __all__ = ["Tokenizer", "UnsupportedDecoderError"]
 
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
+
+
+def _not_unicode(text: str) -> InvalidRequestError:
+    """The error for text the tokenizer cannot take: strings that are not valid Unicode (lone surrogates)."""
+    bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+    where = f" at character {bad}" if bad is not None else ""
+    return InvalidRequestError(f"the text is not valid Unicode: it holds a lone surrogate{where} "
+                               "(encode text as UTF-8 before sending it)", "prompt")
 
 class UnsupportedDecoderError(ValueError):
     """The tokenizer's decoder is not one whose token bytes we can reproduce exactly."""
@@ -64,11 +74,18 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`. Special-token text (e.g. ``<|eot_id|>``) in `text` becomes its id.
-        `add_special_tokens=True` applies the tokenizer's post-processor (e.g. prepends BOS)."""
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        `add_special_tokens=True` applies the tokenizer's post-processor (e.g. prepends BOS).
+        Raises `InvalidRequestError` for text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``)."""
+        try:
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError:
+            raise _not_unicode(text) from None
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        try:
+            return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        except TypeError:
+            raise next((_not_unicode(t) for t in texts if isinstance(t, str)), _not_unicode("")) from None
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

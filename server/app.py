@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from realizar_ort.config import Config, SessionConfig
 from realizar_ort.onnx_session import available_providers
 
+from .body_timeout import timed_receive
 from .chat import chat_completions
 from .completions import completions
 from .embeddings import embeddings
@@ -42,7 +43,8 @@ from .json_mode import JsonModeService
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .models_route import list_models, retrieve_model
 from .responses import create_response
-from .state import EmbeddingService, LlmService, ServerState, state_of
+from .shutdown import PROBE_PATHS, REFUSED_ERROR
+from .state import EmbeddingService, LlmService, ServerState, state_of, system_fingerprint
 from .tokenize import detokenize, tokenize
 
 __all__ = ["create_app", "engine_provider"]
@@ -111,7 +113,8 @@ def _load_models(state: ServerState, llm: Any, embedder: Any) -> None:
         max_context = getattr(llm, "max_context", None) or (
             config.llm.max_context if config.llm else llm.manifest.llm.context_length)
         state.llm = LlmService(engine=llm, name=name, max_context=max_context,
-                               json_mode=_json_mode(llm, config, state.metrics))
+                               json_mode=_json_mode(llm, config, state.metrics),
+                               fingerprint=system_fingerprint(llm.manifest, config.llm))
         log.info("loaded chat model %s on %s (max_batch_size %s, max_context %s)", name,
                  engine_provider(llm, config.llm.session if config.llm else None),
                  config.llm.max_batch_size if config.llm else "?", max_context)
@@ -166,7 +169,9 @@ async def health(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     state = state_of(request)
     problems = []
-    if not state.ready:
+    if state.drain.draining:
+        problems.append("the server is shutting down")
+    elif not state.ready:
         problems.append("models are not loaded")
     elif state.llm is not None and hasattr(state.llm.engine, "stats"):
         try:
@@ -211,12 +216,15 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 class _Gateway:
-    """Pure ASGI middleware: bearer-token auth for ``/v1/`` and per-route request metrics."""
+    """Pure ASGI middleware for every route: bearer-token auth for ``/v1/``, per-route request metrics, the
+    body-read deadline (.body_timeout) and shutdown draining (.shutdown: new requests refused with 503 once
+    draining, in-flight ones counted)."""
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
         self.state = state
         self.keys = tuple(k.encode() for k in state.config.server.api_keys)
+        self.body_timeout_s = state.config.server.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -227,13 +235,17 @@ class _Gateway:
                                                     else "other")
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
             await send(message)
 
+        drain = self.state.drain
+        token = None
         try:
             if self.keys and (path.startswith("/v1/") or path in _KEYED_ROOT_ROUTES) and not self._authorized(scope):
                 error = APIError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
@@ -241,8 +253,19 @@ class _Gateway:
                                  {"www-authenticate": "Bearer"})
                 await _send_error(send_with_status, error)
                 return
-            await self.app(scope, receive, send_with_status)
+            if path not in PROBE_PATHS:
+                if drain.draining:
+                    await _send_error(send_with_status, REFUSED_ERROR)
+                    return
+                token = drain.enter()
+            await self.app(scope, timed_receive(receive, self.body_timeout_s), send_with_status)
+        except APIError as exc:  # e.g. the body deadline, raised in a route that does not map its own errors
+            if response_started:
+                raise
+            await _send_error(send_with_status, exc)
         finally:
+            if token is not None:
+                drain.exit(token)
             metrics = self.state.metrics
             metrics.requests.labels(route, str(status)).inc()
             metrics.request_seconds.labels(route).observe(time.perf_counter() - started)

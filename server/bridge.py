@@ -8,6 +8,10 @@ closes the generator, which cancels the engine request and frees its batch slot.
 ``cancel()`` method it is called at once as well, so a request still waiting for its first token is
 dropped without waiting for it.
 
+Made while serving a request, it registers with the app's shutdown drain (:mod:`.shutdown`): at the end of
+the drain timeout :meth:`ThreadedIterator.abort` raises the shutdown error into the consumer at its next
+item and cancels the engine request.
+
 Cost: one OS thread per in-flight request (the engine bounds them with its queue limit).
 """
 
@@ -17,6 +21,8 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
+
+from .shutdown import current_drain
 
 __all__ = ["ThreadedIterator"]
 
@@ -42,6 +48,9 @@ class ThreadedIterator(Generic[T]):
         self._cancelled = threading.Event()
         self._source: Iterator[T] | None = None
         self._finished = False
+        self._drain = current_drain()
+        if self._drain is not None:
+            self._drain.register(self)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -87,19 +96,36 @@ class ThreadedIterator(Generic[T]):
             self.cancel()
             raise
         if item is _END:
-            self._finished = True
+            self._finish()
             raise StopAsyncIteration
         if isinstance(item, _Failure):
-            self._finished = True
+            self._finish()
             raise item.exc
         return item
+
+    def _finish(self) -> None:
+        self._finished = True
+        if self._drain is not None:
+            self._drain.unregister(self)
+
+    def abort(self, error: BaseException) -> None:
+        """Event loop only: the consumer's next ``__anext__`` raises ``error`` (after the items already
+        queued), and the engine request is cancelled."""
+        if self._finished:
+            return
+        self._queue.put_nowait(_Failure(error))
+        self._cancelled.set()
+        self._cancel_source()
 
     def cancel(self) -> None:
         """Stop the stream: the engine request is cancelled at its next step (or at once if it can be)."""
         if self._finished and self._cancelled.is_set():
             return
-        self._finished = True
+        self._finish()
         self._cancelled.set()
+        self._cancel_source()
+
+    def _cancel_source(self) -> None:
         cancel = getattr(self._source, "cancel", None)
         if cancel is not None:
             try:

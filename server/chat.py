@@ -39,7 +39,9 @@ async def chat_completions(request: Request) -> Response:
     state = state_of(request)
     arrived = time.perf_counter()
     body = await read_body(request, state.config.server.max_body_bytes)
-    req = validate_chat_request(parse_json_body(body))
+    server = state.config.server
+    req = validate_chat_request(parse_json_body(body), max_tools=server.max_tools,
+                                max_schema_bytes=server.max_schema_bytes)
     started = await start_completion(request, state, req, arrived)
     if started is None:
         return Response(status_code=499)
@@ -71,8 +73,9 @@ async def start_completion(request: Request, state: ServerState, req: ChatComple
                        "max_tokens", "context_length_exceeded")
     if req.uses_tools and req.logprobs:
         raise invalid("logprobs are not available for requests with tools or tool messages.", "logprobs")
+    prompt_ids = await _counted_prompt(llm, req)  # cheap checks first: before any grammar is compiled
     params = await _params_with_grammar(req, llm, state)
-    source = ThreadedIterator(_open_source(llm, req, params))
+    source = ThreadedIterator(_open_source(llm, req, params, prompt_ids))
     run = _Run(state, llm, req, source, arrived)
     chunks = run.chunks()
     try:  # errors up to the first chunk are plain HTTP errors; a hang-up while queued cancels at once
@@ -93,18 +96,33 @@ def _no_usage() -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": 0}}
 
 
+# The finish reason of a stream cut short by an error (a shutdown's drain timeout, an engine failure):
+# "length" is the one OpenAI's clients read as "the answer is incomplete"; the error event says why.
+CUT_SHORT_FINISH_REASON = "length"
+
+
 async def _sse(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], run: _Run) -> AsyncIterator[bytes]:
     yield sse_event(first)
+    finished = _finish_reason(first) is not None
     try:
         async for chunk in chunks:
+            finished = finished or _finish_reason(chunk) is not None
             yield sse_event(chunk)
-    except Exception as exc:  # after the stream began: an error event, then [DONE]
+    except Exception as exc:  # after the stream began: a finish reason, an error event, then [DONE]
+        if not finished:
+            for last in run.builder.delta(finish_reason=CUT_SHORT_FINISH_REASON):
+                yield sse_event(last)
         yield sse_error(to_api_error(exc))
         yield SSE_DONE
         return
     if run.req.include_usage and run.usage is not None:
         yield sse_event(run.builder.usage_chunk(run.usage))
     yield SSE_DONE
+
+
+def _finish_reason(chunk: dict[str, Any]) -> str | None:
+    choices = chunk.get("choices") or ()
+    return choices[0].get("finish_reason") if choices else None
 
 
 def sampling_params(req: ChatCompletionRequest, processors: tuple[Any, ...] = ()) -> SamplingParams:
@@ -144,7 +162,25 @@ async def _params_with_grammar(req: ChatCompletionRequest, llm: LlmService, stat
     return sampling_params(req, (processor,))
 
 
-def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingParams) -> Callable[[], Iterator[Any]]:
+async def _counted_prompt(llm: LlmService, req: ChatCompletionRequest) -> list[int] | None:
+    """The plain chat prompt's token ids, refused now (ContextLengthError, a 400) when prompt + max_tokens
+    does not fit, so a long prompt never waits for a grammar compile. Tool turns do the same inside
+    ``generate_with_tools_stream``; None for engines without ``check_context`` (they check when queued)."""
+    engine = llm.engine
+    if req.uses_tools or not hasattr(engine, "check_context"):
+        return None
+
+    def count() -> list[int]:
+        ids: list[int] = engine.encode_prompt(engine.render_chat([dict(m) for m in req.messages],
+                                                                 **req.chat_template_kwargs))
+        engine.check_context(len(ids), sampling_params(req))
+        return ids
+
+    return await anyio.to_thread.run_sync(count)
+
+
+def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingParams,
+                 prompt_ids: list[int] | None = None) -> Callable[[], Iterator[Any]]:
     messages = [dict(m) for m in req.messages]
     if req.uses_tools:
         try:
@@ -158,6 +194,8 @@ def _open_source(llm: LlmService, req: ChatCompletionRequest, params: SamplingPa
         answer = None if fmt is None else (fmt.schema if fmt.type == "json_schema" and fmt.schema else {"type": "object"})
         return lambda: generate_with_tools_stream(llm.engine, messages, tools, req.tool_choice,
                                                   req.parallel_tool_calls, params, answer, req.chat_template_kwargs)
+    if prompt_ids is not None:
+        return lambda: llm.engine.generate_stream(prompt_ids, params)
     return lambda: llm.engine.chat_stream(messages, params, **req.chat_template_kwargs)
 
 
@@ -174,7 +212,7 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.builder = ChunkBuilder(model=self.llm.name, include_usage=self.req.include_usage,
-                                    want_logprobs=self.req.logprobs)
+                                    want_logprobs=self.req.logprobs, system_fingerprint=self.llm.fingerprint)
         self._tokens_seen = 0
         self._last_token_at: float | None = None
 

@@ -55,6 +55,7 @@ class ChunkBuilder:
     model: str
     include_usage: bool = False
     want_logprobs: bool = False
+    system_fingerprint: str | None = None
     id: str = field(default_factory=completion_id)
     created: int = field(default_factory=lambda: int(time.time()))
     _role_sent: bool = False
@@ -62,7 +63,7 @@ class ChunkBuilder:
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         chunk: dict[str, Any] = {
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "system_fingerprint": None, "choices": choices,
+            "system_fingerprint": self.system_fingerprint, "choices": choices,
         }
         if self.include_usage:
             chunk["usage"] = None
@@ -159,7 +160,7 @@ def fold_chunks(chunks: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
     return {
         "id": first["id"], "object": "chat.completion", "created": first["created"], "model": first["model"],
-        "system_fingerprint": None,
+        "system_fingerprint": first.get("system_fingerprint"),
         "choices": [{"index": 0, "message": message,
                      "logprobs": {"content": logprobs, "refusal": None} if logprobs is not None else None,
                      "finish_reason": finish_reason}],

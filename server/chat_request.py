@@ -2,8 +2,8 @@
 
 The top-level fields and the sampling knobs are checked here; ``messages`` are read by
 :mod:`.chat_messages`, ``tools`` / ``tool_choice`` / ``response_format`` by :mod:`.chat_schemas`. Unknown
-top-level fields are refused as OpenAI does ("Unrecognized request argument"), except a few that are
-metadata only. Every error is an :class:`~.errors.APIError` (400) whose ``param`` names the field. Costs:
+top-level fields are refused as OpenAI does ("Unrecognized request argument"); OpenAI's fields that we do
+not act on are accepted as no-ops or refused by value (:mod:`.field_policy`). Every error is an :class:`~.errors.APIError` (400) whose ``param`` names the field. Costs:
 linear in the body size. Pure functions: safe from any thread.
 """
 
@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chat_messages import read_messages
-from .chat_schemas import JsonSchemaFormat, read_response_format, read_tool_choice, read_tools
+from .chat_schemas import (
+    MAX_SCHEMA_BYTES,
+    MAX_TOOLS,
+    JsonSchemaFormat,
+    read_response_format,
+    read_tool_choice,
+    read_tools,
+)
 from .errors import invalid
+from .field_policy import CHAT_FIELD_POLICY, check_policy_fields
 from .protocol_fields import (
     check_unknown_fields,
     read_bool,
@@ -31,14 +39,13 @@ __all__ = ["ChatCompletionRequest", "read_stop", "validate_chat_request"]
 MAX_STOP = 16
 MAX_STOP_LENGTH = 1024  # characters per stop string (they are matched on every step)
 
-# Fields accepted and ignored because they only carry metadata for the caller.
-_CHAT_METADATA_FIELDS = {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
+# Fields honoured here; the rest of OpenAI's request (no-ops and refusals by value) is in .field_policy.
 _CHAT_FIELDS = {
     "model", "messages", "tools", "tool_choice", "parallel_tool_calls", "response_format", "max_tokens",
     "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs", "n", "stream", "stream_options",
     "logit_bias", "ignore_eos", "fast_forward", "chat_template_kwargs",
-} | _CHAT_METADATA_FIELDS
+} | set(CHAT_FIELD_POLICY)
 
 
 @dataclass(frozen=True)
@@ -74,15 +81,17 @@ class ChatCompletionRequest:
         return bool(self.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in self.messages)
 
 
-def validate_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
-    """Check a decoded chat-completions body field by field; the first bad field raises a 400 naming it."""
+def validate_chat_request(data: dict[str, Any], *, max_tools: int = MAX_TOOLS,
+                          max_schema_bytes: int = MAX_SCHEMA_BYTES) -> ChatCompletionRequest:
+    """Check a decoded chat-completions body field by field; the first bad field raises a 400 naming it.
+    ``max_tools`` / ``max_schema_bytes``: the server's caps (``[server]`` config)."""
     check_unknown_fields(data, _CHAT_FIELDS)
     model = read_string(data, "model", required=True)
     messages = read_messages(data.get("messages"))
-    tools = read_tools(data.get("tools"))
+    tools = read_tools(data.get("tools"), max_tools, max_schema_bytes)
     tool_choice = read_tool_choice(data.get("tool_choice"), tools)
     parallel = read_bool(data, "parallel_tool_calls", default=None)
-    response_format = read_response_format(data.get("response_format"))
+    response_format = read_response_format(data.get("response_format"), max_schema_bytes)
 
     max_tokens = read_int(data, "max_tokens", minimum=1)
     max_completion = read_int(data, "max_completion_tokens", minimum=1)
@@ -112,11 +121,7 @@ def validate_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
         check_unknown_fields(options, {"include_usage", "include_obfuscation"}, "stream_options")
         include_usage = read_bool(options, "include_usage", default=False, prefix="stream_options")
 
-    for key in ("user", "service_tier", "prompt_cache_key", "safety_identifier"):
-        read_string(data, key)
-    read_bool(data, "store", default=False)
-    if data.get("metadata") is not None and not isinstance(data["metadata"], dict):
-        raise invalid(f"metadata must be an object, got {type_name(data['metadata'])}.", "metadata")
+    check_policy_fields(data)
 
     return ChatCompletionRequest(
         model=model,

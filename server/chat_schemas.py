@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
+
 from .errors import invalid
 from .protocol_fields import check_unknown_fields, short_repr, type_name
 
@@ -24,7 +26,8 @@ __all__ = [
     "read_tools",
 ]
 
-MAX_TOOLS = 128  # OpenAI's limit
+MAX_TOOLS = 128  # OpenAI's limit; the default of [server].max_tools
+MAX_SCHEMA_BYTES = 256 * 1024  # the default of [server].max_schema_bytes (compact JSON of one schema)
 MAX_SCHEMA_DEPTH = 32  # nesting of a JSON Schema (response_format / tool parameters)
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -39,14 +42,17 @@ class JsonSchemaFormat:
     strict: bool = False
 
 
-def read_tools(value: Any) -> tuple[dict[str, Any], ...]:
-    """``tools``: at most :data:`MAX_TOOLS` function definitions with unique names, kept as sent (the chat template lists them so)."""
+def read_tools(value: Any, max_tools: int = MAX_TOOLS, max_schema_bytes: int = MAX_SCHEMA_BYTES,
+               ) -> tuple[dict[str, Any], ...]:
+    """``tools``: at most ``max_tools`` function definitions with unique names, kept as sent (the chat
+    template lists them so)."""
     if value is None:
         return ()
     if not isinstance(value, list):
         raise invalid(f"tools must be an array, got {type_name(value)}.", "tools")
-    if len(value) > MAX_TOOLS:
-        raise invalid(f"tools has {len(value)} entries; at most {MAX_TOOLS} are allowed.", "tools")
+    if len(value) > max_tools:
+        raise invalid(f"tools has {len(value)} entries; this server allows at most {max_tools}.", "tools",
+                      "too_many_tools")
     tools = []
     names: set[str] = set()
     for i, tool in enumerate(value):
@@ -71,7 +77,7 @@ def read_tools(value: Any) -> tuple[dict[str, Any], ...]:
         if description is not None and not isinstance(description, str):
             raise invalid(f"{at}.function.description must be a string.", f"{at}.function.description")
         parameters = fn.get("parameters", {"type": "object", "properties": {}})
-        _schema(parameters, f"{at}.function.parameters")
+        _schema(parameters, f"{at}.function.parameters", max_schema_bytes)
         strict = fn.get("strict")
         if strict is not None and not isinstance(strict, bool):
             raise invalid(f"{at}.function.strict must be a boolean.", f"{at}.function.strict")
@@ -103,7 +109,7 @@ def read_tool_choice(value: Any, tools: tuple[dict[str, Any], ...]) -> str | dic
     return {"type": "function", "function": {"name": name}}
 
 
-def read_response_format(value: Any) -> JsonSchemaFormat | None:
+def read_response_format(value: Any, max_schema_bytes: int = MAX_SCHEMA_BYTES) -> JsonSchemaFormat | None:
     """``response_format``: None for text, else a :class:`JsonSchemaFormat`."""
     if value is None:
         return None
@@ -130,19 +136,23 @@ def read_response_format(value: Any) -> JsonSchemaFormat | None:
         raise invalid("response_format.json_schema.name must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'.",
                       "response_format.json_schema.name")
     schema = spec.get("schema", {})
-    _schema(schema, "response_format.json_schema.schema")
+    _schema(schema, "response_format.json_schema.schema", max_schema_bytes)
     strict = spec.get("strict", False)
     if not isinstance(strict, bool):
         raise invalid("response_format.json_schema.strict must be a boolean.", "response_format.json_schema.strict")
     return JsonSchemaFormat("json_schema", schema=schema, name=name, strict=strict)
 
 
-def _schema(value: Any, where: str) -> None:
+def _schema(value: Any, where: str, max_bytes: int) -> None:
     if not isinstance(value, dict):
         raise invalid(f"{where} must be a JSON Schema object, got {type_name(value)}.", where)
     depth = _depth(value)
     if depth > MAX_SCHEMA_DEPTH:
         raise invalid(f"{where} is nested {depth} levels deep; at most {MAX_SCHEMA_DEPTH} are supported.", where)
+    size = len(orjson.dumps(value))  # the depth check above keeps this within orjson's recursion limit
+    if size > max_bytes:
+        raise invalid(f"{where} is {size} bytes of JSON; this server allows at most {max_bytes} per schema.",
+                      where, "schema_too_large")
 
 
 def _depth(value: Any) -> int:

@@ -46,6 +46,7 @@ def build_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     import uvicorn
 
     from .app import create_app
+    from .shutdown import DrainingServer
 
     config = load_server_config(args)
     server_cfg = config.server
@@ -53,7 +54,7 @@ def build_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     uv_config = uvicorn.Config(app, host=server_cfg.host, port=server_cfg.port, log_level=server_cfg.log_level,
                                access_log=server_cfg.log_level == "debug", lifespan="on", timeout_graceful_shutdown=5)
 
-    class _Server(uvicorn.Server):
+    class _Server(DrainingServer):
         async def startup(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
             await super().startup(sockets)
             if self.started:  # after the lifespan loaded the models, with the real port
@@ -63,7 +64,7 @@ def build_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                         log.info("listening on http://%s:%d (/v1/chat/completions, /v1/embeddings, /v1/models, "
                                  "/health, /ready, /metrics)", host, port)
 
-    return _Server(uv_config)
+    return _Server(uv_config, app.state.realizar.drain)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Run the app under uvicorn in a background thread: for tests, benchmarks and notebooks.
 
 ``LiveServer(app)`` returns once the lifespan has loaded the models and the socket listens on
-``127.0.0.1`` (any free port by default); :meth:`LiveServer.stop` shuts it down gracefully.
+``127.0.0.1`` (any free port by default); :meth:`LiveServer.stop` shuts it down gracefully;
+:meth:`LiveServer.drain` drains first, as SIGTERM does.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import time
 from typing import Any
 
 import uvicorn
+
+from .shutdown import DrainingServer
 
 __all__ = ["LiveServer"]
 
@@ -22,7 +25,8 @@ class LiveServer:
                  startup_timeout: float = 300.0) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                                 timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
+        drain = getattr(getattr(getattr(app, "state", None), "realizar", None), "drain", None)
+        self.server = DrainingServer(config, drain) if drain is not None else uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + startup_timeout
@@ -33,6 +37,11 @@ class LiveServer:
             time.sleep(0.02)
         self.port: int = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://{host}:{self.port}"
+
+    def drain(self) -> None:
+        """Start a graceful shutdown, as SIGTERM does for ``realizar-ort serve`` (see .shutdown)."""
+        assert isinstance(self.server, DrainingServer)
+        self.server.begin_drain()
 
     def stop(self) -> None:
         self.server.should_exit = True

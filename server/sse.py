@@ -65,6 +65,7 @@ class SSEResponse:
 
     async def _run(self, receive: Receive, send: Send) -> None:
         disconnected = False
+        complete = False  # the last body message was sent: a disconnect after it is no cancellation
         failure: list[BaseException] = []
         async with anyio.create_task_group() as tg:
 
@@ -73,17 +74,18 @@ class SSEResponse:
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        disconnected = True
+                        disconnected = not complete
                         tg.cancel_scope.cancel()
                         return
 
             async def stream() -> None:
-                nonlocal disconnected
+                nonlocal disconnected, complete
                 try:
                     await send({"type": "http.response.start", "status": self.status_code,
                                 "headers": self.raw_headers})
                     async for chunk in self.events:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    complete = True  # set before the send: the server reports a disconnect once it is done
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 except OSError:  # the transport broke under us: same as a disconnect
                     disconnected = True

@@ -3,6 +3,8 @@ every route shares (body reading with the size limit, model lookup, disconnect w
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -12,13 +14,16 @@ from typing import Any, TypeVar
 import anyio
 from starlette.requests import Request
 
-from realizar_ort.config import Config
+import realizar_ort
+from realizar_ort.config import Config, LlmModelConfig
 
 from .errors import APIError
 from .json_mode import JsonModeService
 from .metrics import ServerMetrics
+from .shutdown import Drain
 
-__all__ = ["EmbeddingService", "LlmService", "ServerState", "read_body", "run_unless_disconnected", "state_of"]
+__all__ = ["EmbeddingService", "LlmService", "ServerState", "read_body", "run_unless_disconnected", "state_of",
+           "system_fingerprint"]
 
 log = logging.getLogger("realizar_ort.server")
 T = TypeVar("T")
@@ -31,6 +36,18 @@ class LlmService:
     max_context: int
     json_mode: JsonModeService | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    fingerprint: str = "fp_unknown"  # OpenAI's system_fingerprint: see system_fingerprint()
+
+
+def system_fingerprint(manifest: Any, config: LlmModelConfig | None) -> str:
+    """A stable ``fp_`` + 12 hex digits for the weights (the manifest's name, source checksum, dtype) and the
+    settings that shape answers (the model config minus its path, the realizar-ort version): the same model
+    served with the same config gets the same fingerprint on every replica and restart."""
+    parts = [realizar_ort.__version__, getattr(manifest, "name", ""), repr(getattr(manifest, "source", None)),
+             getattr(manifest, "dtype", ""), repr(getattr(manifest, "quantization", None))]
+    if config is not None:
+        parts.append(repr({k: v for k, v in dataclasses.asdict(config).items() if k != "path"}))
+    return "fp_" + hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -50,6 +67,10 @@ class ServerState:
     embedding: EmbeddingService | None = None
     ready: bool = False
     owned: list[Any] = field(default_factory=list)  # engines the app created and must close
+    drain: Drain = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.drain = Drain(self.config.server.drain_timeout_s)
 
     def require_llm(self, model: str) -> LlmService:
         if self.llm is None or model != self.llm.name:

@@ -229,7 +229,11 @@ class EmbeddingEngine:
         """
         limit = self.spec.max_seq_length - len(self._prefix) - len(self._suffix)
         ids: list[list[int]] = []
+        if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
+            raise EmbeddingError(f"inputs must be a list of token-id lists, got {type(inputs).__name__}")
         for index, item in enumerate(inputs):
+            if isinstance(item, (str, bytes)) or not isinstance(item, Sequence):
+                raise EmbeddingError(f"input {index} must be a list of token ids, got {type(item).__name__}")
             row = list(item)
             for position, token in enumerate(row):
                 if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token < self.vocab_size:
@@ -274,11 +278,17 @@ class EmbeddingEngine:
 
     def _tokenize(self, texts: Sequence[str], check_overflow: bool = True) -> list[list[int]]:
         if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings, not a single string")
+            raise EmbeddingError("texts must be a list of strings, not a single string")
+        if not isinstance(texts, Sequence):
+            raise EmbeddingError(f"texts must be a list of strings, got {type(texts).__name__}")
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise EmbeddingError(f"input {index} is {type(text).__name__}, expected a string")
-        encodings: list[Encoding] = self._tokenizer.encode_batch(list(texts))
+        try:
+            encodings: list[Encoding] = self._tokenizer.encode_batch(list(texts))
+        except TypeError:  # the tokenizer's answer to a lone surrogate ("\ud800"): name the input
+            index = next((i for i, t in enumerate(texts) if any("\ud800" <= c <= "\udfff" for c in t)), 0)
+            raise EmbeddingError(f"input {index} is not valid Unicode: it holds a lone surrogate") from None
         if check_overflow and self.config.overflow == "error":
             for index, enc in enumerate(encodings):
                 if enc.overflowing:

@@ -301,6 +301,11 @@ class ModelEngine:
             return None
         return processors[0]
 
+    def check_context(self, prompt_tokens: int, params: SamplingParams | None = None) -> int:
+        """The max_tokens a prompt of `prompt_tokens` tokens would run with under `params`, or
+        `ContextLengthError` now: the cheap check callers run before expensive setup (grammar compiles)."""
+        return self._resolve_max_tokens(prompt_tokens, self._check_params(params))
+
     def _resolve_max_tokens(self, prompt_tokens: int, params: SamplingParams) -> int:
         """Explicit max_tokens must fit; unset max_tokens is the config default clamped to what is left."""
         room = self.max_context - prompt_tokens

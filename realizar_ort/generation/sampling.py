@@ -61,6 +61,13 @@ class SamplingParams:
     fast_forward: bool = True
 
     def __post_init__(self) -> None:
+        if self.stop is not None and not isinstance(self.stop, (str, list, tuple)):
+            raise InvalidRequestError(f"stop must be a string or a list of strings, got {type(self.stop).__name__}",
+                                      "stop")
+        for name in ("stop_token_ids", "logit_processors"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (list, tuple)):
+                raise InvalidRequestError(f"{name} must be a list, got {type(value).__name__}", name)
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))

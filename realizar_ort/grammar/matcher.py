@@ -57,6 +57,7 @@ from .json_schema import (
     compile_schema_automaton,
 )
 from .mask_cache import CachedMaskFill, MaskCache, seed_generic_masks
+from .schema_shape import check_schema_shape
 from .vocab import (
     BYTE_GROUP,
     NUM_BYTE_GROUPS,
@@ -481,13 +482,24 @@ def compile_json_schema(schema: dict | bool | str, vocab: TokenVocabulary, *, wh
         text = json.dumps(schema, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise GrammarError(f"schema is not JSON-serialisable: {exc}") from exc
+    except RecursionError:
+        raise GrammarTooLargeError("schema is nested too deeply to compile") from None
     key = (text, vocab.cache_key, whitespace, max_depth, strict)
     with _compile_lock:
         hit = _compile_cache.get(key)
         if hit is not None:
             _compile_cache.move_to_end(key)
             return hit
-    automaton = compile_schema_automaton(schema, whitespace=whitespace, deadline_s=deadline_s, strict=strict)
+    if isinstance(schema, dict):
+        check_schema_shape(schema)
+    try:  # typed errors at the public entry for what the compiler's own checks do not catch yet
+        automaton = compile_schema_automaton(schema, whitespace=whitespace, deadline_s=deadline_s, strict=strict)
+    except RecursionError:
+        raise GrammarTooLargeError("schema is nested too deeply to compile") from None
+    except UnicodeError as exc:
+        raise GrammarError(f"schema text is not valid Unicode (a lone surrogate?): {exc}") from None
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:  # a malformed schema the shape check missed
+        raise GrammarError(f"schema could not be compiled ({type(exc).__name__}: {exc})") from None
     grammar = CompiledGrammar(automaton, vocab, max_depth)
     with _compile_lock:
         _compile_cache[key] = grammar

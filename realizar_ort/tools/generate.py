@@ -143,7 +143,7 @@ class _ToolRequest:
     choice: ToolChoice
     tables: CallTokenTables
     parallel: bool
-    prompt: str
+    prompt: str | list[int]  # token ids when the engine could count them up front
     params: SamplingParams
     formatted: bool = False  # a response format applies: a reply that is not a call is JSON in that format
 
@@ -234,6 +234,15 @@ def _prepare(
     except ValueError as exc:
         raise InvalidRequestError(f"model {engine.manifest.name} cannot call tools: {exc}", "tools") from exc
     base = params or SamplingParams()
+    # Cheap checks first: render and count the prompt, and refuse one over the context before compiling
+    # the tools' grammar (seconds for many tools).
+    try:
+        prompt: str | list[int] = strategy.render(normalized, definitions, True, **dict(template_kwargs or {}))
+    except RecursionError:  # a tool schema nested past what the prompt renderer can walk
+        raise InvalidRequestError("tools: a tool's parameters schema is nested too deeply to render", "tools") from None
+    if hasattr(engine, "check_context"):
+        prompt = engine.encode_prompt(prompt)
+        engine.check_context(len(prompt), base)
     processors = tuple(base.logit_processors)
     if response_format is not None and not isinstance(response_format, Mapping):
         raise InvalidRequestError("response_format must be a JSON Schema object", "response_format")
@@ -255,7 +264,6 @@ def _prepare(
         processors = (sampler,) + processors  # the grammar mask comes first
     stop_ids = tuple(dict.fromkeys(tuple(base.stop_token_ids) + tuple(int(t) for t in tables.stop_ids)))
     run_params = dataclasses.replace(base, logit_processors=processors, stop_token_ids=stop_ids)
-    prompt = strategy.render(normalized, definitions, True, **dict(template_kwargs or {}))
     return _ToolRequest(strategy, definitions, choice, tables, parallel, prompt, run_params, formatted)
 
 
