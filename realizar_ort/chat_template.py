@@ -131,7 +131,10 @@ class ChatTemplate:
             return self._template.render(**variables)
         except jinja2.exceptions.TemplateError as exc:
             raise InvalidRequestError(f"chat template rejected the messages: {exc}", "messages") from exc
-        except (TypeError, AttributeError, KeyError, IndexError, RecursionError) as exc:
+        except RecursionError:  # a value (e.g. a tool's parameters schema) nested past what jinja can walk
+            raise InvalidRequestError("chat template could not render the messages: a value is nested too deeply",
+                                      "messages") from None
+        except (TypeError, AttributeError, KeyError, IndexError) as exc:
             # a value of a type the template does not expect (e.g. a tool call's arguments as a number)
             raise InvalidRequestError(f"chat template could not render the messages: {type(exc).__name__}: {exc}",
                                       "messages") from None

@@ -171,8 +171,8 @@ class TestServe:
             events = 0
             for line in r.iter_lines():
                 events += line.startswith("data: ")
-                if events == 5:
-                    break  # hang up mid-stream
+                if events == 6:
+                    break  # hang up mid-stream (the role chunk, then 5 content chunks)
         deadline = time.monotonic() + 30
         while True:
             text = replica_metrics({name})[name]
