@@ -28,6 +28,7 @@ from .protocol_fields import (
     read_bool,
     read_int,
     read_number,
+    read_stream,
     read_string,
     short_repr,
     type_name,
@@ -110,16 +111,7 @@ def validate_chat_request(data: dict[str, Any], *, max_tools: int = MAX_TOOLS,
     if top_logprobs and not logprobs:
         raise invalid("top_logprobs requires logprobs to be true.", "top_logprobs")
 
-    stream = read_bool(data, "stream", default=False)
-    include_usage = False
-    options = data.get("stream_options")
-    if options is not None:
-        if not stream:
-            raise invalid("stream_options is only allowed when stream is true.", "stream_options")
-        if not isinstance(options, dict):
-            raise invalid(f"stream_options must be an object, got {type_name(options)}.", "stream_options")
-        check_unknown_fields(options, {"include_usage", "include_obfuscation"}, "stream_options")
-        include_usage = read_bool(options, "include_usage", default=False, prefix="stream_options")
+    stream, include_usage = read_stream(data, {"include_obfuscation"})
 
     check_policy_fields(data)
 

@@ -23,8 +23,8 @@ from .protocol_fields import (
     read_bool,
     read_int,
     read_number,
+    read_stream,
     read_string,
-    type_name,
 )
 
 __all__ = ["MAX_PROMPTS", "CompletionRequest", "validate_completion_request"]
@@ -78,16 +78,7 @@ def validate_completion_request(data: dict[str, Any]) -> CompletionRequest:
     if echo and logprobs is not None:
         raise invalid("echo with logprobs is not supported: this server does not compute the log-probabilities "
                       "of prompt tokens.", "echo")
-    stream = read_bool(data, "stream", default=False)
-    include_usage = False
-    options = data.get("stream_options")
-    if options is not None:
-        if not stream:
-            raise invalid("stream_options is only allowed when stream is true.", "stream_options")
-        if not isinstance(options, dict):
-            raise invalid(f"stream_options must be an object, got {type_name(options)}.", "stream_options")
-        check_unknown_fields(options, {"include_usage"}, "stream_options")
-        include_usage = read_bool(options, "include_usage", default=False, prefix="stream_options")
+    stream, include_usage = read_stream(data, set())
     read_string(data, "user")
     max_tokens = read_int(data, "max_tokens", minimum=1)
     return CompletionRequest(

@@ -16,6 +16,7 @@ import orjson
 from .errors import invalid
 
 __all__ = [
+    "read_stream",
     "check_unknown_fields",
     "is_int",
     "parse_json_body",
@@ -105,6 +106,22 @@ def read_number(obj: dict[str, Any], key: str, lo: float, hi: float, *, default:
 def is_int(value: Any) -> bool:
     """Whether ``value`` is an int and not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_stream(data: dict[str, Any], options_allowed: set[str]) -> tuple[bool, bool]:
+    """``stream`` and ``stream_options.include_usage`` (options only with ``stream``; unknown option keys
+    refused, except those in `options_allowed`, which are accepted and ignored)."""
+    stream = read_bool(data, "stream", default=False)
+    include_usage = False
+    options = data.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise invalid("stream_options is only allowed when stream is true.", "stream_options")
+        if not isinstance(options, dict):
+            raise invalid(f"stream_options must be an object, got {type_name(options)}.", "stream_options")
+        check_unknown_fields(options, {"include_usage", *options_allowed}, "stream_options")
+        include_usage = read_bool(options, "include_usage", default=False, prefix="stream_options")
+    return stream, include_usage
 
 
 def type_name(value: Any) -> str:
