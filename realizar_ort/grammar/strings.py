@@ -130,6 +130,7 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
     # a byte trie of the excluded names; leaving the trie drops into a free canonical-string loop
     free = nfa.state()
     canonical_any_loop(nfa, free, free)
+    first = list(nfa.edges[free])  # one character's first byte: shared by every trie node that leaves the trie
     nfa.edge(free, 0x22, 0x22, end)
     trie: dict[bytes, int] = {b"": body}
     names = {canonical_text(k) for k in excluded}
@@ -142,12 +143,15 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
             nfa.edge(st, byte, byte, trie[prefix + bytes([byte])])
         if prefix not in names and at_char_boundary(prefix):
             nfa.edge(st, 0x22, 0x22, end)
-        _canonical_step_except(nfa, st, prefix, children, free)
+        _canonical_step_except(nfa, st, prefix, children, free, first)
     return end
 
 
-def _canonical_step_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], free: int) -> None:
-    """From a trie node, every canonical continuation byte not in ``taken`` leads into ``free``."""
+def _canonical_step_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], free: int,
+                           first: list[tuple[int, int, int, int]]) -> None:
+    """From a trie node, every canonical continuation byte not in ``taken`` leads into ``free`` (``first``:
+    the free loop's own first-byte edges, whose inner states every trie node shares, so that the DFA has one
+    copy of them per key rather than one per trie node)."""
     if not at_char_boundary(prefix):
         # inside a UTF-8 character or an escape: finish it by any route the trie does not take
         for path in _completions(prefix):
@@ -160,16 +164,16 @@ def _canonical_step_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], fr
                         nfa.edge(src, lo, hi, nxt)
                 cur_states = [nxt]
         return
-    for lo, hi in PLAIN_ASCII:
-        for byte in range(lo, hi + 1):
-            if byte not in taken:
-                nfa.edge(st, byte, byte, free)
-    sub = nfa.state()
-    canonical_any_loop(nfa, sub, free, ascii_plain=False)
-    for lo, hi, b, f in list(nfa.edges[sub]):
-        for byte in range(lo, hi + 1):
-            if byte not in taken:
-                nfa.edge(st, byte, byte, b, f)
+    for lo, hi, b, f in first:
+        for rlo, rhi in _ranges_without(lo, hi, taken):
+            nfa.edge(st, rlo, rhi, b, f)
+
+
+def _ranges_without(lo: int, hi: int, taken: set[int]) -> list[tuple[int, int]]:
+    """``lo..hi`` minus the bytes in ``taken``, as inclusive runs (one edge per run, not per byte)."""
+    if not any(lo <= t <= hi for t in taken):
+        return [(lo, hi)]
+    return byte_ranges([x for x in range(lo, hi + 1) if x not in taken])
 
 
 def canonical_any_loop(nfa: Nfa, a: int, back: int | None, ascii_plain: bool = True,
