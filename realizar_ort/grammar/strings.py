@@ -96,15 +96,24 @@ def _completions(prefix: bytes) -> list[list[tuple[int, int]]]:
 
 
 def multibyte_char_edges(nfa: Nfa, src: int, target: int, seg: tuple[int, int] | None, inc: int) -> None:
-    """Edges ``src`` -> ``target`` for every multi-byte UTF-8 character: fresh states between the bytes,
-    room for one more character checked on the first byte, the length counter moved (``inc``) on the last."""
-    for path in utf8_multibyte_paths():
-        cur = src
-        for i, (lo, hi) in enumerate(path):
-            last = i == len(path) - 1
-            nxt = target if last else nfa.state(seg)
-            nfa.edge(cur, lo, hi, nxt, inc if last else (ROOM if seg and i == 0 else 0))
-            cur = nxt
+    """Edges ``src`` -> ``target`` for every multi-byte UTF-8 character: room for one more character checked
+    on the first byte, the length counter moved (``inc``) on the last. The inner states are the minimal
+    UTF-8 automaton (7 states: "n continuation bytes left", and the four lead bytes with a narrower second
+    byte), shared by all paths, rather than a fresh chain per path (18 states)."""
+    first = ROOM if seg else 0
+    need1, need2, need3 = nfa.state(seg), nfa.state(seg), nfa.state(seg)
+    nfa.edge(need1, 0x80, 0xBF, target, inc)
+    nfa.edge(need2, 0x80, 0xBF, need1)
+    nfa.edge(need3, 0x80, 0xBF, need2)
+    nfa.edge(src, 0xC2, 0xDF, need1, first)
+    for lead, (lo, hi), nxt in ((0xE0, (0xA0, 0xBF), need1), (0xED, (0x80, 0x9F), need1),
+                                (0xF0, (0x90, 0xBF), need2), (0xF4, (0x80, 0x8F), need2)):
+        narrow = nfa.state(seg)
+        nfa.edge(src, lead, lead, narrow, first)
+        nfa.edge(narrow, lo, hi, nxt)
+    nfa.edge(src, 0xE1, 0xEC, need2, first)
+    nfa.edge(src, 0xEE, 0xEF, need2, first)
+    nfa.edge(src, 0xF1, 0xF3, need3, first)
 
 
 def byte_ranges(values: list[int]) -> list[tuple[int, int]]:
