@@ -31,8 +31,8 @@ from .composition import (
     value_type_ok,
 )
 from .errors import GrammarError, GrammarTooLargeError, UnsupportedSchemaError
-from .keywords import FORBID_COMBOS, KNOWN, REFUSED, assertive, check_shapes
-from .numbers import number_frag
+from .keywords import FORBID_COMBOS, KNOWN, NOT_VALUES, REFUSED, assertive, check_shapes
+from .numbers import integer_except, number_frag
 from .objects import object_plan
 from .regex import FORMAT_PATTERNS, STANDARD_FORMATS, regex_body
 from .strings import free_string_body, json_text, property_key_frag
@@ -173,17 +173,41 @@ class _Compiler:
         if "integer" in types and "number" in types:
             types = [t for t in types if t != "integer"]
         builders = {"object": self.object_frag, "array": self.array_frag, "string": self.string_frag}
+        banned = [v for v in schema.get(NOT_VALUES, []) if value_type_ok(v, types)]
         alts = []
         for t in types:
+            out = [v for v in banned if value_type_ok(v, [t])]
+            if out and t in ("object", "array"):
+                raise UnsupportedSchemaError("not", path, f"'not' of {t} values is not enforced")
             if t in builders:
-                alts.append(builders[t](schema, path, stack, t))
+                alts.append(builders[t](schema, path, stack, t) if not out else
+                            self.string_except(schema, out, path))
             elif t in ("number", "integer"):
-                alts.append(number_frag(self.nfa, schema, path, t))
+                alts.append(number_frag(self.nfa, schema, path, t) if not out else
+                            self.integer_except(schema, out, path, t))
             elif t == "boolean":
-                alts += [self.literal_frag(b"true"), self.literal_frag(b"false")]
-            elif t == "null":
+                alts += [self.literal_frag(json_text(b)) for b in (True, False) if not any(v is b for v in out)]
+            elif t == "null" and not out:
                 alts.append(self.literal_frag(b"null"))
         return self.union(alts)
+
+    def string_except(self, schema: dict, banned: list[str], path: str) -> tuple[int, int]:
+        """A string none of ``banned`` (``not: {enum/const}``): canonical escapes only (a sound restriction:
+        another escape form of a banned value would be the same string), no other string keyword."""
+        for key in ("pattern", "format", "minLength", "maxLength"):
+            if key in schema:
+                raise UnsupportedSchemaError("not", path, f"'not' of string values together with {key!r}")
+        s = self.nfa.state()
+        return s, property_key_frag(self.nfa, s, banned)
+
+    def integer_except(self, schema: dict, banned: list, path: str, t: str) -> tuple[int, int]:
+        """An integer none of ``banned`` (``not: {enum/const}``), with no bounds (a digit trie)."""
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"):
+            if key in schema:
+                raise UnsupportedSchemaError("not", path, f"'not' of numbers together with {key!r}")
+        if t != "integer":
+            raise UnsupportedSchemaError("not", path, "'not' of number values is only enforced on integers")
+        return integer_except(self.nfa, [int(v) for v in banned if v == int(v)])
 
     def call(self, key: str) -> tuple[int, int]:
         """A call to the rule ``key`` (a ``$ref`` target, ``#any``, or a merged schema in ``synthetic``)."""
@@ -209,11 +233,13 @@ class _Compiler:
 
     def literals(self, schema: dict, types: list[str], path: str) -> tuple[int, int] | None:
         for key in schema:
-            if key not in ("const", "enum", "type", "nullable", "$defs", "definitions"):
+            if key not in ("const", "enum", "type", "nullable", "$defs", "definitions", NOT_VALUES):
                 raise UnsupportedSchemaError(key, path, "cannot be combined with enum/const")
         values = [schema["const"]] if "const" in schema else list(schema["enum"])
         if "const" in schema and "enum" in schema:
             values = [v for v in values if any(json_equal(v, w) for w in schema["enum"])]
+        banned = schema.get(NOT_VALUES, [])
+        values = [v for v in values if not any(json_equal(v, w) for w in banned)]
         alts = []
         for v in values:
             if value_type_ok(v, types):
@@ -265,8 +291,9 @@ class _Compiler:
                 nfa.eps[self.ws_frag(self.lit(key_end, b":"))].append(vs)
                 nfa.eps[self.ws_frag(ve)].append(loop)
         e = nfa.state()
-        for st in cur.values():
-            nfa.eps[self.lit(st, b"}")].append(e)
+        for emitted, st in cur.items():
+            if emitted or not plan.nonempty:
+                nfa.eps[self.lit(st, b"}")].append(e)
         return s, e
 
     # -- strings
@@ -376,7 +403,8 @@ def _has_ref(schema: Any) -> bool:
 
 
 def _apply_not(schema: dict, path: str) -> dict:
-    """``not`` of a schema that only names types: the remaining types. Anything else is refused."""
+    """``not`` of types (the remaining types), of ``const``/``enum`` (``NOT_VALUES``), of required-name sets
+    (``FORBID_COMBOS``), and ``not: {not: X}`` (``X``). Anything else is refused."""
     neg = schema["not"]
     rest = {k: v for k, v in schema.items() if k != "not"}
     if neg is False or neg == {}:
@@ -384,6 +412,17 @@ def _apply_not(schema: dict, path: str) -> dict:
     neg = assertive(neg) if isinstance(neg, dict) else neg
     if neg is True or neg == {}:
         return {**rest, "type": []}
+    if set(neg) == {"not"}:  # double negation
+        return {**rest, "allOf": [*rest.get("allOf", []), neg["not"]]}
+    if set(neg) <= {"enum", "const"}:  # not one of these values
+        values = [neg["const"]] if "const" in neg else list(neg["enum"])
+        if "const" in neg and "enum" in neg:
+            values = [v for v in values if any(json_equal(v, w) for w in neg["enum"])]
+        return {**rest, NOT_VALUES: [*rest.get(NOT_VALUES, []), *values]}
+    if set(neg) == {"type", "required"} and neg["type"] in ("object", ["object"]):
+        combos = _required_combos({"required": neg["required"]})
+        if combos is not None:  # a non-object passes; an object may not have all the names
+            return {**rest, FORBID_COMBOS: [*rest.get(FORBID_COMBOS, []), *combos]}
     if set(neg) == {"type"}:
         banned = set(type_set(neg, f"{path}/not"))
         if "number" in banned:

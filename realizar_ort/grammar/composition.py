@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .errors import GrammarError, UnsupportedSchemaError
-from .keywords import FORBID_COMBOS, assertive
+from .keywords import FORBID_COMBOS, NOT_VALUES, assertive
 
 __all__ = [
     "ALL_TYPES",
@@ -134,7 +134,7 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
             out[key] = v
         elif out[key] == v or key in ("$id", "$defs", "definitions"):
             continue
-        elif key == FORBID_COMBOS:
+        elif key in (FORBID_COMBOS, NOT_VALUES):
             out[key] = [*out[key], *v]
         elif key == "required":
             out[key] = list(dict.fromkeys([*out[key], *v]))

@@ -16,10 +16,12 @@ from typing import Any
 
 from .errors import GrammarError
 
-__all__ = ["ENFORCED", "FORBID_COMBOS", "KNOWN", "REFUSED", "assertive", "check_shapes"]
+__all__ = ["ENFORCED", "FORBID_COMBOS", "KNOWN", "NOT_VALUES", "REFUSED", "assertive", "check_shapes"]
 
 # internal: ``not`` of required-name sets, as lists of names that may not all be present (set by the compiler)
 FORBID_COMBOS = "\x00forbid-combos"
+# internal: ``not`` of ``const``/``enum``, as the JSON values the instance may not equal (set by the compiler)
+NOT_VALUES = "\x00not-values"
 
 # keywords the compiler reads (some only in some forms: see the compiler's refusals)
 ENFORCED = frozenset({
@@ -28,7 +30,7 @@ ENFORCED = frozenset({
     "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum",
     "exclusiveMaximum", "nullable", "uniqueItems", "multipleOf", "$id",
     "minProperties", "maxProperties", "dependentRequired", "dependencies", "propertyNames",
-    "patternProperties", "not", FORBID_COMBOS,
+    "patternProperties", "not", FORBID_COMBOS, NOT_VALUES,
 })
 # assertions (and applicators) of some draft that we do not enforce: refused by name, never ignored
 REFUSED = frozenset({

@@ -34,7 +34,7 @@ def compact(v) -> str:
 
 REFUSED = [
     ("multipleOf", {"type": "integer", "multipleOf": 3}),
-    ("minProperties", {"type": "object", "minProperties": 1}),
+    ("minProperties", {"type": "object", "minProperties": 2}),
     ("maxProperties", {"type": "object", "maxProperties": 1}),
     ("contains", {"type": "array", "contains": {"type": "integer"}}),
     ("maxItems", {"type": "array", "items": {"type": "integer"}, "maxItems": 1000}),
@@ -42,6 +42,9 @@ REFUSED = [
     ("uniqueItems", {"type": "array", "uniqueItems": True}),
     ("if", {"if": {"type": "string"}, "then": {"maxLength": 3}}),
     ("not", {"not": {"enum": [1, 2]}}),
+    ("not", {"type": "integer", "minimum": 0, "not": {"const": 3}}),
+    ("not", {"type": "string", "maxLength": 3, "not": {"const": "a"}}),
+    ("not", {"type": "array", "not": {"const": [1]}}),
     ("dependencies", {"type": "object", "dependencies": {"a": {"required": ["b"]}}}),
     ("propertyNames", {"type": "object", "properties": {"a": {}}, "propertyNames": {"format": "email"}}),
     ("$dynamicRef", {"$dynamicRef": "#meta"}),

@@ -76,6 +76,38 @@ def test_not_of_types():
         compile_schema_automaton({"type": "number", "not": {"type": "integer"}})
 
 
+def test_not_of_values_double_negation_and_typed_required():
+    ints = {"type": "integer", "not": {"enum": [0, 6379, -5, 10]}}
+    for v in (1, 637, 63790, 6378, -50, -4, 100, 9):
+        assert accepts(ints, v), v
+    for v in (0, 6379, -5, 10, '"1"', 1.5):
+        assert not accepts(ints, v), v
+    mixed = {"not": {"enum": [True, None, "ab"]}}
+    for v in (False, '"a"', '"abc"', '""', '"é"', '"a\\"b"', [1], {"x": 1}, 2.5):
+        assert accepts(mixed, v), v
+    for v in (True, None, '"ab"'):
+        assert not accepts(mixed, v), v
+    assert not accepts(mixed, '"\\u0061b"')  # another escape form of a banned string: still banned
+    assert accepts({"type": "boolean", "not": {"const": False}}, True)
+    assert not accepts({"type": "boolean", "not": {"const": False}}, False)
+    enum = {"enum": [1, 2, 3], "not": {"const": 2}}
+    assert accepts(enum, 1) and accepts(enum, 3) and not accepts(enum, 2)
+    double = {"not": {"not": {"type": "string"}}}
+    assert accepts(double, '"x"') and not accepts(double, 1)
+    typed = {"not": {"type": "object", "required": ["a"]}}
+    assert accepts(typed, {"b": 1}) and accepts(typed, 1) and accepts(typed, '"x"') and not accepts(typed, {"a": 1})
+
+
+def test_min_properties_one():
+    open_obj = {"type": "object", "properties": {"a": {"type": "integer"}}, "minProperties": 1}
+    assert accepts(open_obj, {"a": 1}) and accepts(open_obj, {"b": 2}) and accepts(open_obj, {"a": 1, "b": 2})
+    assert not accepts(open_obj, {}) and not accepts(open_obj, {"a": "x"})
+    closed = {"type": "object", "properties": {"a": {}, "b": {}}, "additionalProperties": False, "minProperties": 1}
+    assert accepts(closed, {"b": 1}) and not accepts(closed, {}) and not accepts(closed, {"c": 1})
+    with pytest.raises(GrammarError):
+        compile_schema_automaton({"type": "object", "additionalProperties": False, "minProperties": 1})
+
+
 def test_object_keywords():
     pat = {"type": "object", "properties": {"ab": {"type": "integer"}},
            "patternProperties": {"^a": {"minimum": 0}}, "additionalProperties": {"type": "integer"}}
