@@ -30,10 +30,12 @@ from .composition import (
     type_set,
     value_type_ok,
 )
+from .conditions import apply_if, apply_not
 from .errors import GrammarError, GrammarTooLargeError, UnsupportedSchemaError
-from .keywords import FORBID_COMBOS, KNOWN, NOT_VALUES, REFUSED, assertive, check_shapes
+from .keywords import KNOWN, NOT_VALUES, REFUSED, assertive, check_shapes
 from .numbers import integer_except, number_frag
 from .objects import object_plan
+from .refs import localize_refs
 from .regex import FORMAT_PATTERNS, STANDARD_FORMATS, regex_body
 from .strings import free_string_body, json_text, property_key_frag
 
@@ -121,6 +123,8 @@ class _Compiler:
             return None
         if not isinstance(schema, dict):
             raise GrammarError(f"schema at {path} must be an object or boolean, got {type(schema).__name__}")
+        if "if" in schema:
+            schema = apply_if(schema, path)
         schema = assertive(schema)
         check_shapes(schema, path)
         for key in schema:
@@ -131,7 +135,7 @@ class _Compiler:
             raise UnsupportedSchemaError("$id", path, "a nested $id changes how the references inside it resolve")
         schema = {k: v for k, v in schema.items() if k != "$id"} if "$id" in schema else schema
         if "not" in schema:
-            schema = _apply_not(schema, path)
+            schema = apply_not(schema, path)
         if "$ref" in schema:
             rest = {k: v for k, v in schema.items() if k not in ("$ref", "$defs", "definitions")}
             ref = schema["$ref"]
@@ -402,69 +406,6 @@ def _has_ref(schema: Any) -> bool:
     return '"$ref"' in json.dumps(schema)
 
 
-def _apply_not(schema: dict, path: str) -> dict:
-    """``not`` of types (the remaining types), of ``const``/``enum`` (``NOT_VALUES``), of required-name sets
-    (``FORBID_COMBOS``), and ``not: {not: X}`` (``X``). Anything else is refused."""
-    neg = schema["not"]
-    rest = {k: v for k, v in schema.items() if k != "not"}
-    if neg is False or neg == {}:
-        return rest if neg is False else {**rest, "type": []}
-    neg = assertive(neg) if isinstance(neg, dict) else neg
-    if neg is True or neg == {}:
-        return {**rest, "type": []}
-    if set(neg) == {"not"}:  # double negation
-        return {**rest, "allOf": [*rest.get("allOf", []), neg["not"]]}
-    if set(neg) <= {"enum", "const"}:  # not one of these values
-        values = [neg["const"]] if "const" in neg else list(neg["enum"])
-        if "const" in neg and "enum" in neg:
-            values = [v for v in values if any(json_equal(v, w) for w in neg["enum"])]
-        return {**rest, NOT_VALUES: [*rest.get(NOT_VALUES, []), *values]}
-    if set(neg) == {"type", "required"} and neg["type"] in ("object", ["object"]):
-        combos = _required_combos({"required": neg["required"]})
-        if combos is not None:  # a non-object passes; an object may not have all the names
-            return {**rest, FORBID_COMBOS: [*rest.get(FORBID_COMBOS, []), *combos]}
-    if set(neg) == {"type"}:
-        banned = set(type_set(neg, f"{path}/not"))
-        if "number" in banned:
-            banned.add("integer")
-        kept = [t for t in type_set(rest, path) if t not in banned]
-        if "integer" in banned and "number" in kept:
-            raise UnsupportedSchemaError("not", path, "'not: integer' of a number cannot be enforced")
-        return {**rest, "type": kept}
-    combos = _required_combos(neg)
-    if combos is not None:  # "not all of these present" (for any combo); a non-object always fails `required`
-        kept = [t for t in type_set(rest, path) if t == "object"]
-        return {**rest, "type": kept, FORBID_COMBOS: [*rest.get(FORBID_COMBOS, []), *combos]}
-    raise UnsupportedSchemaError("not", path, "only 'not' of types or of required-property combinations is enforced")
-
-
-def _required_combos(neg: Any) -> list[list[str]] | None:
-    """``neg`` as alternatives of required-name sets (``required``, ``anyOf``/``allOf`` of those), or None."""
-    if not isinstance(neg, dict):
-        return None
-    neg = assertive(neg)
-    if set(neg) == {"required"} and isinstance(neg["required"], list) and neg["required"] \
-            and all(isinstance(n, str) for n in neg["required"]):
-        return [list(neg["required"])]
-    if set(neg) == {"anyOf"} and isinstance(neg["anyOf"], list):
-        out = []
-        for alt in neg["anyOf"]:
-            sub = _required_combos(alt)
-            if sub is None:
-                return None
-            out += sub
-        return out or None
-    if set(neg) == {"allOf"} and isinstance(neg["allOf"], list):
-        names: list[str] = []
-        for alt in neg["allOf"]:
-            sub = _required_combos(alt)
-            if sub is None or len(sub) != 1:
-                return None
-            names += sub[0]
-        return [names] if names else None
-    return None
-
-
 def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: int = 200_000,
                              deadline_s: float = 5.0, strict: bool = False) -> Automaton:
     """Compile a JSON Schema (dict/bool, or "any_json"/"any_object") into an :class:`Automaton`.
@@ -488,6 +429,7 @@ def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: in
         raise GrammarError(f"schema is not JSON: {type(exc).__name__}: {exc}") from exc
     deadline = time.perf_counter() + deadline_s
     try:
+        schema = localize_refs(schema)
         shared = _shared_refs(schema)
         if shared:
             try:

@@ -108,6 +108,10 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
     a, b = assertive(a), assertive(b)
     if not a or not b:
         return b if not a else a
+    if "if" in a or "if" in b:
+        from .conditions import apply_if  # conditions builds on this module
+
+        a, b = (apply_if(x, path) if "if" in x else x for x in (a, b))
     if "$ref" in a and "$ref" not in b:
         a, b = b, a
     if "$ref" in b:
@@ -175,7 +179,9 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
         xa = a.get("additionalProperties", False if comp.strict and pa else True)
         xb = b.get("additionalProperties", False if comp.strict and pb else True)
         props = {}
-        for name in list(dict.fromkeys([*pa, *pb])):
+        # names in the order of the side that lists more of them (the object's own listing, usually: instances
+        # follow it, and the grammar emits listed properties in order)
+        for name in list(dict.fromkeys([*pa, *pb] if len(pa) >= len(pb) else [*pb, *pa])):
             sa = pa.get(name, xa)
             sb = pb.get(name, xb)
             props[name] = merge_schemas(sa, sb, f"{path}/properties/{name}", comp)

@@ -55,7 +55,7 @@ def test_annotations_and_unknown_keywords_are_ignored(draft):
 
 def test_unknown_keyword_does_not_hide_a_refused_assertion():
     with pytest.raises(UnsupportedSchemaError) as err:
-        compile_schema_automaton({"x-vendor": 1, "type": "object", "if": {"required": ["a"]}, "then": {}})
+        compile_schema_automaton({"x-vendor": 1, "type": "object", "if": {"minProperties": 3}, "then": {}})
     assert err.value.keyword == "if"
     assert accepts({"then": {"type": "string"}, "else": False}, 5)  # then/else without if: ignored
 
@@ -96,6 +96,36 @@ def test_not_of_values_double_negation_and_typed_required():
     assert accepts(double, '"x"') and not accepts(double, 1)
     typed = {"not": {"type": "object", "required": ["a"]}}
     assert accepts(typed, {"b": 1}) and accepts(typed, 1) and accepts(typed, '"x"') and not accepts(typed, {"a": 1})
+
+
+def test_if_then_else_on_a_property_condition():
+    schema = {"type": "object", "properties": {"kind": {"type": "string"}, "n": {}},
+              "if": {"properties": {"kind": {"const": "num"}}, "required": ["kind"]},
+              "then": {"properties": {"n": {"type": "integer"}}}, "else": {"properties": {"n": {"type": "string"}}}}
+    for v in ({"kind": "num", "n": 1}, {"kind": "str", "n": "x"}, {"kind": "nu", "n": "x"}, {"n": "x"}, {}):
+        assert accepts(schema, v), v
+    for v in ({"kind": "num", "n": "x"}, {"kind": "str", "n": 1}, {"kind": "numb", "n": 2}, {"n": 1}):
+        assert not accepts(schema, v), v
+    by_type = {"if": {"type": "string"}, "then": {"maxLength": 2}, "else": {"type": "integer"}}
+    assert accepts(by_type, '"ab"') and accepts(by_type, 3)
+    assert not accepts(by_type, '"abc"') and not accepts(by_type, 1.5) and not accepts(by_type, None)
+    assert accepts({"if": False, "then": {"type": "string"}, "else": {"type": "integer"}}, 1)
+    assert not accepts({"if": False, "then": {"type": "string"}, "else": {"type": "integer"}}, '"s"')
+    with pytest.raises(UnsupportedSchemaError, match="'if'"):
+        compile_schema_automaton({"if": {"minLength": 2}, "then": {"maxLength": 3}})
+
+
+def test_nested_id_and_anchor_resolve_in_their_resource():
+    schema = {"$id": "http://x/root.json", "type": "object",
+              "properties": {"a": {"$ref": "item.json"}, "b": {"$ref": "#/$defs/local"}, "c": {"$ref": "item.json#num"}},
+              "$defs": {"local": {"type": "string"},
+                        "item": {"$id": "item.json", "type": "array", "items": {"$ref": "#/$defs/n"},
+                                 "$defs": {"n": {"$anchor": "num", "type": "integer"}}}}}
+    assert accepts(schema, {"a": [1, 2], "b": "s", "c": 3})
+    assert not accepts(schema, {"a": ["x"]}) and not accepts(schema, {"b": 1}) and not accepts(schema, {"c": "x"})
+    with pytest.raises(GrammarError):  # "#/$defs/b" inside http://x/a is that resource's $defs: absent
+        compile_schema_automaton({"$defs": {"a": {"$id": "http://x/a", "items": {"$ref": "#/$defs/b"}},
+                                            "b": {"type": "integer"}}, "$ref": "#/$defs/a"})
 
 
 def test_min_properties_one():
