@@ -42,6 +42,7 @@ from .strings import free_string_body, json_text, property_key_frag
 __all__ = ["MAX_ITEM_POSITIONS", "SUPPORTED", "compile_schema_automaton"]
 
 MAX_ITEM_POSITIONS = 128
+MAX_UNIQUE_VALUES = 6  # uniqueItems over an enum: 2^k item-set states
 
 SUPPORTED = KNOWN - REFUSED  # the keywords the walk reads; anything outside KNOWN is an annotation
 
@@ -168,9 +169,8 @@ class _Compiler:
         types = type_set(schema, path)
         if "const" in schema or "enum" in schema:
             return self.literals(schema, types, path)
-        if schema.get("uniqueItems") is True and "array" in types:
-            raise UnsupportedSchemaError("uniqueItems", path, "uniqueItems: true cannot be enforced")
-        if not any(k not in ("$defs", "definitions", "uniqueItems") for k in schema):
+        if not any(k not in ("$defs", "definitions", "uniqueItems") for k in schema) \
+                and schema.get("uniqueItems") is not True:
             if "#any" in stack:
                 return self.call("#any")
             return self.frag(ANY_SCHEMA, path, stack + ("#any",))
@@ -300,6 +300,53 @@ class _Compiler:
                 nfa.eps[self.lit(st, b"}")].append(e)
         return s, e
 
+    def finite_values(self, items: Any, path: str) -> list[Any] | None:
+        """The values an item schema allows when it is a small finite set (enum/const/boolean/null), else None."""
+        for _ in range(8):
+            if not isinstance(items, dict):
+                return None
+            items = assertive(items)
+            if set(items) != {"$ref"}:
+                break
+            items = self.resolve(items["$ref"], path)
+        if not isinstance(items, dict) or set(items) - {"type", "enum", "const", "nullable", NOT_VALUES}:
+            return None
+        types = type_set(items, path)
+        if "const" in items or "enum" in items:
+            values = [items["const"]] if "const" in items else list(items["enum"])
+            if "const" in items and "enum" in items:
+                values = [v for v in values if any(json_equal(v, w) for w in items["enum"])]
+        elif set(types) <= {"boolean", "null"}:
+            values = ([True, False] if "boolean" in types else []) + ([None] if "null" in types else [])
+        else:
+            return None
+        banned = items.get(NOT_VALUES, [])
+        values = _distinct([v for v in values if value_type_ok(v, types) and not any(json_equal(v, w) for w in banned)])
+        return values if len(values) <= MAX_UNIQUE_VALUES else None
+
+    def unique_array(self, values: list[Any], lo: int, hi: int | None) -> tuple[int, int] | None:
+        """``uniqueItems`` over a finite item set: one state per set of values used so far (2^k, k <= 6)."""
+        nfa = self.nfa
+        texts = [json_text(v) for v in values]
+        s, e = nfa.state(), nfa.state()
+        at: dict[int, int] = {0: self.ws_frag(self.lit(s, b"["))}  # used-set bitmask -> state after its items
+        for used in sorted(range(1 << len(values)), key=lambda m: bin(m).count("1")):
+            if used not in at:
+                continue
+            count = bin(used).count("1")
+            if count >= lo:
+                nfa.eps[self.lit(at[used], b"]")].append(e)
+            if hi is not None and count >= hi:
+                continue
+            src = self.ws_frag(self.lit(at[used], b",")) if used else at[used]
+            for i, text in enumerate(texts):
+                if not used >> i & 1:
+                    nxt = used | 1 << i
+                    if nxt not in at:
+                        at[nxt] = nfa.state()
+                    nfa.eps[self.ws_frag(self.lit(src, text))].append(at[nxt])
+        return (s, e) if lo <= len(values) else None
+
     # -- strings
     def string_frag(self, schema: dict, path: str, _stack: tuple[str, ...], _t: str) -> tuple[int, int] | None:
         nfa = self.nfa
@@ -349,6 +396,15 @@ class _Compiler:
         hi = None if hi is None else int(hi)
         if hi is not None and lo > hi:
             return None
+        if schema.get("uniqueItems") is True and not (hi is not None and hi <= 1):
+            values = None if prefix else self.finite_values(items, path)
+            if values is not None:
+                return self.unique_array(values, lo, hi)
+            if not (prefix and (items is False or hi is not None and hi <= len(prefix))
+                    and pairwise_disjoint(prefix, self, path)):  # disjoint positions are always unique
+                raise UnsupportedSchemaError("uniqueItems", path, "uniqueItems is enforced only over up to "
+                                             f"{MAX_UNIQUE_VALUES} enum/const/boolean/null item values, or on "
+                                             "tuples whose positions cannot match one value")
         for key, count in (("minItems", lo), ("maxItems", hi)):
             if count is not None and count > MAX_ITEM_POSITIONS:
                 raise UnsupportedSchemaError(key, path, f"{key} above {MAX_ITEM_POSITIONS} is not supported "
@@ -396,6 +452,14 @@ class _Compiler:
             if count >= lo:
                 nfa.eps[self.lit(st, b"]")].append(e)
         return s, e
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        if not any(json_equal(v, w) for w in out):
+            out.append(v)
+    return out
 
 
 def _key_text(value: Any) -> str:

@@ -128,6 +128,27 @@ def test_nested_id_and_anchor_resolve_in_their_resource():
                                             "b": {"type": "integer"}}, "$ref": "#/$defs/a"})
 
 
+def test_unique_items_over_finite_item_sets_and_disjoint_tuples():
+    enum = {"type": "array", "items": {"enum": ["a", "b", 1, 1.0, True]}, "uniqueItems": True}
+    for v in ([], ["a"], ["a", "b"], ["b", "a", 1, True]):
+        assert accepts(enum, v), v
+    for v in (["a", "a"], [1, True, 1], ["a", "b", "a"], [True, True], ["c"]):
+        assert not accepts(enum, v), v
+    bounded = {"type": "array", "items": {"type": "boolean"}, "uniqueItems": True, "minItems": 1, "maxItems": 2}
+    assert accepts(bounded, [True]) and accepts(bounded, [False, True])
+    assert not accepts(bounded, []) and not accepts(bounded, [False, False])
+    tup = {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "items": False,
+           "uniqueItems": True}
+    assert accepts(tup, ["a", 1]) and not accepts(tup, ["a", 1, 2])
+    assert accepts({"type": "array", "maxItems": 1, "uniqueItems": True}, [[1]])
+    with pytest.raises(UnsupportedSchemaError, match="'uniqueItems'"):
+        compile_schema_automaton({"type": "array", "items": {"enum": list(range(7))}, "uniqueItems": True})
+    with pytest.raises(UnsupportedSchemaError, match="'uniqueItems'"):  # no type: arrays are among the values
+        compile_schema_automaton({"uniqueItems": True})
+    with pytest.raises(UnsupportedSchemaError, match="'uniqueItems'"):
+        compile_schema_automaton({"type": "array", "prefixItems": [{}, {}], "items": False, "uniqueItems": True})
+
+
 def test_min_properties_one():
     open_obj = {"type": "object", "properties": {"a": {"type": "integer"}}, "minProperties": 1}
     assert accepts(open_obj, {"a": 1}) and accepts(open_obj, {"b": 2}) and accepts(open_obj, {"a": 1, "b": 2})
