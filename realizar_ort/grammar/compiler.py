@@ -64,6 +64,7 @@ class _Compiler:
         self.rule_frags: list[tuple[int, int]] = []
         self.counter_ticks = 0
         self.synthetic: dict[str, Any] = {}  # rule key -> schema, for rules that are not a JSON pointer
+        self.nest = 0  # objects/arrays being built around the current schema (its rule's own nesting)
 
     # -- plumbing
     def tick(self) -> None:
@@ -171,8 +172,8 @@ class _Compiler:
             return self.literals(schema, types, path)
         if not any(k not in ("$defs", "definitions", "uniqueItems") for k in schema) \
                 and schema.get("uniqueItems") is not True:
-            if "#any" in stack:
-                return self.call("#any")
+            if "#any" in stack or ("#any" in self.shared and self.nest > 0):
+                return self.call("#any")  # one shared rule for every "any JSON value", not a copy per use
             return self.frag(ANY_SCHEMA, path, stack + ("#any",))
         if "integer" in types and "number" in types:
             types = [t for t in types if t != "integer"]
@@ -184,8 +185,12 @@ class _Compiler:
             if out and t in ("object", "array"):
                 raise UnsupportedSchemaError("not", path, f"'not' of {t} values is not enforced")
             if t in builders:
-                alts.append(builders[t](schema, path, stack, t) if not out else
-                            self.string_except(schema, out, path))
+                self.nest += 1  # values inside this one are a container's items or property values
+                try:
+                    alts.append(builders[t](schema, path, stack, t) if not out else
+                                self.string_except(schema, out, path))
+                finally:
+                    self.nest -= 1
             elif t in ("number", "integer"):
                 alts.append(number_frag(self.nfa, schema, path, t) if not out else
                             self.integer_except(schema, out, path, t))
@@ -495,11 +500,14 @@ def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: in
     try:
         schema = localize_refs(schema)
         shared = _shared_refs(schema)
-        if shared:
-            try:
-                return _compile(schema, whitespace, max_states, deadline_s, strict, shared, deadline)
-            except _SharingFailed:
-                pass  # a shared rule overlaps its context or accepts nothing there: inline everything
+        # shared rules, most first: "#any" (every free value, e.g. of extra keys) and the large $ref targets;
+        # where a call cannot sit (it overlaps its context) fewer, then none (everything inlined)
+        for tier in (shared | {"#any"}, shared):
+            if tier:
+                try:
+                    return _compile(schema, whitespace, max_states, deadline_s, strict, tier, deadline)
+                except _SharingFailed:
+                    pass
         return _compile(schema, whitespace, max_states, deadline_s, strict, frozenset(), deadline)
     except RecursionError as exc:
         raise GrammarTooLargeError("schema is nested too deeply to compile") from exc
