@@ -30,7 +30,7 @@ from .composition import (
     type_set,
     value_type_ok,
 )
-from .conditions import apply_if, apply_not
+from .conditions import apply_if, apply_not, exclusive_alternatives
 from .errors import GrammarError, GrammarTooLargeError, UnsupportedSchemaError
 from .keywords import KNOWN, NOT_VALUES, REFUSED, assertive, check_shapes
 from .numbers import integer_except, number_frag
@@ -165,7 +165,14 @@ class _Compiler:
                 alts = [merge_schemas(rest, alt, f"{path}/{key}/{i}", self) if rest else alt
                         for i, alt in enumerate(schema[key])]
                 if key == "oneOf" and not pairwise_disjoint(alts, self, path):
-                    raise UnsupportedSchemaError("oneOf", path, "alternatives may overlap; use anyOf")
+                    alts = exclusive_alternatives(alts, self, path)
+                    try:
+                        return self.union([self.frag(alt, f"{path}/{key}/{i}", stack) for i, alt in enumerate(alts)])
+                    except UnsupportedSchemaError as exc:
+                        if exc.keyword != "not":
+                            raise
+                        raise UnsupportedSchemaError("oneOf", path, f"alternatives may overlap and cannot be made "
+                                                                    f"exclusive exactly ({exc}); use anyOf") from None
                 return self.union([self.frag(alt, f"{path}/{key}/{i}", stack) for i, alt in enumerate(alts)])
         types = type_set(schema, path)
         if "const" in schema or "enum" in schema:

@@ -23,6 +23,8 @@ __all__ = [
     "ALL_TYPES",
     "ANY_SCHEMA",
     "SchemaResolver",
+    "deref",
+    "disjoint",
     "json_equal",
     "merge_schemas",
     "pairwise_disjoint",
@@ -198,7 +200,7 @@ def _array_positions(schema: dict) -> tuple[list[Any], Any]:
     return list(schema.get("prefixItems", [])), items
 
 
-def _deref(schema: Any, comp: SchemaResolver, path: str) -> Any:
+def deref(schema: Any, comp: SchemaResolver, path: str) -> Any:
     for _ in range(16):
         if not isinstance(schema, dict):
             return schema
@@ -262,7 +264,7 @@ def disjoint(a: Any, b: Any, comp: SchemaResolver, path: str, depth: int = 0) ->
     comp.tick()
     if depth > 6:
         return False
-    a, b = _deref(a, comp, path), _deref(b, comp, path)
+    a, b = deref(a, comp, path), deref(b, comp, path)
     if a is False or b is False:
         return True
     if not isinstance(a, dict) or not isinstance(b, dict):

@@ -5,6 +5,8 @@
   of property conditions (``properties``/``required``/``type: object``): by De Morgan, an ``anyOf`` of
   "not an object", "this required name is missing" and "this property is present and fails its schema"
   (the property's ``not`` is then applied in turn). Anything else is refused, naming ``not``.
+- :func:`exclusive_alternatives`: ``oneOf`` whose branches may overlap as ``anyOf`` of "branch i and not
+  every other branch it may overlap", when those negations are exact and the product stays small.
 - :func:`apply_if`: ``(if and then) or (not if and else)``, as an ``anyOf`` under ``allOf``; refused,
   naming ``if``, when the condition cannot be negated exactly.
 
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .composition import ALL_TYPES, json_equal, type_set
+from .composition import ALL_TYPES, SchemaResolver, deref, disjoint, json_equal, type_set, value_type_ok
 from .errors import UnsupportedSchemaError
 from .keywords import FORBID_COMBOS, NOT_VALUES, assertive
 
-__all__ = ["apply_if", "apply_not", "required_combos"]
+__all__ = ["apply_if", "apply_not", "exclusive_alternatives", "required_combos"]
+
+MAX_ONEOF_PRODUCT = 64  # alternatives a oneOf rewrite may multiply into (each negation is an anyOf)
 
 _PROPERTY_CONDITION = frozenset({"properties", "required", "type"})
 
@@ -39,6 +43,32 @@ def apply_if(schema: dict, path: str) -> dict:
         raise UnsupportedSchemaError("if", path, f"the condition cannot be negated exactly ({exc})") from None
     either = {"anyOf": [{"allOf": [cond, then]}, {"not": cond, "allOf": [other]}]}
     return {**rest, "allOf": [*rest.get("allOf", []), either]}
+
+
+def exclusive_alternatives(alts: list[Any], comp: SchemaResolver, path: str) -> list[Any]:
+    """``oneOf: alts`` as ``anyOf`` alternatives that cannot overlap; refused naming ``oneOf`` if not exact."""
+    plain = [deref(a, comp, path) for a in alts]
+    out = []
+    for i, a in enumerate(alts):
+        negations = []
+        product = 1
+        for j, b in enumerate(plain):
+            if j == i or disjoint(plain[i], b, comp, path):
+                continue
+            if not isinstance(b, dict) and b is not True:
+                raise UnsupportedSchemaError("oneOf", path, "alternatives may overlap; use anyOf")
+            try:  # the nested `not`s it leads to are checked where they are built, in their context
+                negated = apply_not({"not": b}, f"{path}/oneOf/{j}")
+            except UnsupportedSchemaError:
+                raise UnsupportedSchemaError("oneOf", path, "alternatives may overlap and one cannot be negated "
+                                                            "exactly; use anyOf") from None
+            product *= max(1, max((len(x["anyOf"]) for x in negated.get("allOf", []) if "anyOf" in x), default=1))
+            negations.append({"not": b})
+        if product > MAX_ONEOF_PRODUCT:
+            raise UnsupportedSchemaError("oneOf", path, f"making the alternatives exclusive needs more than "
+                                                        f"{MAX_ONEOF_PRODUCT} cases; use anyOf")
+        out.append({"allOf": [a, *negations]} if negations else a)
+    return out
 
 
 def _check_negatable(cond: Any, path: str, depth: int) -> None:
@@ -66,10 +96,12 @@ def apply_not(schema: dict, path: str) -> dict:
         return {**rest, "type": []}
     if set(neg) == {"not"}:  # double negation
         return {**rest, "allOf": [*rest.get("allOf", []), neg["not"]]}
-    if set(neg) <= {"enum", "const"}:  # not one of these values
-        values = [neg["const"]] if "const" in neg else list(neg["enum"])
+    if set(neg) <= {"enum", "const", "type", "nullable"} and ("enum" in neg or "const" in neg):
+        values = [neg["const"]] if "const" in neg else list(neg["enum"])  # not one of these values
         if "const" in neg and "enum" in neg:
             values = [v for v in values if any(json_equal(v, w) for w in neg["enum"])]
+        if "type" in neg or "nullable" in neg:  # a value of another type already passes the `not`
+            values = [v for v in values if value_type_ok(v, type_set(neg, path))]
         return {**rest, NOT_VALUES: [*rest.get(NOT_VALUES, []), *values]}
     if set(neg) == {"type", "required"} and neg["type"] in ("object", ["object"]):
         combos = required_combos({"required": neg["required"]})
@@ -124,6 +156,8 @@ def required_combos(neg: Any) -> list[list[str]] | None:
 
 def _property_condition_negated(neg: dict) -> list[dict] | None:
     """``not`` of ``{type: object?, required: [...], properties: {...}}`` as ``anyOf`` alternatives, or None."""
+    neg = {k: v for k, v in neg.items() if k not in ("$defs", "definitions")
+           and not (k == "additionalProperties" and (v is True or v == {}))}
     if not neg or set(neg) - _PROPERTY_CONDITION or "properties" not in neg and "required" not in neg:
         return None
     props, required, t = neg.get("properties", {}), neg.get("required", []), neg.get("type")
