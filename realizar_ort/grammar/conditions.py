@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .composition import ALL_TYPES, SchemaResolver, deref, disjoint, json_equal, type_set, value_type_ok
-from .errors import UnsupportedSchemaError
+from .errors import GrammarError, UnsupportedSchemaError
 from .keywords import FORBID_COMBOS, NOT_VALUES, assertive
 
 __all__ = ["apply_if", "apply_not", "exclusive_alternatives", "required_combos"]
@@ -33,6 +33,9 @@ def apply_if(schema: dict, path: str) -> dict:
     cond = schema["if"]
     then = schema.get("then", True)
     other = schema.get("else", True)
+    for key, sub in (("if", cond), ("then", then), ("else", other)):
+        if not isinstance(sub, (dict, bool)):
+            raise GrammarError(f"keyword {key!r} at {path} must be a schema (an object or a boolean)")
     rest = {k: v for k, v in schema.items() if k not in ("if", "then", "else")}
     if cond is True or cond is False:
         branch = then if cond is True else other
@@ -94,8 +97,12 @@ def apply_not(schema: dict, path: str) -> dict:
     neg = assertive(neg) if isinstance(neg, dict) else neg
     if neg is True or neg == {}:
         return {**rest, "type": []}
+    if not isinstance(neg, dict):
+        raise GrammarError(f"keyword 'not' at {path} must be a schema (an object or a boolean)")
     if set(neg) == {"not"}:  # double negation
         return {**rest, "allOf": [*rest.get("allOf", []), neg["not"]]}
+    if "enum" in neg and not isinstance(neg["enum"], list):
+        raise GrammarError(f"keyword 'enum' at {path}/not must be an array")
     if set(neg) <= {"enum", "const", "type", "nullable"} and ("enum" in neg or "const" in neg):
         values = [neg["const"]] if "const" in neg else list(neg["enum"])  # not one of these values
         if "const" in neg and "enum" in neg:

@@ -27,7 +27,10 @@ def _join(base: str, ref: str) -> str:
         return base.split("#", 1)[0] + ref
     if base.startswith("urn:"):
         return ref if ":" in ref.split("/", 1)[0] else _ROOT + "/" + ref.lstrip("/")
-    return urllib.parse.urljoin(base, ref)
+    try:
+        return urllib.parse.urljoin(base, ref)
+    except ValueError:  # not a URI (e.g. "http://[::1"): it names no embedded resource
+        return ref
 
 
 def _segment(key: str) -> str:

@@ -187,6 +187,8 @@ def test_object_keywords():
     {"type": "object", "properties": {"\ud800": {}}},
     {"type": "object", "properties": []}, {"type": "string", "pattern": 5}, {"enum": "abc"}, {"required": "a"},
     {"anyOf": {}}, {"type": 3}, {"minLength": -1}, {"items": 3},
+    {"$id": "http://[::1", "properties": {"a": {"$ref": "#/x"}}}, {"if": 5}, {"if": {"type": "string"}, "then": 5},
+    {"not": {"enum": "ab"}}, {"not": 5},
 ])
 def test_bug4_malformed_schemas_raise_grammar_error_only(schema):
     with pytest.raises(GrammarError):
