@@ -5,7 +5,9 @@ so ``anyOf`` alternatives are merged by determinisation; only a *recursive* ``$r
 inlined, e.g. a tree, or the nesting of generic JSON) becomes a **call** to a separate rule. Objects,
 arrays, strings and literals are built here; numbers in :mod:`.schema_numbers`, string contents in
 :mod:`.schema_strings`, ``pattern``/``format`` in :mod:`.schema_regex`, ``allOf``/``oneOf`` logic in
-:mod:`.schema_composition`; :func:`.schema_automaton.determinise` turns the rules into one table.
+:mod:`.schema_composition`, ``not``/``if``/overlapping ``oneOf`` rewriting in :mod:`.conditions`, ``$id``
+resources in :mod:`.refs`; :func:`.schema_automaton.determinise` turns the rules into one table. Every free
+value inside a container calls one shared ``#any`` rule (not a copy per use).
 
 Annotations and unknown keywords are ignored (:mod:`.keywords`). Refuse, never ignore: an assertion keyword
 in ``keywords.REFUSED``, or one we cannot enforce in context, raises
