@@ -1,7 +1,8 @@
 """Grammar: JSON Schema -> a byte automaton -> per-token masks, so output is valid by construction.
 
 Owns the schema compiler (``json_schema`` is its entry; ``compiler`` walks the keywords with
-``strings``, ``numbers``, ``regex`` and ``composition``; ``automaton`` builds the DFA), the tokenizer's
+``strings``, ``numbers``, ``regex``, ``composition``, ``conditions`` (``not``/``if``/overlapping ``oneOf``
+rewritten exactly) and ``refs`` (``$id``/``$anchor`` to root pointers); ``automaton`` builds the DFA), the tokenizer's
 byte tables (``vocab``), the mask cache, and the public ``JsonGrammar`` / ``CompiledGrammar`` /
 ``GrammarMatcher`` / ``compile_json_schema`` in ``matcher``.
 

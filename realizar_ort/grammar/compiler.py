@@ -5,7 +5,9 @@ so ``anyOf`` alternatives are merged by determinisation; only a *recursive* ``$r
 inlined, e.g. a tree, or the nesting of generic JSON) becomes a **call** to a separate rule. Objects,
 arrays, strings and literals are built here; numbers in :mod:`.schema_numbers`, string contents in
 :mod:`.schema_strings`, ``pattern``/``format`` in :mod:`.schema_regex`, ``allOf``/``oneOf`` logic in
-:mod:`.schema_composition`; :func:`.schema_automaton.determinise` turns the rules into one table.
+:mod:`.schema_composition`, ``not``/``if``/overlapping ``oneOf`` rewriting in :mod:`.conditions`, ``$id``
+resources in :mod:`.refs`; :func:`.schema_automaton.determinise` turns the rules into one table. Every free
+value inside a container calls one shared ``#any`` rule (not a copy per use).
 
 Annotations and unknown keywords are ignored (:mod:`.keywords`). Refuse, never ignore: an assertion keyword
 in ``keywords.REFUSED``, or one we cannot enforce in context, raises
@@ -30,16 +32,19 @@ from .composition import (
     type_set,
     value_type_ok,
 )
+from .conditions import apply_if, apply_not, exclusive_alternatives
 from .errors import GrammarError, GrammarTooLargeError, UnsupportedSchemaError
-from .keywords import FORBID_COMBOS, KNOWN, REFUSED, assertive, check_shapes
-from .numbers import number_frag
+from .keywords import KNOWN, NOT_VALUES, REFUSED, assertive, check_shapes
+from .numbers import integer_except, number_frag
 from .objects import object_plan
+from .refs import localize_refs
 from .regex import FORMAT_PATTERNS, STANDARD_FORMATS, regex_body
 from .strings import free_string_body, json_text, property_key_frag
 
 __all__ = ["MAX_ITEM_POSITIONS", "SUPPORTED", "compile_schema_automaton"]
 
 MAX_ITEM_POSITIONS = 128
+MAX_UNIQUE_VALUES = 6  # uniqueItems over an enum: 2^k item-set states
 
 SUPPORTED = KNOWN - REFUSED  # the keywords the walk reads; anything outside KNOWN is an annotation
 
@@ -61,6 +66,7 @@ class _Compiler:
         self.rule_frags: list[tuple[int, int]] = []
         self.counter_ticks = 0
         self.synthetic: dict[str, Any] = {}  # rule key -> schema, for rules that are not a JSON pointer
+        self.nest = 0  # objects/arrays being built around the current schema (its rule's own nesting)
 
     # -- plumbing
     def tick(self) -> None:
@@ -121,6 +127,8 @@ class _Compiler:
             return None
         if not isinstance(schema, dict):
             raise GrammarError(f"schema at {path} must be an object or boolean, got {type(schema).__name__}")
+        if "if" in schema:
+            schema = apply_if(schema, path)
         schema = assertive(schema)
         check_shapes(schema, path)
         for key in schema:
@@ -131,7 +139,7 @@ class _Compiler:
             raise UnsupportedSchemaError("$id", path, "a nested $id changes how the references inside it resolve")
         schema = {k: v for k, v in schema.items() if k != "$id"} if "$id" in schema else schema
         if "not" in schema:
-            schema = _apply_not(schema, path)
+            schema = apply_not(schema, path)
         if "$ref" in schema:
             rest = {k: v for k, v in schema.items() if k not in ("$ref", "$defs", "definitions")}
             ref = schema["$ref"]
@@ -159,31 +167,65 @@ class _Compiler:
                 alts = [merge_schemas(rest, alt, f"{path}/{key}/{i}", self) if rest else alt
                         for i, alt in enumerate(schema[key])]
                 if key == "oneOf" and not pairwise_disjoint(alts, self, path):
-                    raise UnsupportedSchemaError("oneOf", path, "alternatives may overlap; use anyOf")
+                    alts = exclusive_alternatives(alts, self, path)
+                    try:
+                        return self.union([self.frag(alt, f"{path}/{key}/{i}", stack) for i, alt in enumerate(alts)])
+                    except UnsupportedSchemaError as exc:
+                        if exc.keyword != "not":
+                            raise
+                        raise UnsupportedSchemaError("oneOf", path, f"alternatives may overlap and cannot be made "
+                                                                    f"exclusive exactly ({exc}); use anyOf") from None
                 return self.union([self.frag(alt, f"{path}/{key}/{i}", stack) for i, alt in enumerate(alts)])
         types = type_set(schema, path)
         if "const" in schema or "enum" in schema:
             return self.literals(schema, types, path)
-        if schema.get("uniqueItems") is True and "array" in types:
-            raise UnsupportedSchemaError("uniqueItems", path, "uniqueItems: true cannot be enforced")
-        if not any(k not in ("$defs", "definitions", "uniqueItems") for k in schema):
-            if "#any" in stack:
-                return self.call("#any")
+        if not any(k not in ("$defs", "definitions", "uniqueItems") for k in schema) \
+                and schema.get("uniqueItems") is not True:
+            if "#any" in stack or ("#any" in self.shared and self.nest > 0):
+                return self.call("#any")  # one shared rule for every "any JSON value", not a copy per use
             return self.frag(ANY_SCHEMA, path, stack + ("#any",))
         if "integer" in types and "number" in types:
             types = [t for t in types if t != "integer"]
         builders = {"object": self.object_frag, "array": self.array_frag, "string": self.string_frag}
+        banned = [v for v in schema.get(NOT_VALUES, []) if value_type_ok(v, types)]
         alts = []
         for t in types:
+            out = [v for v in banned if value_type_ok(v, [t])]
+            if out and t in ("object", "array"):
+                raise UnsupportedSchemaError("not", path, f"'not' of {t} values is not enforced")
             if t in builders:
-                alts.append(builders[t](schema, path, stack, t))
+                self.nest += 1  # values inside this one are a container's items or property values
+                try:
+                    alts.append(builders[t](schema, path, stack, t) if not out else
+                                self.string_except(schema, out, path))
+                finally:
+                    self.nest -= 1
             elif t in ("number", "integer"):
-                alts.append(number_frag(self.nfa, schema, path, t))
+                alts.append(number_frag(self.nfa, schema, path, t) if not out else
+                            self.integer_except(schema, out, path, t))
             elif t == "boolean":
-                alts += [self.literal_frag(b"true"), self.literal_frag(b"false")]
-            elif t == "null":
+                alts += [self.literal_frag(json_text(b)) for b in (True, False) if not any(v is b for v in out)]
+            elif t == "null" and not out:
                 alts.append(self.literal_frag(b"null"))
         return self.union(alts)
+
+    def string_except(self, schema: dict, banned: list[str], path: str) -> tuple[int, int]:
+        """A string none of ``banned`` (``not: {enum/const}``): canonical escapes only (a sound restriction:
+        another escape form of a banned value would be the same string), no other string keyword."""
+        for key in ("pattern", "format", "minLength", "maxLength"):
+            if key in schema:
+                raise UnsupportedSchemaError("not", path, f"'not' of string values together with {key!r}")
+        s = self.nfa.state()
+        return s, property_key_frag(self.nfa, s, banned)
+
+    def integer_except(self, schema: dict, banned: list, path: str, t: str) -> tuple[int, int]:
+        """An integer none of ``banned`` (``not: {enum/const}``), with no bounds (a digit trie)."""
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"):
+            if key in schema:
+                raise UnsupportedSchemaError("not", path, f"'not' of numbers together with {key!r}")
+        if t != "integer":
+            raise UnsupportedSchemaError("not", path, "'not' of number values is only enforced on integers")
+        return integer_except(self.nfa, [int(v) for v in banned if v == int(v)])
 
     def call(self, key: str) -> tuple[int, int]:
         """A call to the rule ``key`` (a ``$ref`` target, ``#any``, or a merged schema in ``synthetic``)."""
@@ -209,11 +251,13 @@ class _Compiler:
 
     def literals(self, schema: dict, types: list[str], path: str) -> tuple[int, int] | None:
         for key in schema:
-            if key not in ("const", "enum", "type", "nullable", "$defs", "definitions"):
+            if key not in ("const", "enum", "type", "nullable", "$defs", "definitions", NOT_VALUES):
                 raise UnsupportedSchemaError(key, path, "cannot be combined with enum/const")
         values = [schema["const"]] if "const" in schema else list(schema["enum"])
         if "const" in schema and "enum" in schema:
             values = [v for v in values if any(json_equal(v, w) for w in schema["enum"])]
+        banned = schema.get(NOT_VALUES, [])
+        values = [v for v in values if not any(json_equal(v, w) for w in banned)]
         alts = []
         for v in values:
             if value_type_ok(v, types):
@@ -265,9 +309,57 @@ class _Compiler:
                 nfa.eps[self.ws_frag(self.lit(key_end, b":"))].append(vs)
                 nfa.eps[self.ws_frag(ve)].append(loop)
         e = nfa.state()
-        for st in cur.values():
-            nfa.eps[self.lit(st, b"}")].append(e)
+        for emitted, st in cur.items():
+            if emitted or not plan.nonempty:
+                nfa.eps[self.lit(st, b"}")].append(e)
         return s, e
+
+    def finite_values(self, items: Any, path: str) -> list[Any] | None:
+        """The values an item schema allows when it is a small finite set (enum/const/boolean/null), else None."""
+        for _ in range(8):
+            if not isinstance(items, dict):
+                return None
+            items = assertive(items)
+            if set(items) != {"$ref"}:
+                break
+            items = self.resolve(items["$ref"], path)
+        if not isinstance(items, dict) or set(items) - {"type", "enum", "const", "nullable", NOT_VALUES}:
+            return None
+        types = type_set(items, path)
+        if "const" in items or "enum" in items:
+            values = [items["const"]] if "const" in items else list(items["enum"])
+            if "const" in items and "enum" in items:
+                values = [v for v in values if any(json_equal(v, w) for w in items["enum"])]
+        elif set(types) <= {"boolean", "null"}:
+            values = ([True, False] if "boolean" in types else []) + ([None] if "null" in types else [])
+        else:
+            return None
+        banned = items.get(NOT_VALUES, [])
+        values = _distinct([v for v in values if value_type_ok(v, types) and not any(json_equal(v, w) for w in banned)])
+        return values if len(values) <= MAX_UNIQUE_VALUES else None
+
+    def unique_array(self, values: list[Any], lo: int, hi: int | None) -> tuple[int, int] | None:
+        """``uniqueItems`` over a finite item set: one state per set of values used so far (2^k, k <= 6)."""
+        nfa = self.nfa
+        texts = [json_text(v) for v in values]
+        s, e = nfa.state(), nfa.state()
+        at: dict[int, int] = {0: self.ws_frag(self.lit(s, b"["))}  # used-set bitmask -> state after its items
+        for used in sorted(range(1 << len(values)), key=lambda m: bin(m).count("1")):
+            if used not in at:
+                continue
+            count = bin(used).count("1")
+            if count >= lo:
+                nfa.eps[self.lit(at[used], b"]")].append(e)
+            if hi is not None and count >= hi:
+                continue
+            src = self.ws_frag(self.lit(at[used], b",")) if used else at[used]
+            for i, text in enumerate(texts):
+                if not used >> i & 1:
+                    nxt = used | 1 << i
+                    if nxt not in at:
+                        at[nxt] = nfa.state()
+                    nfa.eps[self.ws_frag(self.lit(src, text))].append(at[nxt])
+        return (s, e) if lo <= len(values) else None
 
     # -- strings
     def string_frag(self, schema: dict, path: str, _stack: tuple[str, ...], _t: str) -> tuple[int, int] | None:
@@ -318,6 +410,15 @@ class _Compiler:
         hi = None if hi is None else int(hi)
         if hi is not None and lo > hi:
             return None
+        if schema.get("uniqueItems") is True and not (hi is not None and hi <= 1):
+            values = None if prefix else self.finite_values(items, path)
+            if values is not None:
+                return self.unique_array(values, lo, hi)
+            if not (prefix and (items is False or hi is not None and hi <= len(prefix))
+                    and pairwise_disjoint(prefix, self, path)):  # disjoint positions are always unique
+                raise UnsupportedSchemaError("uniqueItems", path, "uniqueItems is enforced only over up to "
+                                             f"{MAX_UNIQUE_VALUES} enum/const/boolean/null item values, or on "
+                                             "tuples whose positions cannot match one value")
         for key, count in (("minItems", lo), ("maxItems", hi)):
             if count is not None and count > MAX_ITEM_POSITIONS:
                 raise UnsupportedSchemaError(key, path, f"{key} above {MAX_ITEM_POSITIONS} is not supported "
@@ -367,63 +468,20 @@ class _Compiler:
         return s, e
 
 
+def _distinct(values: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        if not any(json_equal(v, w) for w in out):
+            out.append(v)
+    return out
+
+
 def _key_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _has_ref(schema: Any) -> bool:
     return '"$ref"' in json.dumps(schema)
-
-
-def _apply_not(schema: dict, path: str) -> dict:
-    """``not`` of a schema that only names types: the remaining types. Anything else is refused."""
-    neg = schema["not"]
-    rest = {k: v for k, v in schema.items() if k != "not"}
-    if neg is False or neg == {}:
-        return rest if neg is False else {**rest, "type": []}
-    neg = assertive(neg) if isinstance(neg, dict) else neg
-    if neg is True or neg == {}:
-        return {**rest, "type": []}
-    if set(neg) == {"type"}:
-        banned = set(type_set(neg, f"{path}/not"))
-        if "number" in banned:
-            banned.add("integer")
-        kept = [t for t in type_set(rest, path) if t not in banned]
-        if "integer" in banned and "number" in kept:
-            raise UnsupportedSchemaError("not", path, "'not: integer' of a number cannot be enforced")
-        return {**rest, "type": kept}
-    combos = _required_combos(neg)
-    if combos is not None:  # "not all of these present" (for any combo); a non-object always fails `required`
-        kept = [t for t in type_set(rest, path) if t == "object"]
-        return {**rest, "type": kept, FORBID_COMBOS: [*rest.get(FORBID_COMBOS, []), *combos]}
-    raise UnsupportedSchemaError("not", path, "only 'not' of types or of required-property combinations is enforced")
-
-
-def _required_combos(neg: Any) -> list[list[str]] | None:
-    """``neg`` as alternatives of required-name sets (``required``, ``anyOf``/``allOf`` of those), or None."""
-    if not isinstance(neg, dict):
-        return None
-    neg = assertive(neg)
-    if set(neg) == {"required"} and isinstance(neg["required"], list) and neg["required"] \
-            and all(isinstance(n, str) for n in neg["required"]):
-        return [list(neg["required"])]
-    if set(neg) == {"anyOf"} and isinstance(neg["anyOf"], list):
-        out = []
-        for alt in neg["anyOf"]:
-            sub = _required_combos(alt)
-            if sub is None:
-                return None
-            out += sub
-        return out or None
-    if set(neg) == {"allOf"} and isinstance(neg["allOf"], list):
-        names: list[str] = []
-        for alt in neg["allOf"]:
-            sub = _required_combos(alt)
-            if sub is None or len(sub) != 1:
-                return None
-            names += sub[0]
-        return [names] if names else None
-    return None
 
 
 def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: int = 200_000,
@@ -449,12 +507,16 @@ def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: in
         raise GrammarError(f"schema is not JSON: {type(exc).__name__}: {exc}") from exc
     deadline = time.perf_counter() + deadline_s
     try:
+        schema = localize_refs(schema)
         shared = _shared_refs(schema)
-        if shared:
-            try:
-                return _compile(schema, whitespace, max_states, deadline_s, strict, shared, deadline)
-            except _SharingFailed:
-                pass  # a shared rule overlaps its context or accepts nothing there: inline everything
+        # shared rules, most first: "#any" (every free value, e.g. of extra keys) and the large $ref targets;
+        # where a call cannot sit (it overlaps its context) fewer, then none (everything inlined)
+        for tier in (shared | {"#any"}, shared):
+            if tier:
+                try:
+                    return _compile(schema, whitespace, max_states, deadline_s, strict, tier, deadline)
+                except _SharingFailed:
+                    pass
         return _compile(schema, whitespace, max_states, deadline_s, strict, frozenset(), deadline)
     except RecursionError as exc:
         raise GrammarTooLargeError("schema is nested too deeply to compile") from exc

@@ -17,12 +17,14 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .errors import GrammarError, UnsupportedSchemaError
-from .keywords import FORBID_COMBOS, assertive
+from .keywords import FORBID_COMBOS, NOT_VALUES, assertive
 
 __all__ = [
     "ALL_TYPES",
     "ANY_SCHEMA",
     "SchemaResolver",
+    "deref",
+    "disjoint",
     "json_equal",
     "merge_schemas",
     "pairwise_disjoint",
@@ -108,6 +110,10 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
     a, b = assertive(a), assertive(b)
     if not a or not b:
         return b if not a else a
+    if "if" in a or "if" in b:
+        from .conditions import apply_if  # conditions builds on this module
+
+        a, b = (apply_if(x, path) if "if" in x else x for x in (a, b))
     if "$ref" in a and "$ref" not in b:
         a, b = b, a
     if "$ref" in b:
@@ -134,7 +140,7 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
             out[key] = v
         elif out[key] == v or key in ("$id", "$defs", "definitions"):
             continue
-        elif key == FORBID_COMBOS:
+        elif key in (FORBID_COMBOS, NOT_VALUES):
             out[key] = [*out[key], *v]
         elif key == "required":
             out[key] = list(dict.fromkeys([*out[key], *v]))
@@ -175,7 +181,9 @@ def merge_schemas(a: Any, b: Any, path: str, comp: SchemaResolver) -> Any:
         xa = a.get("additionalProperties", False if comp.strict and pa else True)
         xb = b.get("additionalProperties", False if comp.strict and pb else True)
         props = {}
-        for name in list(dict.fromkeys([*pa, *pb])):
+        # names in the order of the side that lists more of them (the object's own listing, usually: instances
+        # follow it, and the grammar emits listed properties in order)
+        for name in list(dict.fromkeys([*pa, *pb] if len(pa) >= len(pb) else [*pb, *pa])):
             sa = pa.get(name, xa)
             sb = pb.get(name, xb)
             props[name] = merge_schemas(sa, sb, f"{path}/properties/{name}", comp)
@@ -192,7 +200,7 @@ def _array_positions(schema: dict) -> tuple[list[Any], Any]:
     return list(schema.get("prefixItems", [])), items
 
 
-def _deref(schema: Any, comp: SchemaResolver, path: str) -> Any:
+def deref(schema: Any, comp: SchemaResolver, path: str) -> Any:
     for _ in range(16):
         if not isinstance(schema, dict):
             return schema
@@ -256,7 +264,7 @@ def disjoint(a: Any, b: Any, comp: SchemaResolver, path: str, depth: int = 0) ->
     comp.tick()
     if depth > 6:
         return False
-    a, b = _deref(a, comp, path), _deref(b, comp, path)
+    a, b = deref(a, comp, path), deref(b, comp, path)
     if a is False or b is False:
         return True
     if not isinstance(a, dict) or not isinstance(b, dict):

@@ -16,10 +16,12 @@ from typing import Any
 
 from .errors import GrammarError
 
-__all__ = ["ENFORCED", "FORBID_COMBOS", "KNOWN", "REFUSED", "assertive", "check_shapes"]
+__all__ = ["ENFORCED", "FORBID_COMBOS", "KNOWN", "NOT_VALUES", "REFUSED", "assertive", "check_shapes"]
 
 # internal: ``not`` of required-name sets, as lists of names that may not all be present (set by the compiler)
 FORBID_COMBOS = "\x00forbid-combos"
+# internal: ``not`` of ``const``/``enum``, as the JSON values the instance may not equal (set by the compiler)
+NOT_VALUES = "\x00not-values"
 
 # keywords the compiler reads (some only in some forms: see the compiler's refusals)
 ENFORCED = frozenset({
@@ -28,11 +30,11 @@ ENFORCED = frozenset({
     "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum",
     "exclusiveMaximum", "nullable", "uniqueItems", "multipleOf", "$id",
     "minProperties", "maxProperties", "dependentRequired", "dependencies", "propertyNames",
-    "patternProperties", "not", FORBID_COMBOS,
+    "patternProperties", "not", "if", "then", "else", FORBID_COMBOS, NOT_VALUES,
 })
 # assertions (and applicators) of some draft that we do not enforce: refused by name, never ignored
 REFUSED = frozenset({
-    "contains", "if", "dependentSchemas", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef",
+    "contains", "dependentSchemas", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef",
     "$recursiveRef", "extends", "disallow", "divisibleBy",
 })
 KNOWN = ENFORCED | REFUSED
@@ -43,9 +45,13 @@ _NUMBER = (int, float)
 
 def assertive(schema: dict) -> dict:
     """``schema`` without the keywords that cannot constrain a value (annotations, unknown keywords)."""
-    if all(k in KNOWN for k in schema):
+    if all(k in KNOWN for k in schema) and ("if" in schema or ("then" not in schema and "else" not in schema)):
         return schema
-    return {k: v for k, v in schema.items() if k in KNOWN}
+    out = {k: v for k, v in schema.items() if k in KNOWN}
+    if "if" not in out:  # then/else without if: ignored, as the spec says
+        out.pop("then", None)
+        out.pop("else", None)
+    return out
 
 
 def _count(v: Any) -> bool:

@@ -17,7 +17,39 @@ from fractions import Fraction
 from .automaton import Nfa
 from .errors import UnsupportedSchemaError
 
-__all__ = ["number_frag"]
+__all__ = ["integer_except", "number_frag"]
+
+
+def integer_except(nfa: Nfa, banned: list[int]) -> tuple[int, int]:
+    """Any canonical integer (no leading zeros, no ``-0``) except the ``banned`` ones: a trie of their texts
+    whose nodes leave into the generic integer states wherever a byte leaves the trie."""
+    texts = {str(v) for v in banned}
+    prefixes = {x[:i] for x in texts for i in range(len(x) + 1)}
+    s, e = nfa.state(), nfa.state()
+    neg, zero, more = nfa.state(), nfa.state(), nfa.state()  # after '-'; after '0'; in the digits of n != 0
+    nfa.edge(neg, 0x31, 0x39, more)
+    nfa.edge(more, 0x30, 0x39, more)
+    nfa.eps[zero].append(e)
+    nfa.eps[more].append(e)
+    node = {p: (s if p == "" else nfa.state()) for p in prefixes}
+    for p, st in node.items():
+        if p not in texts and p not in ("", "-"):
+            nfa.eps[st].append(e)  # a complete integer that is not banned
+        if p == "":
+            nexts = "-0123456789"
+        elif p == "-":
+            nexts = "123456789"
+        elif p in ("0", "-0"):
+            nexts = ""
+        else:
+            nexts = "0123456789"
+        for ch in nexts:
+            q = p + ch
+            target = node.get(q)
+            if target is None:
+                target = neg if q == "-" else zero if q == "0" else more
+            nfa.edge(st, ord(ch), ord(ch), target)
+    return s, e
 
 
 def number_frag(nfa: Nfa, schema: dict, path: str, t: str) -> tuple[int, int] | None:

@@ -13,7 +13,8 @@ listed keys first, and extra keys are allowed exactly when the schema allows the
 - ``propertyNames``: listed names are checked against it; extra keys are then not allowed.
 - ``dependentRequired`` / ``dependencies`` (array form): a required trigger makes its dependents
   required; an optional trigger whose dependents are not all required may not appear.
-- ``minProperties`` / ``maxProperties``: enforced when the plan's counts decide them; else refused.
+- ``minProperties`` / ``maxProperties``: enforced when the plan's counts decide them, and
+  ``minProperties: 1`` always (the closing brace only after a first key); else refused.
 
 Every restriction here only drops valid instances, never admits an invalid one. Cost: build time only.
 """
@@ -36,6 +37,7 @@ class ObjectPlan:
     required: list[str]
     extra: Any  # schema of extra keys' values, or False
     empty: bool = False  # no object satisfies the schema
+    nonempty: bool = False  # ``minProperties: 1`` beyond the required names: ``{}`` is not allowed
 
 
 def _trivial(schema: Any) -> bool:
@@ -135,7 +137,10 @@ def object_plan(schema: dict, path: str, strict: bool, merge) -> ObjectPlan:
         return ObjectPlan({}, [], False, empty=True)
     lo = schema.get("minProperties", 0)
     hi = schema.get("maxProperties")
-    if lo > len(required):
+    nonempty = lo == 1 and not required
+    if nonempty and extra is False and not any(v is not False for v in props.values()):
+        return ObjectPlan({}, [], False, empty=True)
+    if lo > len(required) and not nonempty:
         raise UnsupportedSchemaError("minProperties", path, f"minProperties {lo} is above the {len(required)} "
                                                             "required properties")
     if hi is not None:
@@ -149,4 +154,4 @@ def object_plan(schema: dict, path: str, strict: bool, merge) -> ObjectPlan:
             else:
                 raise UnsupportedSchemaError("maxProperties", path, f"maxProperties {hi} with up to "
                                                                     f"{'any number of' if extra is not False else possible} properties")
-    return ObjectPlan(props, required, extra)
+    return ObjectPlan(props, required, extra, nonempty=nonempty)

@@ -96,15 +96,24 @@ def _completions(prefix: bytes) -> list[list[tuple[int, int]]]:
 
 
 def multibyte_char_edges(nfa: Nfa, src: int, target: int, seg: tuple[int, int] | None, inc: int) -> None:
-    """Edges ``src`` -> ``target`` for every multi-byte UTF-8 character: fresh states between the bytes,
-    room for one more character checked on the first byte, the length counter moved (``inc``) on the last."""
-    for path in utf8_multibyte_paths():
-        cur = src
-        for i, (lo, hi) in enumerate(path):
-            last = i == len(path) - 1
-            nxt = target if last else nfa.state(seg)
-            nfa.edge(cur, lo, hi, nxt, inc if last else (ROOM if seg and i == 0 else 0))
-            cur = nxt
+    """Edges ``src`` -> ``target`` for every multi-byte UTF-8 character: room for one more character checked
+    on the first byte, the length counter moved (``inc``) on the last. The inner states are the minimal
+    UTF-8 automaton (7 states: "n continuation bytes left", and the four lead bytes with a narrower second
+    byte), shared by all paths, rather than a fresh chain per path (18 states)."""
+    first = ROOM if seg else 0
+    need1, need2, need3 = nfa.state(seg), nfa.state(seg), nfa.state(seg)
+    nfa.edge(need1, 0x80, 0xBF, target, inc)
+    nfa.edge(need2, 0x80, 0xBF, need1)
+    nfa.edge(need3, 0x80, 0xBF, need2)
+    nfa.edge(src, 0xC2, 0xDF, need1, first)
+    for lead, (lo, hi), nxt in ((0xE0, (0xA0, 0xBF), need1), (0xED, (0x80, 0x9F), need1),
+                                (0xF0, (0x90, 0xBF), need2), (0xF4, (0x80, 0x8F), need2)):
+        narrow = nfa.state(seg)
+        nfa.edge(src, lead, lead, narrow, first)
+        nfa.edge(narrow, lo, hi, nxt)
+    nfa.edge(src, 0xE1, 0xEC, need2, first)
+    nfa.edge(src, 0xEE, 0xEF, need2, first)
+    nfa.edge(src, 0xF1, 0xF3, need3, first)
 
 
 def byte_ranges(values: list[int]) -> list[tuple[int, int]]:
@@ -130,6 +139,7 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
     # a byte trie of the excluded names; leaving the trie drops into a free canonical-string loop
     free = nfa.state()
     canonical_any_loop(nfa, free, free)
+    first = list(nfa.edges[free])  # one character's first byte: shared by every trie node that leaves the trie
     nfa.edge(free, 0x22, 0x22, end)
     trie: dict[bytes, int] = {b"": body}
     names = {canonical_text(k) for k in excluded}
@@ -142,12 +152,15 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
             nfa.edge(st, byte, byte, trie[prefix + bytes([byte])])
         if prefix not in names and at_char_boundary(prefix):
             nfa.edge(st, 0x22, 0x22, end)
-        _canonical_step_except(nfa, st, prefix, children, free)
+        _canonical_step_except(nfa, st, prefix, children, free, first)
     return end
 
 
-def _canonical_step_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], free: int) -> None:
-    """From a trie node, every canonical continuation byte not in ``taken`` leads into ``free``."""
+def _canonical_step_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], free: int,
+                           first: list[tuple[int, int, int, int]]) -> None:
+    """From a trie node, every canonical continuation byte not in ``taken`` leads into ``free`` (``first``:
+    the free loop's own first-byte edges, whose inner states every trie node shares, so that the DFA has one
+    copy of them per key rather than one per trie node)."""
     if not at_char_boundary(prefix):
         # inside a UTF-8 character or an escape: finish it by any route the trie does not take
         for path in _completions(prefix):
@@ -160,16 +173,16 @@ def _canonical_step_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], fr
                         nfa.edge(src, lo, hi, nxt)
                 cur_states = [nxt]
         return
-    for lo, hi in PLAIN_ASCII:
-        for byte in range(lo, hi + 1):
-            if byte not in taken:
-                nfa.edge(st, byte, byte, free)
-    sub = nfa.state()
-    canonical_any_loop(nfa, sub, free, ascii_plain=False)
-    for lo, hi, b, f in list(nfa.edges[sub]):
-        for byte in range(lo, hi + 1):
-            if byte not in taken:
-                nfa.edge(st, byte, byte, b, f)
+    for lo, hi, b, f in first:
+        for rlo, rhi in _ranges_without(lo, hi, taken):
+            nfa.edge(st, rlo, rhi, b, f)
+
+
+def _ranges_without(lo: int, hi: int, taken: set[int]) -> list[tuple[int, int]]:
+    """``lo..hi`` minus the bytes in ``taken``, as inclusive runs (one edge per run, not per byte)."""
+    if not any(lo <= t <= hi for t in taken):
+        return [(lo, hi)]
+    return byte_ranges([x for x in range(lo, hi + 1) if x not in taken])
 
 
 def canonical_any_loop(nfa: Nfa, a: int, back: int | None, ascii_plain: bool = True,

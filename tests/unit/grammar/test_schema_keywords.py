@@ -55,7 +55,7 @@ def test_annotations_and_unknown_keywords_are_ignored(draft):
 
 def test_unknown_keyword_does_not_hide_a_refused_assertion():
     with pytest.raises(UnsupportedSchemaError) as err:
-        compile_schema_automaton({"x-vendor": 1, "type": "object", "if": {"required": ["a"]}, "then": {}})
+        compile_schema_automaton({"x-vendor": 1, "type": "object", "if": {"minProperties": 3}, "then": {}})
     assert err.value.keyword == "if"
     assert accepts({"then": {"type": "string"}, "else": False}, 5)  # then/else without if: ignored
 
@@ -74,6 +74,89 @@ def test_not_of_types():
     assert not accepts({"type": ["integer", "null"], "not": {"type": "null"}}, None)
     with pytest.raises(UnsupportedSchemaError, match="'not'"):
         compile_schema_automaton({"type": "number", "not": {"type": "integer"}})
+
+
+def test_not_of_values_double_negation_and_typed_required():
+    ints = {"type": "integer", "not": {"enum": [0, 6379, -5, 10]}}
+    for v in (1, 637, 63790, 6378, -50, -4, 100, 9):
+        assert accepts(ints, v), v
+    for v in (0, 6379, -5, 10, '"1"', 1.5):
+        assert not accepts(ints, v), v
+    mixed = {"not": {"enum": [True, None, "ab"]}}
+    for v in (False, '"a"', '"abc"', '""', '"é"', '"a\\"b"', [1], {"x": 1}, 2.5):
+        assert accepts(mixed, v), v
+    for v in (True, None, '"ab"'):
+        assert not accepts(mixed, v), v
+    assert not accepts(mixed, '"\\u0061b"')  # another escape form of a banned string: still banned
+    assert accepts({"type": "boolean", "not": {"const": False}}, True)
+    assert not accepts({"type": "boolean", "not": {"const": False}}, False)
+    enum = {"enum": [1, 2, 3], "not": {"const": 2}}
+    assert accepts(enum, 1) and accepts(enum, 3) and not accepts(enum, 2)
+    double = {"not": {"not": {"type": "string"}}}
+    assert accepts(double, '"x"') and not accepts(double, 1)
+    typed = {"not": {"type": "object", "required": ["a"]}}
+    assert accepts(typed, {"b": 1}) and accepts(typed, 1) and accepts(typed, '"x"') and not accepts(typed, {"a": 1})
+
+
+def test_if_then_else_on_a_property_condition():
+    schema = {"type": "object", "properties": {"kind": {"type": "string"}, "n": {}},
+              "if": {"properties": {"kind": {"const": "num"}}, "required": ["kind"]},
+              "then": {"properties": {"n": {"type": "integer"}}}, "else": {"properties": {"n": {"type": "string"}}}}
+    for v in ({"kind": "num", "n": 1}, {"kind": "str", "n": "x"}, {"kind": "nu", "n": "x"}, {"n": "x"}, {}):
+        assert accepts(schema, v), v
+    for v in ({"kind": "num", "n": "x"}, {"kind": "str", "n": 1}, {"kind": "numb", "n": 2}, {"n": 1}):
+        assert not accepts(schema, v), v
+    by_type = {"if": {"type": "string"}, "then": {"maxLength": 2}, "else": {"type": "integer"}}
+    assert accepts(by_type, '"ab"') and accepts(by_type, 3)
+    assert not accepts(by_type, '"abc"') and not accepts(by_type, 1.5) and not accepts(by_type, None)
+    assert accepts({"if": False, "then": {"type": "string"}, "else": {"type": "integer"}}, 1)
+    assert not accepts({"if": False, "then": {"type": "string"}, "else": {"type": "integer"}}, '"s"')
+    with pytest.raises(UnsupportedSchemaError, match="'if'"):
+        compile_schema_automaton({"if": {"minLength": 2}, "then": {"maxLength": 3}})
+
+
+def test_nested_id_and_anchor_resolve_in_their_resource():
+    schema = {"$id": "http://x/root.json", "type": "object",
+              "properties": {"a": {"$ref": "item.json"}, "b": {"$ref": "#/$defs/local"}, "c": {"$ref": "item.json#num"}},
+              "$defs": {"local": {"type": "string"},
+                        "item": {"$id": "item.json", "type": "array", "items": {"$ref": "#/$defs/n"},
+                                 "$defs": {"n": {"$anchor": "num", "type": "integer"}}}}}
+    assert accepts(schema, {"a": [1, 2], "b": "s", "c": 3})
+    assert not accepts(schema, {"a": ["x"]}) and not accepts(schema, {"b": 1}) and not accepts(schema, {"c": "x"})
+    with pytest.raises(GrammarError):  # "#/$defs/b" inside http://x/a is that resource's $defs: absent
+        compile_schema_automaton({"$defs": {"a": {"$id": "http://x/a", "items": {"$ref": "#/$defs/b"}},
+                                            "b": {"type": "integer"}}, "$ref": "#/$defs/a"})
+
+
+def test_unique_items_over_finite_item_sets_and_disjoint_tuples():
+    enum = {"type": "array", "items": {"enum": ["a", "b", 1, 1.0, True]}, "uniqueItems": True}
+    for v in ([], ["a"], ["a", "b"], ["b", "a", 1, True]):
+        assert accepts(enum, v), v
+    for v in (["a", "a"], [1, True, 1], ["a", "b", "a"], [True, True], ["c"]):
+        assert not accepts(enum, v), v
+    bounded = {"type": "array", "items": {"type": "boolean"}, "uniqueItems": True, "minItems": 1, "maxItems": 2}
+    assert accepts(bounded, [True]) and accepts(bounded, [False, True])
+    assert not accepts(bounded, []) and not accepts(bounded, [False, False])
+    tup = {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "items": False,
+           "uniqueItems": True}
+    assert accepts(tup, ["a", 1]) and not accepts(tup, ["a", 1, 2])
+    assert accepts({"type": "array", "maxItems": 1, "uniqueItems": True}, [[1]])
+    with pytest.raises(UnsupportedSchemaError, match="'uniqueItems'"):
+        compile_schema_automaton({"type": "array", "items": {"enum": list(range(7))}, "uniqueItems": True})
+    with pytest.raises(UnsupportedSchemaError, match="'uniqueItems'"):  # no type: arrays are among the values
+        compile_schema_automaton({"uniqueItems": True})
+    with pytest.raises(UnsupportedSchemaError, match="'uniqueItems'"):
+        compile_schema_automaton({"type": "array", "prefixItems": [{}, {}], "items": False, "uniqueItems": True})
+
+
+def test_min_properties_one():
+    open_obj = {"type": "object", "properties": {"a": {"type": "integer"}}, "minProperties": 1}
+    assert accepts(open_obj, {"a": 1}) and accepts(open_obj, {"b": 2}) and accepts(open_obj, {"a": 1, "b": 2})
+    assert not accepts(open_obj, {}) and not accepts(open_obj, {"a": "x"})
+    closed = {"type": "object", "properties": {"a": {}, "b": {}}, "additionalProperties": False, "minProperties": 1}
+    assert accepts(closed, {"b": 1}) and not accepts(closed, {}) and not accepts(closed, {"c": 1})
+    with pytest.raises(GrammarError):
+        compile_schema_automaton({"type": "object", "additionalProperties": False, "minProperties": 1})
 
 
 def test_object_keywords():
@@ -104,6 +187,8 @@ def test_object_keywords():
     {"type": "object", "properties": {"\ud800": {}}},
     {"type": "object", "properties": []}, {"type": "string", "pattern": 5}, {"enum": "abc"}, {"required": "a"},
     {"anyOf": {}}, {"type": 3}, {"minLength": -1}, {"items": 3},
+    {"$id": "http://[::1", "properties": {"a": {"$ref": "#/x"}}}, {"if": 5}, {"if": {"type": "string"}, "then": 5},
+    {"not": {"enum": "ab"}}, {"not": 5},
 ])
 def test_bug4_malformed_schemas_raise_grammar_error_only(schema):
     with pytest.raises(GrammarError):
