@@ -1,0 +1,52 @@
+"""Reference states for the mask walk: a state that takes almost every first byte the way a cheaper one does.
+
+A property key that may be any name but the listed ones (an object that allows additional properties) is a
+byte trie of the listed names that drops into a free string loop wherever it leaves the trie
+(:func:`.strings.property_key_frag`). A trie node is no string loop, so its mask used to be a walk of the whole
+128k-token trie (3-7 ms). But after any first byte that leaves the trie, the node is where the free string
+would be after that byte (an equivalent state: the determinisation does not minimise, so the UTF-8 and escape
+continuations of each node are copies of the free string's). So the node's mask is the free string's mask
+(cheap: suffix tries plus a precomputed row, and cached) except for the tokens whose first byte follows the
+trie or closes the key on a listed name; only those subtrees are walked
+(:func:`realizar_ort.kernels.token_mask.fill_next_token_bitmask_from_reference`).
+
+:func:`reference_state` finds, for one state ``q``, such a state ``r`` (the target most of ``q``'s bytes lead
+to, if it is a string loop or class loop) and the first bytes after which ``q`` and ``r`` may differ. "The
+same after byte ``b``" is proven by a bounded bisimulation search on the automaton's step semantics
+(:mod:`realizar_ort.kernels.state_equivalence`: targets, counter flags and the bounds they
+read, final, call and return): exact, and when the search runs past its budget the byte is simply walked.
+Costs ~10-50 us per state, once per grammar, on the state's first mask miss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.state_equivalence import agreeing_first_bytes
+from .automaton import Automaton
+
+__all__ = ["EQUIVALENCE_PAIRS", "reference_state"]
+
+EQUIVALENCE_PAIRS = 16  # state pairs one bisimulation search may meet before it gives up (then: walk)
+
+
+def reference_state(a: Automaton, q: int, cheap: list, tokens_by_first_byte: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """``(r, walk_bytes)`` such that for every first byte not in ``walk_bytes`` (uint8, sorted) a token is
+    accepted from ``q`` exactly when it is from ``r`` in the same configuration; None when there is no
+    such ``r`` among the states ``cheap`` marks, or the tokens to walk are not fewer than half the vocabulary.
+
+    ``tokens_by_first_byte``: how many tokens start with each byte."""
+    row = a.trans[q]
+    live = row >= 0
+    if not live.any():
+        return None
+    r = int(np.bincount(row[live]).argmax())
+    if r == q or not cheap[r]:
+        return None
+    agree = np.empty(256, dtype=np.bool_)
+    agreeing_first_bytes(a.trans, a.flags, a.final, a.call_start, a.call_ret, a.cmin, a.cmax, q, r,
+                         EQUIVALENCE_PAIRS, agree)
+    walk = np.flatnonzero(~agree)
+    if 2 * int(tokens_by_first_byte[walk].sum()) >= int(tokens_by_first_byte.sum()):
+        return None
+    return r, walk.astype(np.uint8)
