@@ -33,20 +33,34 @@ EQUIVALENCE_PAIRS = 16  # state pairs one bisimulation search may meet before it
 def reference_state(a: Automaton, q: int, cheap: list, tokens_by_first_byte: np.ndarray) -> tuple[int, np.ndarray] | None:
     """``(r, walk_bytes)`` such that for every first byte not in ``walk_bytes`` (uint8, sorted) a token is
     accepted from ``q`` exactly when it is from ``r`` in the same configuration; None when there is no
-    such ``r`` among the states ``cheap`` marks, or the tokens to walk are not fewer than half the vocabulary.
+    such ``r``, or the tokens to walk are not fewer than half the vocabulary, or ``q``'s own walk is small (its
+    first bytes start fewer than an eighth of the tokens). ``r`` is the state most of ``q``'s bytes lead to,
+    either ``cheap`` (a string or class loop) or a state most of whose bytes loop back to it (the search state
+    of an unanchored pattern, ``[^r]*`` before ``rocket``: its own mask is one walk, cached, and each state of
+    the match so far copies it).
 
     ``tokens_by_first_byte``: how many tokens start with each byte."""
-    row = a.trans[q]
-    live = row >= 0
-    if not live.any():
+    live = a.trans[q] >= 0
+    total = int(tokens_by_first_byte.sum())
+    if 8 * int(tokens_by_first_byte[live].sum()) < total:
+        return None  # a small walk anyway
+    r = _dominant_target(a, q, live)
+    if r == q:
         return None
-    r = int(np.bincount(row[live]).argmax())
-    if r == q or not cheap[r]:
-        return None
+    if not cheap[r] and _dominant_target(a, r, a.trans[r] >= 0) != r:
+        return None  # r must be cheap, or a loop whose own mask is a plain walk (no chain of references)
     agree = np.empty(256, dtype=np.bool_)
     agreeing_first_bytes(a.trans, a.flags, a.final, a.call_start, a.call_ret, a.cmin, a.cmax, q, r,
                          EQUIVALENCE_PAIRS, agree)
     walk = np.flatnonzero(~agree)
-    if 2 * int(tokens_by_first_byte[walk].sum()) >= int(tokens_by_first_byte.sum()):
+    if 2 * int(tokens_by_first_byte[walk].sum()) >= total:
         return None
     return r, walk.astype(np.uint8)
+
+
+def _dominant_target(a: Automaton, q: int, live: np.ndarray) -> int:
+    """The state most of ``q``'s bytes lead to (``q`` itself for a state without bytes)."""
+    if not live.any():
+        return q
+    targets, counts = np.unique(a.trans[q][live], return_counts=True)
+    return int(targets[counts.argmax()])
