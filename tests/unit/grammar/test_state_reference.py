@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from realizar_ort.kernels.state_equivalence import equivalent_states
 from tokenizers import Tokenizer
 
 from realizar_ort.grammar.json_schema import compile_schema_automaton
 from realizar_ort.grammar.matcher import CompiledGrammar, TokenVocabulary, allocate_token_bitmask
-from realizar_ort.kernels.state_equivalence import equivalent_states
 
 STOP = 1
 KEY_TOKENS = [b'{"', b'":', b'",', b'"}', b'id', b'ide', b'identifier', b'ntifier', b'caf', b'\xc3\xa9', b'caf\xc3\xa9',
