@@ -27,7 +27,8 @@ from .automaton import Automaton
 
 __all__ = ["EQUIVALENCE_PAIRS", "reference_state"]
 
-EQUIVALENCE_PAIRS = 16  # state pairs one bisimulation search may meet before it gives up (then: walk)
+EQUIVALENCE_PAIRS = 8  # state pairs one bisimulation search may meet before it gives up (then: walk); a UTF-8
+# or \\u00XX continuation needs at most 6, a genuinely different state (a trie child) fails at the budget
 
 
 def reference_state(a: Automaton, q: int, cheap: list, tokens_by_first_byte: np.ndarray) -> tuple[int, np.ndarray] | None:
