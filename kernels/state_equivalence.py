@@ -71,16 +71,19 @@ def equivalent_states(trans, flags, final, call_start, call_ret, cmin, cmax, x, 
 
 
 @njit(cache=True, nogil=True)
-def agreeing_first_bytes(trans, flags, final, call_start, call_ret, cmin, cmax, q, r, budget, agree):
+def agreeing_first_bytes(trans, flags, final, call_start, call_ret, cmin, cmax, q, r, budget, weight, min_weight,
+                         agree):
     """``agree[b]`` = True where byte ``b`` provably leads ``q`` and ``r`` to the same outcome from any
     configuration (same target up to :func:`equivalent_states`, same counter flags and bounds, or both
-    refuse it and try the same call or return)."""
+    refuse it and try the same call or return). A pair of distinct targets is only tried when its bytes'
+    ``weight`` (e.g. how many tokens start with them) sums to ``min_weight`` or more: a light pair is left
+    out of ``agree`` unproven (its tokens are few; a failed search costs more than walking them)."""
     same_exit = final[q] == final[r] and call_start[q] == call_start[r] and call_ret[q] == call_ret[r]
     same_bounds = cmin[q] == cmin[r] and cmax[q] == cmax[r]
-    # verdicts per distinct target pair, most rows have a handful
-    seen_x = np.empty(256, np.int64)
-    seen_y = np.empty(256, np.int64)
-    seen_v = np.empty(256, np.bool_)
+    pair_of = np.full(256, -1, np.int64)  # each byte's distinct target pair, -1: decided without a search
+    pair_x = np.empty(256, np.int64)
+    pair_y = np.empty(256, np.int64)
+    pair_w = np.zeros(256, np.int64)
     n = 0
     for b in range(256):
         x = trans[q, b]
@@ -91,17 +94,23 @@ def agreeing_first_bytes(trans, flags, final, call_start, call_ret, cmin, cmax, 
             continue
         if flags[q, b] != flags[r, b] or (flags[q, b] != 0 and not same_bounds):
             continue
-        v = False
-        found = False
-        for k in range(n):
-            if seen_x[k] == x and seen_y[k] == y:
-                v = seen_v[k]
-                found = True
-                break
-        if not found:
-            v = equivalent_states(trans, flags, final, call_start, call_ret, cmin, cmax, x, y, budget)
-            seen_x[n] = x
-            seen_y[n] = y
-            seen_v[n] = v
+        if x == y:
+            agree[b] = True
+            continue
+        k = 0
+        while k < n and (pair_x[k] != x or pair_y[k] != y):
+            k += 1
+        if k == n:
+            pair_x[n] = x
+            pair_y[n] = y
             n += 1
-        agree[b] = v
+        pair_of[b] = k
+        pair_w[k] += weight[b]
+    verdict = np.zeros(256, np.bool_)
+    for k in range(n):
+        if pair_w[k] >= min_weight:
+            verdict[k] = equivalent_states(trans, flags, final, call_start, call_ret, cmin, cmax, pair_x[k],
+                                           pair_y[k], budget)
+    for b in range(256):
+        if pair_of[b] >= 0:
+            agree[b] = verdict[pair_of[b]]

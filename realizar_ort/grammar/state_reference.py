@@ -25,10 +25,12 @@ import numpy as np
 from ..kernels.state_equivalence import agreeing_first_bytes
 from .automaton import Automaton
 
-__all__ = ["EQUIVALENCE_PAIRS", "reference_state"]
+__all__ = ["EQUIVALENCE_PAIRS", "PROOF_SHARE", "reference_state"]
 
 EQUIVALENCE_PAIRS = 8  # state pairs one bisimulation search may meet before it gives up (then: walk); a UTF-8
 # or \\u00XX continuation needs at most 6, a genuinely different state (a trie child) fails at the budget
+PROOF_SHARE = 40  # a target pair is only searched when its first bytes start 1/40 of the tokens or more (the
+# UTF-8 lead bytes; not a trie child's letter, whose search fails and whose tokens are walked anyway)
 
 
 def reference_state(a: Automaton, q: int, cheap: list, tokens_by_first_byte: np.ndarray) -> tuple[int, np.ndarray] | None:
@@ -52,7 +54,7 @@ def reference_state(a: Automaton, q: int, cheap: list, tokens_by_first_byte: np.
         return None  # r must be cheap, or a loop whose own mask is a plain walk (no chain of references)
     agree = np.empty(256, dtype=np.bool_)
     agreeing_first_bytes(a.trans, a.flags, a.final, a.call_start, a.call_ret, a.cmin, a.cmax, q, r,
-                         EQUIVALENCE_PAIRS, agree)
+                         EQUIVALENCE_PAIRS, tokens_by_first_byte, total // PROOF_SHARE, agree)
     walk = np.flatnonzero(~agree)
     if 2 * int(tokens_by_first_byte[walk].sum()) >= total:
         return None
