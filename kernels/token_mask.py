@@ -17,6 +17,8 @@ bit ``i % 32`` of word ``i // 32`` set = token ``i`` allowed.
   string tokens are walked keyed by what follows their leading plain bytes (tries 3 and 4, about half the
   nodes of tries 1 and 2). Subtree byte sets are kept as 64 byte groups
   (``realizar_ort.grammar.vocab.BYTE_GROUP``), exact for plain string text and the usual classes.
+- ``fill_next_token_bitmask_from_reference``: the walk of a state that behaves like another one after all but a
+  few first bytes: that state's mask, with only those first bytes' subtrees cleared and walked.
 - :func:`advance_token_bytes`: run one token's bytes through the automaton, updating the stack in place.
 - ``*_reference``: plain Python/numpy versions the tests compare the kernels against.
 
