@@ -13,6 +13,19 @@ compiles, every valid instance is accepted and no invalid one is. Also the JSON-
 
 Each engine gets ``--deadline`` seconds per schema (compile plus all instances; SIGALRM): past it the
 schema counts as a timeout. Run under ``flock /work/bench.lock``.
+
+Resumable full runs: ``--results FILE.jsonl`` appends one line per (schema, engine) as soon as it is done
+(both engines on one schema back to back, so load changes hit both alike) and skips those already in the
+file; ``--shard i/n`` or ``--start/--limit`` pick a slice; ``--time-budget S`` stops cleanly after S seconds
+(so a chunk holds the bench lock for a bounded time); ``--report-only`` prints the tables from the file.
+
+    while ! .venv/bin/python bench/schema_coverage.py --all --results /tmp/cov.jsonl --done-check; do
+        flock /work/bench.lock .venv/bin/python bench/schema_coverage.py --all --results /tmp/cov.jsonl \
+            --time-budget 540; sleep 60; done
+    .venv/bin/python bench/schema_coverage.py --all --results /tmp/cov.jsonl --report-only
+
+Mask times are wall clock (``perf_counter``) and the calling thread's CPU time (``thread_time``; what a
+busy shared machine's preemption does not inflate), both per fill, in microseconds.
 """
 
 from __future__ import annotations
@@ -85,13 +98,15 @@ class Ours:
         except Exception as exc:  # noqa: BLE001 - an untyped error is a bug; count it loudly
             return None, f"CRASH:{type(exc).__name__}"
 
-    def force(self, grammar, ids, times) -> bool:
+    def force(self, grammar, ids, times, cpu) -> bool:
         m = grammar.matcher()
         bits = self.mask.view(np.uint32)
         for tid in ids + [EOS]:
+            c = time.thread_time()
             t = time.perf_counter()
             m.fill_next_token_bitmask(self.mask)
             times.append(time.perf_counter() - t)
+            cpu.append(time.thread_time() - c)
             if not (bits[tid >> 5] >> np.uint32(tid & 31)) & 1 or not m.advance(tid):
                 return False
         return True
@@ -125,13 +140,15 @@ class LLGuidance:
             return None, "error:" + " ".join(m.get_error().split()[:6])
         return grm, None
 
-    def force(self, grm, ids, times) -> bool:
+    def force(self, grm, ids, times, cpu) -> bool:
         m = self.ll.LLMatcher(self.tok, grm)
         bits = self.mask.view(np.uint32)
         for tid in ids + [EOS]:
+            c = time.thread_time()
             t = time.perf_counter()
             self.fill(m, self.mask, 0)
             times.append(time.perf_counter() - t)
+            cpu.append(time.thread_time() - c)
             if not (bits[0, tid >> 5] >> np.uint32(tid & 31)) & 1 or not m.consume_token(tid):
                 return False
         return True
@@ -150,87 +167,113 @@ def _encode(hf, value) -> list[int] | None:
     return hf.encode(text, add_special_tokens=False).ids
 
 
-def run_engine(engine, items, hf, deadline: float) -> dict:
-    """items: (id, schema, valid instances, invalid instances). Returns counts and timings."""
-    res = Counter()
-    errors = Counter()
-    compile_s: list[float] = []
-    mask_s: list[float] = []
-    per_schema_max: list[tuple[float, str]] = []
-    passed_ids = set()
-    for sid, schema, valid, invalid in items:
-        times: list[float] = []
-        try:
-            _alarm(deadline)
-            t = time.perf_counter()
-            grammar, err = engine.compile(schema)
-            compile_s.append(time.perf_counter() - t)
-            if grammar is None:
-                res["compile_error"] += 1
-                errors[err.split(":", 1)[0] + ":" + err.split(":", 1)[1][:40] if ":" in err else err] += 1
+def run_schema(engine, sid, schema, valid, invalid, hf, deadline: float) -> dict:
+    """One engine on one schema: a JSON-able record (status, error, compile and mask times, counts)."""
+    rec = {"id": sid, "engine": engine.name, "status": "failed", "error": None, "compile_s": None,
+           "valid_rejected": 0, "invalid_accepted": 0, "invalid_rejected": 0, "mask_us": [], "mask_cpu_us": []}
+    times: list[float] = []
+    cpu: list[float] = []
+    try:
+        _alarm(deadline)
+        t = time.perf_counter()
+        grammar, err = engine.compile(schema)
+        rec["compile_s"] = time.perf_counter() - t
+        if grammar is None:
+            rec["status"], rec["error"] = "compile_error", err
+            return rec
+        ok = True
+        for v in valid:
+            ids = _encode(hf, v)
+            if ids is not None and not engine.force(grammar, ids, times, cpu):
+                rec["valid_rejected"] += 1
+                ok = False
+        for v in invalid:
+            ids = _encode(hf, v)
+            if ids is None:
                 continue
-            ok = True
-            for v in valid:
-                ids = _encode(hf, v)
-                if ids is None:
-                    continue
-                if not engine.force(grammar, ids, times):
-                    res["valid_rejected"] += 1
-                    ok = False
-            for v in invalid:
-                ids = _encode(hf, v)
-                if ids is None:
-                    continue
-                if engine.accepts(grammar, ids):
-                    res["invalid_accepted"] += 1
-                    ok = False
-                    print(f"# {engine.name} ACCEPTS INVALID {sid}", flush=True)
-                else:
-                    res["invalid_rejected"] += 1
-            res["passed" if ok else "failed"] += 1
-            if ok:
-                passed_ids.add(sid)
-        except Timeout:
-            res["timeout"] += 1
-            errors["timeout"] += 1
-            print(f"# {engine.name} timeout {sid}", flush=True)
-        finally:
-            _disarm()
-        mask_s += times
-        if times:
-            per_schema_max.append((max(times), sid))
-    return {"res": res, "errors": errors, "compile": compile_s, "mask": mask_s, "passed": passed_ids,
-            "worst": sorted(per_schema_max, reverse=True)[:5]}
+            if engine.accepts(grammar, ids):
+                rec["invalid_accepted"] += 1
+                ok = False
+                print(f"# {engine.name} ACCEPTS INVALID {sid}", flush=True)
+            else:
+                rec["invalid_rejected"] += 1
+        rec["status"] = "passed" if ok else "failed"
+    except Timeout:
+        rec["status"], rec["error"] = "timeout", "timeout"
+        print(f"# {engine.name} timeout {sid}", flush=True)
+    finally:
+        _disarm()
+        rec["mask_us"] = [round(x * 1e6, 1) for x in times]
+        rec["mask_cpu_us"] = [round(x * 1e6, 1) for x in cpu]
+    return rec
 
 
-def _pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(xs, q)) if xs else float("nan")
+def run_engine(engine, items, hf, deadline: float) -> list[dict]:
+    """items: (id, schema, valid instances, invalid instances). Returns one record per schema."""
+    return [run_schema(engine, sid, schema, valid, invalid, hf, deadline) for sid, schema, valid, invalid in items]
+
+
+def _error_kind(err: str) -> str:
+    head, _, rest = err.partition(":")
+    return f"{head}:{rest[:40]}" if rest else head
+
+
+def aggregate(records: list[dict]) -> dict:
+    """The per-engine figures of :func:`report` from :func:`run_schema` records."""
+    res: Counter = Counter()
+    errors: Counter = Counter()
+    compile_s, mask_s, mask_cpu, per_schema_max, passed = [], [], [], [], set()
+    for rec in records:
+        res[rec["status"]] += 1
+        for k in ("valid_rejected", "invalid_accepted", "invalid_rejected"):
+            res[k] += rec[k]
+        if rec["error"]:
+            errors[_error_kind(rec["error"])] += 1
+        if rec["compile_s"] is not None:
+            compile_s.append(rec["compile_s"])
+        mask_s += rec["mask_us"]
+        mask_cpu += rec["mask_cpu_us"]
+        if rec["mask_us"]:
+            per_schema_max.append((max(rec["mask_us"]), max(rec["mask_cpu_us"] or [0]), rec["id"]))
+        if rec["status"] == "passed":
+            passed.add(rec["id"])
+    return {"res": res, "errors": errors, "compile": compile_s, "mask": np.asarray(mask_s) * 1e-6,
+            "mask_cpu": np.asarray(mask_cpu) * 1e-6, "passed": passed,
+            "worst": sorted(per_schema_max, reverse=True)[:8],
+            "over_1ms": sum(1 for w, _c, _s in per_schema_max if w > 1000),
+            "over_1ms_cpu": sum(1 for _w, c, _s in per_schema_max if c > 1000)}
+
+
+def _pct(xs, q: float) -> float:
+    return float(np.percentile(xs, q)) if len(xs) else float("nan")
+
+
+def _mask_cell(m) -> str:
+    return (f"{_pct(m, 50) * 1e6:.1f} / {_pct(m, 99) * 1e6:.1f} / {_pct(m, 99.9) * 1e6:.0f} / "
+            f"{(max(m) if len(m) else 0) * 1e6:.0f}")
 
 
 def report(title: str, n: int, out: dict[str, dict]) -> None:
     print(f"\n## {title}: {n} schemas")
     print("| engine | passed | compile errors | timeouts | valid rejected | invalid accepted | invalid rejected | "
-          "compile p50 / p99 / max ms | mask p50 / p99 / p99.9 / max us |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "compile p50 / p99 / max ms | mask wall p50 / p99 / p99.9 / max us | mask CPU p50 / p99 / p99.9 / max us "
+          "| schemas with a step > 1 ms (wall / CPU) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in out.items():
-        c, m = r["compile"], r["mask"]
+        c = r["compile"]
         print(f"| {name} | {r['res']['passed']} ({100 * r['res']['passed'] / max(n, 1):.1f}%) | "
               f"{r['res']['compile_error']} | {r['res']['timeout']} | {r['res']['valid_rejected']} | "
               f"{r['res']['invalid_accepted']} | {r['res']['invalid_rejected']} | "
               f"{_pct(c, 50) * 1e3:.2f} / {_pct(c, 99) * 1e3:.1f} / {max(c, default=0) * 1e3:.0f} | "
-              f"{_pct(m, 50) * 1e6:.1f} / {_pct(m, 99) * 1e6:.1f} / {_pct(m, 99.9) * 1e6:.0f} / "
-              f"{max(m, default=0) * 1e6:.0f} |")
+              f"{_mask_cell(r['mask'])} | {_mask_cell(r['mask_cpu'])} | {r['over_1ms']} / {r['over_1ms_cpu']} |")
     for name, r in out.items():
-        print(f"- {name} compile errors by kind: " + ", ".join(f"{k} {v}" for k, v in r["errors"].most_common(25)))
-        print(f"- {name} slowest mask steps (us, schema): "
-              + ", ".join(f"{t * 1e6:.0f} {s}" for t, s in r["worst"]))
+        print(f"- {name} compile errors by kind: " + ", ".join(f"{k} {v}" for k, v in r["errors"].most_common(30)))
+        print(f"- {name} slowest mask steps (wall us / CPU us, schema): "
+              + ", ".join(f"{w:.0f} / {c:.0f} {s}" for w, c, s in r["worst"]))
     names = list(out)
     if len(names) == 2:
         a, b = (out[k]["passed"] for k in names)
         print(f"- passed by {names[0]} only: {len(a - b)}; by {names[1]} only: {len(b - a)}; both: {len(a & b)}")
-        both = a & b
-        if both:
-            print("- on schemas both pass: ratios are computed from the all-schema figures above")
 
 
 def maskbench_items(sample: int, seed: int, subset: str | None) -> list:
@@ -256,6 +299,29 @@ def suite_items(suite: Path) -> list:
     return items
 
 
+def _slice(items: list, args) -> list:
+    """The slice of ``items`` this run covers, in a fixed shuffled order (seed 0) so that a partial run of the
+    full set is a uniform sample of it."""
+    items = items[:]
+    random.Random(0).shuffle(items)
+    if args.shard:
+        i, n = (int(x) for x in args.shard.split("/"))
+        items = items[i::n]
+    return items[args.start:args.start + args.limit if args.limit else None]
+
+
+def _load_results(path: Path | None) -> list[dict]:
+    if path is None or not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill: that schema runs again
+            continue
+    return records
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
@@ -268,26 +334,67 @@ def main() -> None:
     ap.add_argument("--strict", action="store_true", help="ours in OpenAI strict mode (additionalProperties "
                                                           "absent = false)")
     ap.add_argument("--engines", default="ours,llguidance")
+    ap.add_argument("--results", type=Path, help="append a JSON line per (schema, engine) here; skip those done")
+    ap.add_argument("--shard", help="i/n: every n-th schema from the i-th")
+    ap.add_argument("--start", type=int, default=0, help="first schema of the slice")
+    ap.add_argument("--limit", type=int, default=0, help="schemas in the slice (0: all)")
+    ap.add_argument("--time-budget", type=float, default=0, help="stop after this many seconds (0: none)")
+    ap.add_argument("--report-only", action="store_true", help="print the tables from --results, run nothing")
+    ap.add_argument("--done-check", action="store_true", help="exit 0 if --results holds every schema, else 1")
     args = ap.parse_args()
-    from tokenizers import Tokenizer
-
-    hf = Tokenizer.from_file(str(args.tokenizer))
-    makers = {"ours": Ours, "llguidance": LLGuidance}
-    engines = [makers[n](args.tokenizer, args.strict) for n in args.engines.split(",")]
-    engines[0].compile({"type": "object"})  # kernels' JIT load before timing
+    names = args.engines.split(",")
     runs = []
     if args.all or args.sample:
         runs.append(("MaskBench" + (" (all)" if args.all else f" sample {args.sample}, seed {args.seed}"),
-                     maskbench_items(0 if args.all else args.sample, args.seed, args.subset)))
+                     _slice(maskbench_items(0 if args.all else args.sample, args.seed, args.subset), args)))
     if args.suite:
-        runs.append(("JSON-Schema-Test-Suite draft2020-12 groups", suite_items(args.suite)))
+        runs.append(("JSON-Schema-Test-Suite draft2020-12 groups", _slice(suite_items(args.suite), args)))
+    done = {(r["id"], r["engine"]) for r in _load_results(args.results)}
+    fresh: dict[str, list] = {}
+    makers = {"ours": Ours, "llguidance": LLGuidance}
+    engine_names = {"ours": Ours.name, "llguidance": LLGuidance.name}
+    todo = [[it for it in items if any((it[0], engine_names[n]) not in done for n in names)] for _t, items in runs]
+    if args.done_check:
+        sys.exit(0 if not any(todo) else 1)
+    if not args.report_only and any(todo):
+        from tokenizers import Tokenizer
+
+        hf = Tokenizer.from_file(str(args.tokenizer))
+        engines = [makers[n](args.tokenizer, args.strict) for n in names]
+        for engine in engines:  # JIT / numba cache loads of every kernel on the way (keys, patterns) before timing
+            warm = {"type": "object", "properties": {"a": {"type": "string", "pattern": "b"}}}
+            grammar, _err = engine.compile(warm)
+            engine.force(grammar, hf.encode('{"a":"abc","zé":[1,2.5,true]}', add_special_tokens=False).ids, [], [])
+        sink = args.results.open("a") if args.results else None
+        begin = time.perf_counter()
+        for (_title, _items), pending in zip(runs, todo, strict=True):
+            for sid, schema, valid, invalid in pending:
+                if args.time_budget and time.perf_counter() - begin > args.time_budget:
+                    print(f"# time budget spent after {time.perf_counter() - begin:.0f} s", flush=True)
+                    break
+                for engine in engines:
+                    if (sid, engine.name) in done:
+                        continue
+                    rec = run_schema(engine, sid, schema, valid, invalid, hf, args.deadline)
+                    fresh.setdefault(_title, []).append(rec)
+                    if sink:
+                        sink.write(json.dumps(rec) + "\n")
+                        sink.flush()
+        if sink:
+            sink.close()
+    records = _load_results(args.results) if args.results else [r for rs in fresh.values() for r in rs]
+    by_id = {}
+    for r in records:
+        by_id[(r["id"], r["engine"])] = r  # the latest line of a (schema, engine) wins
     for title, items in runs:
+        ids = {it[0] for it in items}
         out = {}
-        for engine in engines:
-            start = time.perf_counter()
-            out[engine.name] = run_engine(engine, items, hf, args.deadline)
-            print(f"# {engine.name}: {time.perf_counter() - start:.0f} s", flush=True)
-        report(title + (" (ours strict)" if args.strict else ""), len(items), out)
+        for n in names:
+            rs = [by_id[(sid, engine_names[n])] for sid in ids if (sid, engine_names[n]) in by_id]
+            out[engine_names[n]] = aggregate(rs)
+        counted = len({sid for sid in ids if all((sid, engine_names[n]) in by_id for n in names)})
+        report(title + (" (ours strict)" if args.strict else "") + f" ({counted} of {len(items)} done)",
+               counted, out)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,24 @@ def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, max
                    out_len):
     n = trans.shape[0]
     chain = np.empty(max_chain + 1, dtype=np.int64)
+    # the distinct classes (in class_states order) and which states are class loops: a chain is walked once
+    # per class, not once per class state (an integer-heavy schema has thousands of digit loops)
+    position = np.full(n, -1, dtype=np.int64)  # index in class_states, -1: not a class loop
+    classes = np.empty(class_states.shape[0], dtype=np.uint64)
+    n_classes = 0
+    for i in range(class_states.shape[0]):
+        c = class_states[i]
+        if position[c] < 0:
+            position[c] = i
+        cg = loop_groups[c]
+        known = False
+        for k in range(n_classes):
+            if classes[k] == cg:
+                known = True
+                break
+        if not known:
+            classes[n_classes] = cg
+            n_classes += 1
     for q in range(n):
         out_groups[q] = 0
         out_exit[q] = 0
@@ -86,22 +104,34 @@ def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, max
         length = 0
         bound = -1
         # (a) a chain of states, each taking every byte of a class loop's class to the next, ends in the loop
-        for c in class_states:
-            cg = loop_groups[c]
-            length = 0
+        # the chain under a class can only end in the first loop of that class it meets (a loop keeps its class
+        # bytes): of those ends, the earliest in class_states wins
+        best = -1
+        for k in range(n_classes):
+            cg = classes[k]
+            steps = 0
             s = q
-            while length < max_chain:
-                chain[length] = s
-                length += 1
-                if s == c:
+            while steps < max_chain:
+                steps += 1
+                if position[s] >= 0 and loop_groups[s] == cg:
+                    if best < 0 or position[s] < best:
+                        best = position[s]
                     break
                 t = _class_step(trans, flags, s, cg, group_bit)
                 if t < 0:
                     break
                 s = t
-            if chain[length - 1] == c:
-                groups = cg
-                break
+        if best >= 0:
+            cg = loop_groups[class_states[best]]
+            length = 0
+            s = q
+            while True:
+                chain[length] = s
+                length += 1
+                if position[s] >= 0 and loop_groups[s] == cg:
+                    break
+                s = _class_step(trans, flags, s, cg, group_bit)
+            groups = cg
         if groups == 0:
             # (b) a bounded run: q takes exactly some whole byte groups, all to one state without flags, and
             # so does each next state until one takes none of them ([A-Z]{3}, [0-9a-fA-F]{8})

@@ -17,6 +17,8 @@ bit ``i % 32`` of word ``i // 32`` set = token ``i`` allowed.
   string tokens are walked keyed by what follows their leading plain bytes (tries 3 and 4, about half the
   nodes of tries 1 and 2). Subtree byte sets are kept as 64 byte groups
   (``realizar_ort.grammar.vocab.BYTE_GROUP``), exact for plain string text and the usual classes.
+- ``fill_next_token_bitmask_from_reference``: the walk of a state that behaves like another one after all but a
+  few first bytes: that state's mask, with only those first bytes' subtrees cleared and walked.
 - :func:`advance_token_bytes`: run one token's bytes through the automaton, updating the stack in place.
 - ``*_reference``: plain Python/numpy versions the tests compare the kernels against.
 
@@ -43,6 +45,7 @@ __all__ = [
     "apply_token_bitmask_inplace_batch",
     "apply_token_bitmask_inplace_reference",
     "fill_next_token_bitmask",
+    "fill_next_token_bitmask_from_reference",
     "fill_next_token_bitmask_prepared",
     "fill_next_token_bitmask_reference",
     "prepare_fill_arguments",
@@ -266,9 +269,7 @@ def _walk(nodes, ids, sub, first, last, trans, flags, info, state_groups, max_to
 def _fill(nodes, ids, sub, root_children, max_token_bytes, group_bits, trans, flags, info, state_groups, q, cnt, stack,
           stack_len, max_depth, arena, lv, bits):
     # few arguments on purpose: each costs ~45 ns of dispatch per call
-    plain_groups = group_bits[256]
     class_groups = state_groups[q, 1]
-    class_exit = state_groups[q, 2]
     for j in range(stack_len):
         arena[j, 0] = stack[j]
         arena[j, 1] = j - 1
@@ -290,27 +291,62 @@ def _fill(nodes, ids, sub, root_children, max_token_bytes, group_bits, trans, fl
     lv[0, L_DEP] = stack_len
     lv[0, L_CNT] = cnt
     lv[0, L_CLS] = 1 if class_groups != 0 else 0
-    final = info[q, S_FINAL] != 0
-    callee = info[q, S_CALL]
     read = 0
     for b in range(256):
         c = root_children[tree, b]
+        if c >= 0:
+            read = _root_subtree(nodes, ids, sub, c, b, max_token_bytes, group_bits, trans, flags, info, state_groups,
+                                 q, cnt, stack_len, max_depth, arena, lv, bits, read)
+    return read
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _root_subtree(nodes, ids, sub, c, b, max_token_bytes, group_bits, trans, flags, info, state_groups, q, cnt,
+                  stack_len, max_depth, arena, lv, bits, read):
+    """Walk the first-byte subtree ``c`` (first byte ``b``) from ``lv[0]``; returns the stack read depth."""
+    if trans[q, b] < 0:
+        callee = info[q, S_CALL]
+        if info[q, S_FINAL] == 0 and (callee < 0 or trans[callee, b] < 0):
+            return read  # a first byte the state cannot take: its subtree is never read
+        # a call or a return: try the first byte before reading the subtree
+        _q, _top, _at, _dep, _cnt, low, ok = _step(trans, flags, info, b, q, stack_len - 1, stack_len,
+                                                  stack_len, cnt, arena, max_depth)
+        if low == -1:
+            read = max(read, stack_len + 1)
+        elif low >= 0 and low < stack_len:
+            read = max(read, stack_len - low)
+        if not ok:
+            return read
+    return _walk(nodes, ids, sub, c, nodes[c, 2], trans, flags, info, state_groups, max_token_bytes, group_bits[256],
+                 stack_len, max_depth, arena, lv, bits, state_groups[q, 1], state_groups[q, 2], group_bits, read)
+
+
+@njit(cache=True, nogil=True)
+def _fill_from_reference(nodes, ids, sub, root_children, max_token_bytes, group_bits, trans, flags, info,
+                         state_groups, q, cnt, stack, stack_len, max_depth, arena, lv, bits, ref_bits, walk_bytes):
+    """``bits`` = ``ref_bits`` (the mask of an equivalent-but-for-a-few-first-bytes state from the same
+    configuration) with the tokens of each first byte in ``walk_bytes`` cleared and walked from ``q``."""
+    for j in range(stack_len):
+        arena[j, 0] = stack[j]
+        arena[j, 1] = j - 1
+    bits[:] = ref_bits
+    lv[0, L_Q] = q
+    lv[0, L_TOP] = stack_len - 1
+    lv[0, L_AT] = stack_len
+    lv[0, L_DEP] = stack_len
+    lv[0, L_CNT] = cnt
+    lv[0, L_CLS] = 0
+    read = 0
+    for k in range(walk_bytes.shape[0]):
+        b = walk_bytes[k]
+        c = root_children[0, b]
         if c < 0:
             continue
-        if trans[q, b] < 0:
-            if not final and (callee < 0 or trans[callee, b] < 0):
-                continue  # a first byte the state cannot take: its subtree is never read
-            # a call or a return: try the first byte before reading the subtree
-            _q, _top, _at, _dep, _cnt, low, ok = _step(trans, flags, info, b, q, stack_len - 1, stack_len,
-                                                      stack_len, cnt, arena, max_depth)
-            if low == -1:
-                read = max(read, stack_len + 1)
-            elif low >= 0 and low < stack_len:
-                read = max(read, stack_len - low)
-            if not ok:
-                continue
-        read = _walk(nodes, ids, sub, c, nodes[c, 2], trans, flags, info, state_groups, max_token_bytes, plain_groups,
-                     stack_len, max_depth, arena, lv, bits, class_groups, class_exit, group_bits, read)
+        for j in range(nodes[c, 3], nodes[nodes[c, 2], 3]):
+            tid = ids[j]
+            bits[tid >> 5] &= ~(np.uint32(1) << np.uint32(tid & 31))
+        read = _root_subtree(nodes, ids, sub, c, b, max_token_bytes, group_bits, trans, flags, info, state_groups,
+                             q, cnt, stack_len, max_depth, arena, lv, bits, read)
     return read
 
 
@@ -389,6 +425,16 @@ def prepare_fill_arguments(vocab_arrays: tuple, automaton_arrays: tuple,
 # :func:`allocate_scratch` and ``bits`` the bitmask viewed as uint32. Leaves out a string state's plain row
 # (``include_plain=False``). Returns the stack read depth as :func:`fill_next_token_bitmask`.
 fill_next_token_bitmask_prepared = _fill
+
+# The walk of a state ``q`` that behaves like another state ``r`` after every first byte but a few (a property
+# key's trie node vs the free string it drops into; see :mod:`realizar_ort.grammar.state_reference`):
+# ``fill_next_token_bitmask_from_reference(*prepared, q, counter, stack, stack_len, max_depth, arena, levels,
+# bits, ref_bits, walk_bytes)`` copies ``ref_bits`` (r's whole mask from the same configuration, stop tokens
+# clear, uint32) into ``bits``, then clears the tokens of each first byte in ``walk_bytes`` (uint8) and walks
+# them from ``q``. Exact when every other first byte leads ``q`` and ``r`` to equivalent configurations, and
+# ``q`` has no class shortcut. Costs a 16 KB copy plus the walk of those subtrees, instead of the whole trie.
+# Returns the walk's stack read depth (the caller adds r's).
+fill_next_token_bitmask_from_reference = _fill_from_reference
 
 
 def allocate_scratch(max_depth: int, max_token_bytes: int) -> tuple[np.ndarray, ...]:

@@ -19,7 +19,11 @@ Generic JSON grammars (``any_json``/``any_object``) start with the dense entries
 load (:func:`seed_generic_masks`, ~15 ms and ~5 MB per vocabulary at 128k tokens), so a request's first
 generic JSON masks are hits.
 
-A miss elsewhere runs the numba trie walk (:mod:`realizar_ort.kernels.token_mask`, ~2-30 us). Bounded:
+A miss elsewhere runs the numba trie walk (:mod:`realizar_ort.kernels.token_mask`, ~2-30 us). A state that takes
+almost every first byte the way a string or pattern loop does (a property key's trie node in an object that
+allows extra keys; the states of an unanchored pattern's match so far) has a *reference state*
+(:mod:`.state_reference`, found on its first miss): its walk copies that state's whole mask (cached) and walks
+only the first bytes where the two differ, instead of the whole 128k-token trie (3-7 ms before). Bounded:
 ``MASK_CACHE_ENTRIES`` dense entries per grammar (16 KB each at 128k, up to 8 MB), first come. The
 dictionaries are shared by matchers in different threads (plain dict get/set); each matcher has its own
 scratch, so a matcher is not thread-safe but different matchers of one grammar may run in different threads
@@ -31,11 +35,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.literal_masks import fill_masks_sparse, literal_states
-from ..kernels.token_mask import allocate_scratch, fill_next_token_bitmask_prepared
+from ..kernels.token_mask import (
+    allocate_scratch,
+    fill_next_token_bitmask_from_reference,
+    fill_next_token_bitmask_prepared,
+)
+from .state_reference import reference_state
 
 __all__ = ["MASK_CACHE_ENTRIES", "CachedMaskFill", "MaskCache", "same_automaton", "seed_generic_masks"]
 
 MASK_CACHE_ENTRIES = 512  # dense, per grammar; 16 KB each at 128k vocab (8 MB)
+_UNSET = object()
 SPARSE_WORDS = 1 << 16  # non-zero mask words of all literal states of a grammar, at most (the rest: dense path)
 _INT32 = np.dtype(np.int32)
 
@@ -88,6 +98,25 @@ class MaskCache:
         # literal states (one plain byte out, no call, not accepting, no counter or class row): their masks,
         # sparse, computed here in one kernel call, where they depend on neither the stack nor the counter
         self.literal = self._literal_masks(automaton, vocab)
+        # reference states (see .state_reference), found on a state's first miss: _UNSET, None or (r, bytes)
+        self.automaton = automaton
+        self.refs: list = [_UNSET] * n
+        # a string or class loop: its mask is cheap (suffix tries, rows), so other states may copy it
+        self.cheap = [bool(p or g) for p, g in zip(self.plain, self.class_groups, strict=True)]
+        nodes, _ids, _sub, roots = kernel_args[:4]
+        first = roots[0]
+        self.tokens_by_first_byte = np.where(first >= 0, nodes[nodes[first, 2], 3] - nodes[first, 3], 0)
+        self.no_reference = bool(vocab._stops_have_bytes)  # a walk may set a stop token: keep the plain walk
+
+    def reference(self, q: int):
+        """None, or (r, walk_bytes): ``q``'s mask is ``r``'s but for the tokens of those first bytes."""
+        ref = self.refs[q]
+        if ref is _UNSET:
+            ref = None
+            if not (self.no_reference or self.cheap[q] or self.literal[q] is not None):
+                ref = reference_state(self.automaton, q, self.cheap, self.tokens_by_first_byte)
+            self.refs[q] = ref
+        return ref
 
     def _literal_masks(self, automaton, vocab) -> list:
         """Per state: None, or (words, values, lo, hi): the literal state's mask is ``values[lo:hi]`` at
@@ -142,7 +171,7 @@ class CachedMaskFill:
 
     Reads the matcher's ``_cache``, ``_vocab``, ``_state``, ``_counter``, ``_stack``, ``_stack_len``,
     ``_arena``, ``_levels``, ``_error``, ``_terminated``; keeps ``_out``/``_out_bits`` (the last bitmask and its
-    uint32 view).
+    uint32 view) and ``_ref_mask`` (a reference state's mask, allocated on first use).
     """
 
     def fill_next_token_bitmask(self, bitmask: np.ndarray) -> None:
@@ -190,10 +219,7 @@ class CachedMaskFill:
             return
         # the usual miss (not a string state, stopping not allowed, walk not cached): one walk, one copy
         # cached under both keys
-        if out is not self._out:
-            self._out, self._out_bits = out, out.view(np.uint32)
-        read = fill_next_token_bitmask_prepared(*c.kernel_args, q, counter, self._stack, stack_len, c.max_depth,
-                                                self._arena, self._levels, self._out_bits)
+        read = self._walk(out, q)
         groups = c.class_groups[q]
         if groups:  # the tokens of class bytes only, which the walk skipped
             np.bitwise_or(out, self._vocab.class_row(groups, c.class_len[q]), out=out)
@@ -217,10 +243,7 @@ class CachedMaskFill:
         else:
             # in a string state the walk covers the non-plain tokens only (the rows below add the rest)
             groups = c.class_groups[q]
-            if out is not self._out:  # callers usually pass the same bitmask every step
-                self._out, self._out_bits = out, out.view(np.uint32)
-            read = fill_next_token_bitmask_prepared(*c.kernel_args, q, self._counter, self._stack, self._stack_len,
-                                                    c.max_depth, self._arena, self._levels, self._out_bits)
+            read = self._walk(out, q)
             if groups:  # the tokens of class bytes only, which the walk skipped
                 np.bitwise_or(out, self._vocab.class_row(groups, c.class_len[q]), out=out)
             if read > c.depth[q]:
@@ -246,6 +269,34 @@ class CachedMaskFill:
             self._set_stops(out, stop)
         if store and len(c.masks) < c.limit:
             c.masks[(key, extra)] = walked if walked is not None and not plain and not set_stops else out.copy()
+
+    def _walk(self, out: np.ndarray, q: int) -> int:
+        """The kernel walk of state ``q`` into ``out``; returns the stack read depth. Through a reference state
+        where ``q`` has one: that state's whole mask (from the cache, or filled here), then only the first
+        bytes where the two differ."""
+        if out is not self._out:  # callers usually pass the same bitmask every step
+            self._out, self._out_bits = out, out.view(np.uint32)
+        bits = self._out_bits
+        c = self._cache
+        ref = c.reference(q)
+        if ref is None:
+            return fill_next_token_bitmask_prepared(*c.kernel_args, q, self._counter, self._stack, self._stack_len,
+                                                    c.max_depth, self._arena, self._levels, bits)
+        r, walk_bytes = ref
+        ref_mask = self._ref_mask
+        if ref_mask is None:
+            ref_mask = self._ref_mask = np.zeros(c.words, np.int32)
+        self._state = r  # r's mask in the same configuration, through the cache (r has no reference itself)
+        try:
+            self.fill_next_token_bitmask(ref_mask)
+        finally:
+            self._state = q
+        self._out, self._out_bits = out, bits
+        self._set_stops(ref_mask, False)
+        read = fill_next_token_bitmask_from_reference(*c.kernel_args, q, self._counter, self._stack, self._stack_len,
+                                                      c.max_depth, self._arena, self._levels, bits,
+                                                      ref_mask.view(np.uint32), walk_bytes)
+        return max(read, c.depth[r])
 
     def _set_stops(self, out: np.ndarray, allowed: bool) -> None:
         bits = out.view(np.uint32)

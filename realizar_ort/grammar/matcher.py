@@ -302,6 +302,7 @@ class GrammarMatcher(CachedMaskFill):
         self._cache = grammar._mask_cache
         self._out: np.ndarray | None = None  # the last bitmask filled, and its uint32 view
         self._out_bits: np.ndarray | None = None
+        self._ref_mask: np.ndarray | None = None  # a reference state's mask (see mask_cache), made on first use
         self._ff_arena: np.ndarray | None = None  # fast-forward scratch, made on first use
         self._ff_capacity = 0
         self._ff_stack = np.zeros(grammar.max_depth, dtype=np.int32)

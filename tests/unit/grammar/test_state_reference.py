@@ -1,0 +1,135 @@
+"""Reference states of the mask walk (:mod:`realizar_ort.grammar.state_reference`): a property key's trie node
+copies the free string's mask and walks only the first bytes where the two differ. The fast mask must equal
+the plain walk bit for bit (real vocabularies) and the token-by-token reference (a hand vocabulary)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from realizar_ort.kernels.state_equivalence import equivalent_states
+from tokenizers import Tokenizer
+
+from realizar_ort.grammar.json_schema import compile_schema_automaton
+from realizar_ort.grammar.matcher import CompiledGrammar, TokenVocabulary, allocate_token_bitmask
+
+STOP = 1
+KEY_TOKENS = [b'{"', b'":', b'",', b'"}', b'id', b'ide', b'identifier', b'ntifier', b'caf', b'\xc3\xa9', b'caf\xc3\xa9',
+              b'\xe6\x97\xa5', b'\\"', b'\\t', b'\\', b'quo', b'te', b'nam', b'name', b'es', b'":"', b'":{"', b'tab',
+              b'key', b'x', b'","', b'1,"', b'true', b'null', b'[]', b'2', b'1}']
+
+
+def hand_vocab() -> list[bytes | None]:
+    """Every single byte (so any text can be forced) plus key-shaped multi-byte tokens."""
+    return [None, None] + [bytes([b]) for b in range(0x20, 0x7F)] + [bytes([b]) for b in range(0x80, 0x100)] \
+        + KEY_TOKENS
+
+
+VOCAB = TokenVocabulary.from_token_bytes(hand_vocab(), stop_token_ids=(STOP,))
+
+# open objects (additionalProperties absent = allowed): names that are prefixes of one another, non-ASCII,
+# escaped, and instances with extra keys that leave the trie at every depth
+OPEN = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "identifier": {"type": "string"}, "café": {"type": "boolean"},
+    'quo"te': {"type": "null"}, "tab\tkey": {"type": "integer"},
+    "nested": {"type": "object", "properties": {"name": {"type": "string"}, "nick": {"type": "string"}}}},
+    "required": ["id"]}
+OPEN_VALUES = [
+    {"id": 1, "identifier": "x", "café": True, 'quo"te': None, "tab\tkey": 2,
+     "nested": {"name": "ada", "nick": "a", "nam": 1, "names": [], "ñame": "é"},
+     "idx": 3, "i": 4, "caf": 5, "cafe": 6, "café2": 7, "quo": 8, "日本": 9, "": 10, "a\\b": 11, "ide": 12},
+    {"id": -7, "nested": {"nick": "z", "n": {"x": [1, {"name": "deep"}]}}, "identifier2": "y"},
+]
+PATTERN = {"type": "object", "properties": {
+    "code": {"type": "string", "pattern": "rocket_font"},
+    "style": {"type": "string", "pattern": "normal|italic"},
+    "uuid": {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}$"}}}
+PATTERN_VALUES = [{"code": "my rocket_font file", "style": "bold italic", "uuid": "0123abcd-12ef", "more": "é"}]
+
+
+def _masks_agree_along(grammar_fast, grammar_plain, ids, stop, vocab_size) -> None:
+    fast, plain = grammar_fast.matcher(), grammar_plain.matcher()
+    a, b = allocate_token_bitmask(vocab_size), allocate_token_bitmask(vocab_size)
+    for tid in ids + [stop]:
+        fast.fill_next_token_bitmask(a)
+        plain.fill_next_token_bitmask(b)
+        np.testing.assert_array_equal(a, b)
+        assert fast.advance(tid) and plain.advance(tid)
+    assert fast.is_terminated()
+
+
+def _pair(schema, vocab) -> tuple[CompiledGrammar, CompiledGrammar]:
+    automaton = compile_schema_automaton(schema)
+    fast = CompiledGrammar(automaton, vocab)
+    plain = CompiledGrammar(automaton, vocab)
+    plain._mask_cache.no_reference = True  # the whole-trie walk everywhere
+    return fast, plain
+
+
+def _used(grammar) -> int:
+    return sum(1 for r in grammar._mask_cache.refs if isinstance(r, tuple))
+
+
+@pytest.fixture(scope="module", params=["llama3", "smollm2"])
+def real(request, llama3_tokenizer_json, smollm2_dir):
+    path = llama3_tokenizer_json if request.param == "llama3" else smollm2_dir / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    stop = tok.token_to_id("<|eot_id|>") if request.param == "llama3" else tok.token_to_id("<|im_end|>")
+    return tok, TokenVocabulary.from_tokenizer_file(path, stop_token_ids=(stop,)), stop
+
+
+@pytest.mark.parametrize(("schema", "values"), [(OPEN, OPEN_VALUES), (PATTERN, PATTERN_VALUES)],
+                         ids=["open-objects", "patterns"])
+def test_reference_masks_equal_plain_walk_on_real_vocabularies(real, schema, values):
+    tok, vocab, stop = real
+    fast, plain = _pair(schema, vocab)
+    for value in values:
+        ids = tok.encode(json.dumps(value, ensure_ascii=False, separators=(",", ":")), add_special_tokens=False).ids
+        _masks_agree_along(fast, plain, ids, stop, vocab.vocab_size)
+    # the key trie nodes, and the states of an unanchored pattern's match so far, took the reference path
+    assert _used(fast) >= (10 if schema is OPEN else 4)
+    assert _used(plain) == 0
+
+
+def test_reference_masks_equal_token_by_token_reference(reference_mask):
+    """Every key state met along the instances, on the hand vocabulary (multi-byte, escape and key tokens)."""
+    automaton = compile_schema_automaton(OPEN)
+    grammar = CompiledGrammar(automaton, VOCAB)
+    token_bytes = hand_vocab()
+    id_of = {raw: i for i, raw in enumerate(token_bytes) if raw is not None and len(raw) == 1}
+    checked = 0
+    for value in OPEN_VALUES:
+        m = grammar.matcher()
+        for byte in json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode():
+            got = allocate_token_bitmask(len(token_bytes))
+            m.fill_next_token_bitmask(got)
+            np.testing.assert_array_equal(got, reference_mask(m, grammar, token_bytes, STOP))
+            checked += isinstance(grammar._mask_cache.refs[m._state], tuple)
+            assert m.advance(id_of[bytes([byte])])
+    assert checked >= 20
+
+
+def _automaton_arrays(rows: dict[int, dict[int, int]], n: int, final=()):
+    trans = np.full((n, 256), -1, np.int32)
+    for q, edges in rows.items():
+        for b, t in edges.items():
+            trans[q, b] = t
+    fin = np.zeros(n, np.bool_)
+    fin[list(final)] = True
+    minus = np.full(n, -1, np.int32)
+    return trans, np.zeros((n, 256), np.uint8), fin, minus, minus.copy(), np.zeros(n, np.int32), np.zeros(n, np.int32)
+
+
+def test_equivalence_search_is_exact_and_bounded():
+    a, b, c = ord("a"), ord("b"), ord("c")
+    # 1 and 2 are copies (each: 'a' to a copy of the other, 'c' to the final 5); 3 differs two bytes down
+    rows = {1: {a: 2, c: 5}, 2: {a: 1, c: 5}, 3: {a: 4, c: 5}, 4: {a: 4, c: 6}, 6: {b: 5}}
+    arrays = _automaton_arrays(rows, 7, final=(5,))
+    assert equivalent_states(*arrays, 1, 2, 16)
+    assert not equivalent_states(*arrays, 1, 3, 16)  # 1 a a c accepts, 3 a a c needs a 'b' more
+    assert not equivalent_states(*arrays, 1, 4, 16)
+    long_rows = {q: {a: q + 1} for q in range(40)} | {q: {a: q + 1} for q in range(50, 90)}
+    chain = _automaton_arrays(long_rows | {40: {c: 45}, 90: {c: 45}}, 96, final=(45,))
+    assert equivalent_states(*chain, 0, 50, 64)
+    assert not equivalent_states(*chain, 0, 50, 16)  # past the budget: not proven, the caller walks
