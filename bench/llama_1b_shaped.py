@@ -151,7 +151,7 @@ class _GgufReference(Mapping):
 
 
 # ---- our export -------------------------------------------------------------------------------------------
-def export(folder: Path, out: Path, quantize: str, accuracy_level: int, block_size: int) -> None:
+def export(folder: Path, out: Path, quantize: str, accuracy_level: int, block_size: int, lm_head_bits: int = 8) -> None:
     from realizar_ort.export import llama_graph, onnx_graph
     from realizar_ort.export.gguf_repack import repack_gguf_linears
     from realizar_ort.export.llm import _write_folder
@@ -182,7 +182,7 @@ def export(folder: Path, out: Path, quantize: str, accuracy_level: int, block_si
     embed = tensor("model.embed_tokens.weight")
     if quantize == "int4":
         quantized["embed"] = quantize_rtn(embed, 8, block_size, symmetric=True)  # GatherBlockQuantized rows
-        quantized["lm_head"] = quantize_rtn(embed, 8, block_size, symmetric=False)
+        quantized["lm_head"] = quantize_rtn(embed, lm_head_bits, block_size, symmetric=False)
     elif quantize == "gguf":
         gguf = folder / "model-q4_0.gguf"
         reference = _GgufReference(gguf)
@@ -227,6 +227,7 @@ def export(folder: Path, out: Path, quantize: str, accuracy_level: int, block_si
             quantization=None if quantize == "none" else {
                 "method": quantize, "block_size": 32 if quantize == "gguf" else block_size,
                 "accuracy_level": accuracy_level, "layers": types, "float32_layers": kept,
+                **({"lm_head_bits": lm_head_bits} if quantize == "int4" else {}),
             },
         )
         manifest = Manifest.from_dict(manifest.to_dict())
@@ -245,6 +246,7 @@ def main() -> int:
     parser.add_argument("--quantize", choices=["none", "int4", "gguf"], default="int4")
     parser.add_argument("--accuracy-level", type=int, choices=[0, 4], default=4)
     parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument("--lm-head-bits", type=int, choices=[4, 8], default=8, help="int4: the LM head's blocks")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.stage == "weights":
@@ -255,7 +257,7 @@ def main() -> int:
         if args.out is None:
             parser.error("export needs --out")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        export(args.dir, args.out, args.quantize, args.accuracy_level, args.block_size)
+        export(args.dir, args.out, args.quantize, args.accuracy_level, args.block_size, args.lm_head_bits)
     return 0
 
 

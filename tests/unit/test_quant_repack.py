@@ -152,3 +152,24 @@ def test_q8_0_token_embeddings_are_gathered_from_their_blocks(tmp_path: Path) ->
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     ids = np.array([[0, 5, 47, 5]], np.int64)
     np.testing.assert_array_equal(session.run(None, {"input_ids": ids})[0][0], expected[ids[0]])
+
+
+@pytest.mark.parametrize("head_bits", [4, 8])
+def test_int4_lm_head_bits_decide_which_accuracy_levels_use_its_blocks(head_bits: int) -> None:
+    """A 4-bit LM head runs at accuracy_level 0 too; an 8-bit one only at level 4 (float32 at level 0)."""
+    from realizar_ort.export.quantize import QuantOptions, for_level, quantize_weights
+
+    rng = np.random.default_rng(8)
+    layer = {key: rng.standard_normal((64, 64)).astype(np.float32) for key in ("q", "k", "v", "o", "gate", "up", "down")}
+    vocab = rng.standard_normal((N, 64)).astype(np.float32)
+    weights = llama_graph.LlamaWeights(
+        num_layers=1, num_heads=2, num_kv_heads=2, head_dim=32, hidden_size=64, vocab_size=N, rms_norm_eps=1e-5,
+        embed_tokens=vocab, lm_head=vocab, final_norm=np.ones(64, np.float32), layers=[layer],
+        cos_cache=np.ones((8, 16), np.float32), sin_cache=np.zeros((8, 16), np.float32),
+    )
+    quantized, kept = quantize_weights(weights, QuantOptions("int4", lm_head_bits=head_bits), "builtin", None)
+    assert not kept and quantized["lm_head"].bits == head_bits
+    np.testing.assert_array_equal(dequantize(quantized["lm_head"]), dequantize(quantize_rtn(vocab, head_bits, 32, False)))
+    level0, dropped = for_level(quantized, 0)
+    assert ("lm_head" in level0) == (head_bits == 4) and ("lm_head" in dropped) == (head_bits == 8)
+    assert "lm_head" in for_level(quantized, 4)[0]
