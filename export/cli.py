@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     llm.add_argument("--chat-format", choices=["llama3", "chatml"], help="override the format read from the tokenizer")
     llm.add_argument(
         "--quantize", choices=["gguf", "int4", "int8"],
-        help="weights as onnxruntime MatMulNBits blocks: gguf = a GGUF source's own Q4_0/Q4_1/Q8_0 blocks, "
+        help="weights as onnxruntime MatMulNBits blocks: gguf = a GGUF source's own Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K blocks, "
         "unchanged; int4/int8 = round-to-nearest blocks from float weights. Checked by a quality gate "
         "(perplexity on our prose text, greedy agreement with fp32) that fails the export if breached",
     )
