@@ -72,7 +72,7 @@ class OursRunner:
         config = LlmModelConfig(
             path=Path(args.model),
             max_batch_size=16,
-            max_context=2048,
+            max_context=getattr(args, "max_context", 2048),
             max_queued=64,
             session=SessionConfig(intra_op_threads=args.threads),
         )

@@ -6,9 +6,19 @@ Block layouts (ggml, 32 weights per block, ``d``/``m`` stored as float16):
     Q4_1  d, m, qs[16]     w[j] = nibble_j * d + m
     Q8_0  d, qs int8[32]   w[j] = qs[j] * d
 
+k-quants (super-blocks of 256 weights, 6-bit sub-block scales and mins against float16 ``d`` / ``dmin``):
+
+    Q4_K  32-weight sub-blocks   w = (d * sc) * q - dmin * mn      q 4-bit
+    Q5_K  32-weight sub-blocks   w = (d * sc) * q - dmin * mn      q 5-bit (a high bit from qh)
+    Q6_K  16-weight sub-blocks   w = (d * sc) * (q - 32)           q 6-bit, sc int8
+
 Q4_0 and Q8_0 map onto ``MatMulNBits``' default zero point (8 / 128) exactly; Q4_1 becomes codes with zero
-point 0 and ``m`` as the block offset (see `quant_blocks`). Other types (k-quants, F16, ...) are not
-repacked: `repack_gguf_linears` reports them and the caller keeps those layers in float32.
+point 0 and ``m`` as the block offset (see `quant_blocks`). Q4_K is Q4_1's form on its 32-weight sub-blocks
+(scale ``d * sc`` and offset ``-dmin * mn`` are exact float32 products, so the weights match gguf's bit for
+bit); Q5_K is the same with 8-bit codes; Q6_K becomes 8-bit codes ``q + 96`` around the default zero point
+128 in blocks of 16. 8-bit layers are used at accuracy_level 4 only (see `quantize.for_level`). Other types
+(Q2_K, Q3_K, IQ*, F16, ...) are not repacked: `repack_gguf_linears` reports them and the caller keeps those
+layers in float32.
 
 llama.cpp's converter permutes the rows of ``attn_q`` / ``attn_k`` (rotary pairs interleaved);
 transformers undoes it when it loads a GGUF, and so do we, on whole rows, which moves blocks without
@@ -32,8 +42,9 @@ LINEAR_NAMES = {
     "o": "blk.{i}.attn_output.weight", "gate": "blk.{i}.ffn_gate.weight", "up": "blk.{i}.ffn_up.weight",
     "down": "blk.{i}.ffn_down.weight",
 }
-REPACKABLE = ("Q4_0", "Q4_1", "Q8_0")
+REPACKABLE = ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 _BLOCK = 32
+_SUPER = 256  # k-quants
 
 
 def _f16(raw: np.ndarray) -> np.ndarray:
@@ -41,8 +52,52 @@ def _f16(raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(raw).view(np.float16).astype(np.float32)[..., 0]
 
 
+def _k_scale_min(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K / Q5_K: 12 bytes -> eight 6-bit scales and eight 6-bit mins (ggml's ``get_scale_min_k4``)."""
+    d, m, md = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
+    sc = np.concatenate([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
+    mn = np.concatenate([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], axis=-1)
+    return sc.astype(np.float32), mn.astype(np.float32)
+
+
+def _read_k_quant(data: np.ndarray, qtype: str, n: int, k: int) -> QuantLinear:
+    if k % _SUPER:
+        raise ValueError(f"K={k} is not a multiple of {_SUPER}")
+    sb = data.reshape(n, k // _SUPER, -1)  # [N, super-blocks, bytes]
+    if qtype == "Q6_K":  # ql[128] qh[64] scales int8[16] d
+        ql, qh = sb[..., 0:128], sb[..., 128:192]
+        sc = sb[..., 192:208].view(np.int8).astype(np.float32)
+        d = _f16(sb[..., 208:210])
+        low = np.stack([ql.reshape(n, -1, 2, 64) & 0x0F, ql.reshape(n, -1, 2, 64) >> 4], axis=2)  # [N, S, 2, 2, 64]
+        low = low.transpose(0, 1, 3, 2, 4).reshape(n, -1, 2, 4, 32)  # per 128-half: 4 groups of 32
+        high = np.stack([(qh.reshape(n, -1, 2, 32) >> s) & 0x03 for s in (0, 2, 4, 6)], axis=3)  # [N, S, 2, 4, 32]
+        q = (low | (high << 4)).reshape(n, -1, 16).astype(np.int16)  # [N, K / 16, 16] in 0..63
+        codes = (q + 96).astype(np.uint8)  # (q - 32) == (q + 96) - 128, the default zero point
+        scales = (d[..., None] * sc).reshape(n, -1)
+        return QuantLinear(8, 16, n, k, codes, scales.astype(np.float32), None, None, qtype)
+    d, dmin = _f16(sb[..., 0:2]), _f16(sb[..., 2:4])
+    sc, mn = _k_scale_min(sb[..., 4:16])  # [N, S, 8]
+    if qtype == "Q4_K":  # d dmin scales[12] qs[128]: 4 chunks of 32 bytes, low nibbles then high
+        qs = sb[..., 16:144].reshape(n, -1, 4, 1, 32)
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=3)  # [N, S, 4, 2, 32]
+        bits = 4
+    else:  # Q5_K: d dmin scales[12] qh[32] qs[128]; bit j of qh[i] is the high bit of sub-block j's element i
+        qh = sb[..., 16:48].reshape(n, -1, 1, 32)
+        qs = sb[..., 48:176].reshape(n, -1, 4, 1, 32)
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=3).reshape(n, -1, 8, 32)
+        q = q | (((qh >> np.arange(8, dtype=np.uint8)[:, None]) & 1) << 4)
+        bits = 8
+    codes = q.reshape(n, -1, _BLOCK).astype(np.uint8)
+    scales = (d[..., None] * sc).reshape(n, -1)
+    offsets = -(dmin[..., None] * mn).reshape(n, -1)
+    return QuantLinear(bits, _BLOCK, n, k, codes, scales.astype(np.float32), np.zeros(scales.shape, np.uint8),
+                       offsets.astype(np.float32), qtype)
+
+
 def read_gguf_block(data: np.ndarray, qtype: str, n: int, k: int) -> QuantLinear:
     """One GGUF tensor's bytes (``[N, row_bytes]`` uint8) -> `QuantLinear` in the same row order."""
+    if qtype in ("Q4_K", "Q5_K", "Q6_K"):
+        return _read_k_quant(data, qtype, n, k)
     if k % _BLOCK:
         raise ValueError(f"K={k} is not a multiple of {_BLOCK}")
     blocks = data.reshape(n, k // _BLOCK, -1)
@@ -107,7 +162,7 @@ def repack_gguf_linears(
             continue
         k, n = (int(x) for x in tensor.shape[:2])  # ggml order: ne0 = K (inner), ne1 = N
         quant = read_gguf_block(np.asarray(tensor.data), qtype, n, k)
-        if key == "embed" and (quant.bits != 8 or quant.offsets is not None):
+        if key == "embed" and (quant.bits != 8 or quant.offsets is not None or quant.block_size != _BLOCK):
             kept[key] = f"{name} is {qtype}: only 8-bit embeddings are read as blocks (GatherBlockQuantized)"
             continue
         if key.endswith(".q"):

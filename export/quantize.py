@@ -41,12 +41,14 @@ class QuantOptions:
     block_size: int = 32  # int4 / int8 only (a GGUF's blocks are what they are: 32)
     accuracy_level: int = 0  # MatMulNBits: 0 = float32 activations (exact), 4 = int8 activations (faster)
     symmetric: bool = False  # int4 / int8: codes around a fixed zero point instead of per-block min/max
+    lm_head_bits: int = 8  # int4 / int8: 8 (used at accuracy_level 4 only) or 4 (fast at both levels)
     thresholds: quality.QualityThresholds = field(default_factory=quality.QualityThresholds)
 
     def cache_variant(self) -> str:
         t = self.thresholds
+        head = "" if self.lm_head_bits == 8 else f"|head{self.lm_head_bits}"
         return (f"q13v2|{self.method}|bs{self.block_size}|acc{self.accuracy_level}|sym{int(self.symmetric)}"
-                f"|ppl{t.max_perplexity_increase}|agree{t.min_greedy_agreement}")
+                f"|ppl{t.max_perplexity_increase}|agree{t.min_greedy_agreement}{head}")
 
 
 def _reference(weights: LlamaWeights) -> dict[str, Any]:
@@ -75,13 +77,15 @@ def quantize_weights(
         )
     else:
         bits = 4 if options.method == "int4" else 8
+        if options.lm_head_bits not in (4, 8):
+            raise QuantError(f"--lm-head-bits must be 4 or 8, not {options.lm_head_bits}")
         if bits == 8 and level != 4:
             raise QuantError("--quantize int8 needs --accuracy-level 4 (onnxruntime's CPU MatMulNBits has no fast "
                              "8-bit kernel for float activations)")
         quantized, kept = {}, {}
         for key, weight in _reference(weights).items():
-            if key == "lm_head":  # 8-bit: used at accuracy_level 4 only (see for_level)
-                quantized[key] = quantize_rtn(weight, 8, options.block_size, options.symmetric)
+            if key == "lm_head":  # 8-bit: used at accuracy_level 4 only (see for_level); 4-bit: at both
+                quantized[key] = quantize_rtn(weight, options.lm_head_bits, options.block_size, options.symmetric)
             elif key == "embed":  # 8-bit rows, whatever the level (a Gather, no activations involved)
                 quantized[key] = quantize_rtn(weight, 8, options.block_size, symmetric=True)
             elif weight.shape[1] % options.block_size:
@@ -111,7 +115,7 @@ def summary(weights: LlamaWeights, options: QuantOptions, kept: dict[str, str]) 
         "method": options.method,
         "block_size": 32 if options.method == "gguf" else options.block_size,
         "accuracy_level": options.accuracy_level,
-        **({} if options.method == "gguf" else {"symmetric": options.symmetric}),
+        **({} if options.method == "gguf" else {"symmetric": options.symmetric, "lm_head_bits": options.lm_head_bits}),
         "layers": dict(sorted(types.items())),
         "float32_layers": dict(sorted(kept.items())),
         "quantized_weight_bytes": qbytes,

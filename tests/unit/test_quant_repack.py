@@ -152,3 +152,74 @@ def test_q8_0_token_embeddings_are_gathered_from_their_blocks(tmp_path: Path) ->
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     ids = np.array([[0, 5, 47, 5]], np.int64)
     np.testing.assert_array_equal(session.run(None, {"input_ids": ids})[0][0], expected[ids[0]])
+
+
+@pytest.mark.parametrize("head_bits", [4, 8])
+def test_int4_lm_head_bits_decide_which_accuracy_levels_use_its_blocks(head_bits: int) -> None:
+    """A 4-bit LM head runs at accuracy_level 0 too; an 8-bit one only at level 4 (float32 at level 0)."""
+    from realizar_ort.export.quantize import QuantOptions, for_level, quantize_weights
+
+    rng = np.random.default_rng(8)
+    layer = {key: rng.standard_normal((64, 64)).astype(np.float32) for key in ("q", "k", "v", "o", "gate", "up", "down")}
+    vocab = rng.standard_normal((N, 64)).astype(np.float32)
+    weights = llama_graph.LlamaWeights(
+        num_layers=1, num_heads=2, num_kv_heads=2, head_dim=32, hidden_size=64, vocab_size=N, rms_norm_eps=1e-5,
+        embed_tokens=vocab, lm_head=vocab, final_norm=np.ones(64, np.float32), layers=[layer],
+        cos_cache=np.ones((8, 16), np.float32), sin_cache=np.zeros((8, 16), np.float32),
+    )
+    quantized, kept = quantize_weights(weights, QuantOptions("int4", lm_head_bits=head_bits), "builtin", None)
+    assert not kept and quantized["lm_head"].bits == head_bits
+    np.testing.assert_array_equal(dequantize(quantized["lm_head"]), dequantize(quantize_rtn(vocab, head_bits, 32, False)))
+    level0, dropped = for_level(quantized, 0)
+    assert ("lm_head" in level0) == (head_bits == 4) and ("lm_head" in dropped) == (head_bits == 8)
+    assert "lm_head" in for_level(quantized, 4)[0]
+
+
+_K_QUANTS = {"Q4_K": (144, (0, 2)), "Q5_K": (176, (0, 2)), "Q6_K": (210, (208,))}  # bytes per 256, float16 fields
+
+
+def _write_k_quant(path: Path, name: str, qtype: str, n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random k-quant bytes (gguf cannot quantize k-quants) with finite float16 d / dmin; the tensor's bytes
+    and gguf's own dequantization of them."""
+    size, halves = _K_QUANTS[qtype]
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, (n, k // 256, size), dtype=np.uint8)
+    for at in halves:
+        data[..., at:at + 2] = rng.uniform(1e-3, 2e-2, (n, k // 256)).astype(np.float16)[..., None].view(np.uint8)
+    data = data.reshape(n, -1)
+    kind = gguf.GGMLQuantizationType[qtype]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor(name, data, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return data, gguf.quants.dequantize(data, kind).astype(np.float32)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q5_K", "Q6_K"])
+def test_k_quant_blocks_are_the_files_own_weights(tmp_path: Path, qtype: str) -> None:
+    """Q4_K / Q5_K (codes, d*sc, -dmin*m on 32-weight sub-blocks) and Q6_K (8-bit codes on 16-weight
+    sub-blocks): the operator's definition of the repacked inputs is gguf's dequantization bit for bit, and
+    onnxruntime's MatMulNBits multiplies by exactly those weights."""
+    n, k = 24, 512  # two super-blocks per row
+    _, expected = _write_k_quant(tmp_path / "m.gguf", "blk.0.ffn_down.weight", qtype, n, k, seed=9)
+    repacked, kept = gguf_repack.repack_gguf_linears(
+        tmp_path / "m.gguf", 1, 1, 1, {"layers.0.down": expected}, lm_head=False,
+    )
+    quant = repacked["layers.0.down"]
+    assert "layers.0.down" not in kept and quant.source_type == qtype
+    np.testing.assert_array_equal(dequantize(quant), expected)
+    assert quant.bits == (4 if qtype == "Q4_K" else 8) and (quant.offsets is None) == (qtype == "Q6_K")
+    level = 0 if quant.bits == 4 else 4  # 8-bit blocks are only used at accuracy_level 4
+    through_ort = _run_linear(quant, np.eye(k, dtype=np.float32), level)
+    if level == 0:  # code * scale + offset: one rounding, in whichever order
+        np.testing.assert_allclose(through_ort, expected.T, rtol=0, atol=float(np.spacing(np.abs(expected)).max()))
+    else:  # int8 activations: identity rows come back as 127 * (1 / 127): the weights to ~1e-6 of their range
+        np.testing.assert_allclose(through_ort, expected.T, rtol=0, atol=1e-6 * float(np.abs(expected).max()))
+    x = np.random.default_rng(2).standard_normal((3, k)).astype(np.float32)
+    got, want = _run_linear(quant, x, level), x @ expected.T
+    if level == 0:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    else:  # level 4 quantizes x to int8 per block: relative error of the whole product, not per element
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
