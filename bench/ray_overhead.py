@@ -31,12 +31,12 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-PLAIN_PORT, SERVE_PORT = 18621, 18620
+PLAIN_PORT, SERVE_PORT, FALLBACK_PORT, DIRECT_PORT = 18621, 18620, 18622, 18624
 PROMPTS = ["What is the capital of France?", "Name a primary colour.", "What do bees make?",
            "Which planet is the largest?", "Say hello in Spanish.", "What is 2 + 2?"]
 
 
-def write_config(folder: Path, model: Path, port: int) -> Path:
+def write_config(folder: Path, model: Path, port: int, ingress: str = "haproxy") -> Path:
     path = folder / f"config-{port}.toml"
     path.write_text(f"""
 [models.llm]
@@ -53,6 +53,7 @@ log_level = "warning"
 min_replicas = 1
 max_replicas = 1
 num_cpus = 1.0
+ingress = "{ingress}"
 """)
     return path
 
@@ -91,22 +92,25 @@ async def one_stream(client: httpx.AsyncClient, url: str, model: str, prompt: st
     return first - started, end - first, tokens
 
 
-async def measure_pairs(urls: dict[str, str], model: str, args: argparse.Namespace) -> dict[str, list[float]]:
-    """Paired runs, interleaved request by request (order swapped each pair), so drift on a shared machine
-    hits both servers alike: per-pair TTFT, batch-1 decode tok/s, and aggregate tok/s of ``streams`` streams."""
+async def measure_rounds(urls: dict[str, str], model: str, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Interleaved runs, request by request (the order of the servers rotates each time), so drift on a shared
+    machine hits every server alike: per-request TTFT and batch-1 decode tok/s, and the aggregate tok/s of
+    ``streams`` concurrent streams."""
     out: dict[str, list[float]] = {f"{name}_{key}": [] for name in urls for key in ("ttft_ms", "tok_s", "agg_tok_s")}
+    names = list(urls)
     async with httpx.AsyncClient(timeout=300) as client:
         for url in urls.values():
             await one_stream(client, url, model, "warm up", 4)
+        turn = 0
         for r in range(args.rounds):
             for i in range(args.requests):
-                order = list(urls) if (r * args.requests + i) % 2 == 0 else list(urls)[::-1]
-                for name in order:
+                turn += 1
+                for name in names[turn % len(names):] + names[:turn % len(names)]:
                     ttft, decode, tokens = await one_stream(client, urls[name], model, PROMPTS[i % len(PROMPTS)],
                                                             args.max_tokens)
                     out[f"{name}_ttft_ms"].append(1000 * ttft)
                     out[f"{name}_tok_s"].append((tokens - 1) / decode)
-            for name in (list(urls) if r % 2 == 0 else list(urls)[::-1]):
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 started = time.perf_counter()
                 results = await asyncio.gather(*(one_stream(client, urls[name], model, PROMPTS[k % len(PROMPTS)],
                                                             args.max_tokens) for k in range(args.streams)))
@@ -115,33 +119,76 @@ async def measure_pairs(urls: dict[str, str], model: str, args: argparse.Namespa
     return out
 
 
+def ray_cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each of Ray's own processes on this machine (replicas excluded)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        try:
+            name = proc.info["name"] or ""
+            cmd = " ".join(proc.info["cmdline"] or ())
+            if "ServeReplica" in name or "ServeRepli" in name:
+                continue
+            for key in ("haproxy", "HAProxyMan", "ProxyActor", "ServeContr", "DashboardA", "RuntimeEnv", "raylet",
+                        "gcs_server", "log_monitor", "monitor.py", "dashboard.py", "idle"):
+                if key in name or key in cmd:
+                    times = proc.info["cpu_times"]
+                    out[key] = out.get(key, 0.0) + times.user + times.system
+                    break
+        except Exception:  # noqa: BLE001 - a process that ended meanwhile
+            continue
+    return out
+
+
 def bench_serve(args: argparse.Namespace, folder: Path) -> None:
     import ray
-    from realizar_ort.server import ray_serve
-
-    from realizar_ort.config import load_config
 
     model_name = args.model.name
     plain = subprocess.Popen([sys.executable, "-m", "realizar_ort", "serve", "--config",
                               str(write_config(folder, args.model, PLAIN_PORT))],
                              stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    from realizar_ort.config import load_config
+
+    config = load_config(write_config(folder, args.model, SERVE_PORT, args.ingress))
+    # Ray's processes read these when they start; ports kept inside this bench's range
+    env = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(FALLBACK_PORT),
+           "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(DIRECT_PORT),
+           "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(DIRECT_PORT + 1),
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(DIRECT_PORT + 2), "RAY_SERVE_HAPROXY_METRICS_PORT": str(DIRECT_PORT + 3)}
+    from realizar_ort.server import ray_serve
+
+    os.environ.update({**env, **ray_serve.ray_env(config)})
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        ray_serve.deploy(load_config(write_config(folder, args.model, SERVE_PORT)))
+        ray_serve.deploy(config)
         urls = {"plain": f"http://127.0.0.1:{PLAIN_PORT}", "serve": f"http://127.0.0.1:{SERVE_PORT}"}
-        wait_ready(urls["plain"])
-        wait_ready(urls["serve"])
-        runs = asyncio.run(measure_pairs(urls, model_name, args))
-        print(f"\n{model_name}, {args.max_tokens} tokens/answer, {args.rounds} rounds of {args.requests} paired "
-              f"sequential requests + {args.streams} concurrent streams per server:")
-        print(f"{'metric':28s} {'plain':>10s} {'Ray Serve':>10s} {'serve/plain':>12s} {'pairs: median (min..max)':>26s}")
+        if args.ingress == "haproxy":  # the same replica reached two more ways, to split the overhead
+            urls["replica"] = f"http://127.0.0.1:{DIRECT_PORT}"
+            urls["serve_proxy"] = f"http://127.0.0.1:{FALLBACK_PORT}"
+        for url in urls.values():
+            wait_ready(url)
+        time.sleep(5)
+        idle_before, started = ray_cpu_seconds(), time.perf_counter()
+        time.sleep(10)
+        idle = {k: (v - idle_before.get(k, 0.0)) / (time.perf_counter() - started) for k, v in ray_cpu_seconds().items()}
+        before, started = ray_cpu_seconds(), time.perf_counter()
+        runs = asyncio.run(measure_rounds(urls, model_name, args))
+        busy = {k: (v - before.get(k, 0.0)) / (time.perf_counter() - started) for k, v in ray_cpu_seconds().items()}
+        print(f"\n{model_name}, {args.max_tokens} tokens/answer, {args.rounds} rounds of {args.requests} interleaved "
+              f"sequential requests + {args.streams} concurrent streams per server; serve = Ray Serve's ingress "
+              f"({args.ingress}), replica = the replica's own port, serve_proxy = Serve's Python proxy:")
+        print(f"{'metric':28s} {'server':>12s} {'median':>9s} {'x plain':>8s} {'per round: median (min..max)':>30s}")
         for key, label in (("ttft_ms", "TTFT ms (batch 1)"), ("tok_s", "decode tok/s (batch 1)"),
                            ("agg_tok_s", f"tok/s, {args.streams} streams")):
-            p, s = runs[f"plain_{key}"], runs[f"serve_{key}"]
-            ratios = [b / a for a, b in zip(p, s)]
-            print(f"{label:28s} {statistics.median(p):10.1f} {statistics.median(s):10.1f} "
-                  f"{statistics.median(s) / statistics.median(p):11.2f}x {statistics.median(ratios):12.2f}x "
-                  f"({min(ratios):.2f}..{max(ratios):.2f})")
+            p = runs[f"plain_{key}"]
+            for name in urls:
+                s = runs[f"{name}_{key}"]
+                ratios = [b / a for a, b in zip(p, s)]
+                print(f"{label:28s} {name:>12s} {statistics.median(s):9.1f} {statistics.median(s) / statistics.median(p):7.2f}x "
+                      f"{statistics.median(ratios):12.2f}x ({min(ratios):.2f}..{max(ratios):.2f})")
+        print("Ray's own processes, % of one core (idle 10 s | during the runs): " + ", ".join(
+            f"{k} {100 * idle.get(k, 0):.0f}|{100 * busy.get(k, 0):.0f}" for k in sorted(busy)))
     finally:
         from ray import serve
 
@@ -200,6 +247,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
+                        help="Ray Serve's ingress ([server.ray] ingress); haproxy also times the replica's own port "
+                             "and Serve's Python proxy")
     parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--skip-embed", action="store_true")
     args = parser.parse_args()
