@@ -316,12 +316,30 @@ def test_ray_job_bad_row_in_fail_mode_names_the_row(cluster, tmp_path: Path, min
         run_ray_job(job_spec(path, tmp_path / "out", "jsonl", on_bad_row="fail"), EmbeddingModelConfig(path=minilm_dir))
 
 
-def test_ray_job_resumes_after_a_kill_exactly_once(cluster, tmp_path: Path, minilm_dir: Path, embedder):
+def kill_job_after_parts(args: list[str], out: Path, parts: int) -> dict[str, int]:
+    """Run ``realizar-ort embed --engine ray ARGS`` as a driver on the module's cluster, SIGKILL it once
+    ``parts`` parts have landed; the committed parts' mtimes."""
     import os
     import signal
     import subprocess
     import sys
 
+    script = ("import argparse, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
+              "from realizar_ort.embeddings import batch as b; p = argparse.ArgumentParser(); "
+              "b.add_arguments(p); sys.exit(b.run(p.parse_args(sys.argv[2:])))")
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-c", script, address, *args, "--engine", "ray", "--no-progress"],
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("part-*.parquet"))) < parts:
+        assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+
+
+def test_ray_job_resumes_after_a_kill_exactly_once(cluster, tmp_path: Path, minilm_dir: Path, embedder):
     import numpy as np
 
     from realizar_ort.embeddings.ray_job import run_ray_job
@@ -330,21 +348,9 @@ def test_ray_job_resumes_after_a_kill_exactly_once(cluster, tmp_path: Path, mini
     path = tmp_path / "input.txt"
     path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "out"
-    args = ["--input", str(path), "--output", str(out), "--model", str(minilm_dir), "--engine", "ray",
-            "--chunk-rows", "50", "--batch-size", "16", "--no-progress"]
-    script = ("import argparse, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
-              "from realizar_ort.embeddings import batch as b; p = argparse.ArgumentParser(); "
-              "b.add_arguments(p); sys.exit(b.run(p.parse_args(sys.argv[2:])))")
-    address = ray.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, "-c", script, address, *args], stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("part-*.parquet"))) < 3:
-        assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be killed"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    committed = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    args = ["--input", str(path), "--output", str(out), "--model", str(minilm_dir), "--chunk-rows", "50",
+            "--batch-size", "16"]
+    committed = kill_job_after_parts(args, out, 3)
     assert 3 <= len(committed) < 24
 
     model = EmbeddingModelConfig(path=minilm_dir, session=SessionConfig(intra_op_threads=1))
@@ -359,3 +365,46 @@ def test_ray_job_resumes_after_a_kill_exactly_once(cluster, tmp_path: Path, mini
     np.testing.assert_allclose(vectors, embedder.embed_numpy(rows), atol=1e-5)
     again = run_ray_job(spec, model, concurrency=2)  # a finished job: nothing to do
     assert again.rows_embedded == 1200 and {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == still
+
+
+def test_ray_job_reads_a_directory_and_resumes_across_files(cluster, tmp_path: Path, minilm_dir: Path, embedder):
+    """A directory of text files (one in a subfolder, one with a bad line, a hidden file skipped): ids are
+    ``<file>:<row>``, each file read once by its own read task; killed and resumed, every row exactly once."""
+    import numpy as np
+
+    from realizar_ort.embeddings.ray_job import run_ray_job
+    from realizar_ort.embeddings.records import input_files
+
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    sizes = {"a.txt": 500, "sub/b.txt": 400, "c.txt": 300}
+    texts: dict[str, str] = {}
+    for name, n in sizes.items():
+        lines = [f"{name} row {i}: {TEXTS[i % len(TEXTS)][:60]}".encode() for i in range(n)]
+        if name == "c.txt":
+            lines[7] = b"\xff not utf-8"
+        (folder / name).write_bytes(b"".join(line + b"\n" for line in lines))
+        texts.update({f"{name}:{i}": line.decode() for i, line in enumerate(lines) if not (name == "c.txt" and i == 7)})
+    (folder / ".hidden.txt").write_text("never read\n")
+    out = tmp_path / "out"
+    args = ["--input", str(folder), "--output", str(out), "--model", str(minilm_dir), "--chunk-rows", "50",
+            "--batch-size", "16"]
+    committed = kill_job_after_parts(args, out, 3)
+    assert 3 <= len(committed) < 24
+
+    base, files, fmt = input_files(folder, None)
+    assert (base, fmt, [f.relative_to(folder).as_posix() for f in files]) == (folder, "text", ["a.txt", "c.txt", "sub/b.txt"])
+    model = EmbeddingModelConfig(path=minilm_dir, session=SessionConfig(intra_op_threads=1))
+    spec = job_spec(base, out, fmt, chunk_rows=50, batch_size=16, files=files)
+    summary = run_ray_job(spec, model, concurrency=2)
+    ids, vectors = read_output(out)
+    assert ids == sorted(texts)  # every row of every file exactly once, id = file + row number
+    assert (summary.rows_read, summary.rows_embedded, summary.bad_rows, summary.parts) == (1200, 1199, 1, 24)
+    assert sorted(p.name for p in out.glob("part-*.parquet"))[:2] == ["part-00000-00000.parquet", "part-00000-00001.parquet"]
+    assert [(b["file"], b["row"]) for b in bad_rows(out)] == [("c.txt", 7)]
+    still = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    resumed = {name for name in committed if still.get(name) == committed[name]}
+    assert summary.resumed_from_row >= 50 * len(resumed) >= 150  # committed parts were not redone
+    np.testing.assert_allclose(vectors, embedder.embed_numpy([texts[i] for i in ids]), atol=1e-5)
+    again = run_ray_job(spec, model, concurrency=2)  # a finished job: nothing to do
+    assert again.rows_embedded == 1199 and {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == still
