@@ -2,14 +2,20 @@
 job vs the local one.
 
     flock /work/bench.lock .venv/bin/python bench/ray_overhead.py [--model models/smollm2-135m-instruct]
-        [--requests 4] [--max-tokens 64] [--streams 4] [--rounds 4] [--rows 3000] [--skip-serve] [--skip-embed]
+        [--requests 4] [--max-tokens 64] [--streams 4] [--rounds 4] [--rows 3000] [--ingress haproxy|proxy]
+        [--ray-env KEY=VALUE ...] [--skip-serve] [--skip-embed]
 
-Serving: the same config served twice, both in child processes: ``realizar-ort serve`` (uvicorn) and a
-Ray Serve deployment with one replica (``realizar_ort.server.ray_serve``, on a local ``ray.init(num_cpus=2)``).
-Each round sends ``requests`` streaming requests to both servers, interleaved one by one (order swapped
-each pair; TTFT and decode tokens/s measured at the client from the SSE events; ``ignore_eos`` fixes every
-answer at ``max-tokens``), then ``streams`` concurrent streams to each (aggregate tokens/s). Reported:
-medians, and the median of per-pair Serve/plain ratios with their range (target: within 10%).
+Serving: the same config served by ``realizar-ort serve`` (uvicorn, a child process) and by a Ray Serve
+deployment with one replica (``realizar_ort.server.ray_serve``, on a local ``ray.init(num_cpus=2)``), whose
+ingress is ``--ingress`` (``[server.ray] ingress``). With HAProxy (the default) the same replica is also
+timed through its own HTTP port (``replica``: Serve's direct ingress, no HAProxy) and through Serve's Python
+proxy (``serve_proxy``: the fallback proxy Serve runs beside HAProxy), which splits the overhead. Each
+round sends ``requests`` streaming requests to every server, interleaved one by one (the order rotates;
+TTFT and decode tokens/s measured at the client from the SSE events; ``ignore_eos`` fixes every answer at
+``max-tokens``), then ``streams`` concurrent streams to each (aggregate tokens/s). Reported: medians, their
+ratio to plain, and the median and range of the per-request (per-round) ratios; target: within 10%.
+Then a TTFT split (client TTFT vs the app's own, from its /metrics histogram) and the CPU that Ray's own
+processes use, idle and during the runs.
 
 Embedding: ``rows`` sentences embedded by the local job (one process, 2 threads) and by the Ray Data job
 (2 actors, 1 thread each); rows/s over the whole job, start-up included.
@@ -119,6 +125,33 @@ async def measure_rounds(urls: dict[str, str], model: str, args: argparse.Namesp
     return out
 
 
+def ttft_histogram(text: str) -> tuple[float, float]:
+    """(sum, count) of the server's own TTFT histogram (request arrival at the app to first token)."""
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("realizar_time_to_first_token_seconds_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("realizar_time_to_first_token_seconds_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+async def timeline(urls: dict[str, str], model: str, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """Where one request's TTFT goes, per server: (client TTFT ms, the app's own TTFT ms), means over
+    ``requests`` sequential requests; the difference is the way in and the first event's way out."""
+    out: dict[str, tuple[float, float]] = {}
+    async with httpx.AsyncClient(timeout=300) as client:
+        for name, url in urls.items():
+            metrics_url = (urls["plain"] if name == "plain" else urls["serve"]) + "/metrics"
+            before = ttft_histogram((await client.get(metrics_url)).text)
+            ttfts = [(await one_stream(client, url, model, PROMPTS[i % len(PROMPTS)], 8))[0]
+                     for i in range(2 * args.requests)]
+            after = ttft_histogram((await client.get(metrics_url)).text)
+            server = (after[0] - before[0]) / max(after[1] - before[1], 1)
+            out[name] = (1000 * statistics.mean(ttfts), 1000 * server)
+    return out
+
+
 def ray_cpu_seconds() -> dict[str, float]:
     """CPU seconds used so far by each of Ray's own processes on this machine (replicas excluded)."""
     import psutil
@@ -158,7 +191,8 @@ def bench_serve(args: argparse.Namespace, folder: Path) -> None:
            "RAY_SERVE_HAPROXY_STATS_PORT": str(DIRECT_PORT + 2), "RAY_SERVE_HAPROXY_METRICS_PORT": str(DIRECT_PORT + 3)}
     from realizar_ort.server import ray_serve
 
-    os.environ.update({**env, **ray_serve.ray_env(config)})
+    extra = dict(kv.split("=", 1) for kv in args.ray_env)
+    os.environ.update({**env, **ray_serve.ray_env(config), **extra})
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         ray_serve.deploy(config)
@@ -175,9 +209,11 @@ def bench_serve(args: argparse.Namespace, folder: Path) -> None:
         before, started = ray_cpu_seconds(), time.perf_counter()
         runs = asyncio.run(measure_rounds(urls, model_name, args))
         busy = {k: (v - before.get(k, 0.0)) / (time.perf_counter() - started) for k, v in ray_cpu_seconds().items()}
+        steps = asyncio.run(timeline(urls, model_name, args))
         print(f"\n{model_name}, {args.max_tokens} tokens/answer, {args.rounds} rounds of {args.requests} interleaved "
               f"sequential requests + {args.streams} concurrent streams per server; serve = Ray Serve's ingress "
-              f"({args.ingress}), replica = the replica's own port, serve_proxy = Serve's Python proxy:")
+              f"({args.ingress}{', ' + ' '.join(args.ray_env) if args.ray_env else ''}), replica = the replica's "
+              f"own port, serve_proxy = Serve's Python proxy:")
         print(f"{'metric':28s} {'server':>12s} {'median':>9s} {'x plain':>8s} {'per round: median (min..max)':>30s}")
         for key, label in (("ttft_ms", "TTFT ms (batch 1)"), ("tok_s", "decode tok/s (batch 1)"),
                            ("agg_tok_s", f"tok/s, {args.streams} streams")):
@@ -187,6 +223,10 @@ def bench_serve(args: argparse.Namespace, folder: Path) -> None:
                 ratios = [b / a for a, b in zip(p, s)]
                 print(f"{label:28s} {name:>12s} {statistics.median(s):9.1f} {statistics.median(s) / statistics.median(p):7.2f}x "
                       f"{statistics.median(ratios):12.2f}x ({min(ratios):.2f}..{max(ratios):.2f})")
+        print("TTFT, where it goes (mean of sequential requests, ms): client-side = app's own TTFT "
+              "(arrival at the app -> first token) + the way in and out")
+        for name, (client_ms, server_ms) in steps.items():
+            print(f"  {name:>12s}: client {client_ms:6.1f} = app {server_ms:6.1f} + transport {client_ms - server_ms:6.1f}")
         print("Ray's own processes, % of one core (idle 10 s | during the runs): " + ", ".join(
             f"{k} {100 * idle.get(k, 0):.0f}|{100 * busy.get(k, 0):.0f}" for k in sorted(busy)))
     finally:
@@ -250,6 +290,8 @@ def main() -> int:
     parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
                         help="Ray Serve's ingress ([server.ray] ingress); haproxy also times the replica's own port "
                              "and Serve's Python proxy")
+    parser.add_argument("--ray-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="more environment for Ray's processes (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1)")
     parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--skip-embed", action="store_true")
     args = parser.parse_args()
