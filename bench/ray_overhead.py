@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -108,7 +109,11 @@ async def measure_rounds(urls: dict[str, str], model: str, args: argparse.Namesp
         for url in urls.values():
             await one_stream(client, url, model, "warm up", 4)
         turn = 0
+        deadline = time.monotonic() + args.budget_s
         for r in range(args.rounds):
+            if r and time.monotonic() > deadline:
+                print(f"  stopping after {r} rounds: --budget-s {args.budget_s:.0f} spent", flush=True)
+                break
             for i in range(args.requests):
                 turn += 1
                 for name in names[turn % len(names):] + names[:turn % len(names)]:
@@ -287,6 +292,8 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--budget-s", type=float, default=330.0,
+                        help="start no new round after this many seconds of serving rounds (a busy machine)")
     parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
                         help="Ray Serve's ingress ([server.ray] ingress); haproxy also times the replica's own port "
                              "and Serve's Python proxy")
@@ -295,6 +302,7 @@ def main() -> int:
     parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--skip-embed", action="store_true")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: still stop Ray and the plain server
     with tempfile.TemporaryDirectory(prefix="realizar-ray-bench-") as tmp:
         if not args.skip_serve:
             bench_serve(args, Path(tmp))

@@ -257,7 +257,7 @@ def run_ray_job(spec: JobSpec, model_config: EmbeddingModelConfig, *, concurrenc
         # Remote args given as a function keep the reads tasks of their own: fused into the actors' operator
         # (Ray Data's default), an input file's row would make one actor read *and* embed all of that file.
         files = [{"index": i, "path": str(path), "name": name} for i, path, name in input_list(spec)]
-        chunks = ray.data.from_items(files).map_batches(
+        chunks = ray.data.from_items(files, override_num_blocks=len(files)).map_batches(  # a read task per file
             read_chunks, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": spec, "done": done},
             ray_remote_args_fn=lambda: {"num_cpus": read_cpus})
         committed = chunks.map_batches(
