@@ -99,11 +99,41 @@ async def one_stream(client: httpx.AsyncClient, url: str, model: str, prompt: st
     return first - started, end - first, tokens
 
 
-async def measure_rounds(urls: dict[str, str], model: str, args: argparse.Namespace) -> dict[str, list[float]]:
+def serving_pids(plain_pid: int) -> dict[str, list[int]]:
+    """The processes that serve each endpoint (their CPU per token is the overhead a busy machine hides)."""
+    import psutil
+
+    by_name: dict[str, list[int]] = {}
+    for proc in psutil.process_iter(["name"]):
+        name = proc.info["name"] or ""
+        for key in ("ServeRepli", "haproxy", "ProxyActor"):
+            if key in name:
+                by_name.setdefault(key, []).append(proc.pid)
+    replica = by_name.get("ServeRepli", [])
+    return {"plain": [plain_pid], "serve": replica + by_name.get("haproxy", []), "replica": replica,
+            "serve_proxy": replica + by_name.get("ProxyActor", [])}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+async def measure_rounds(urls: dict[str, str], model: str, args: argparse.Namespace,
+                         pids: dict[str, list[int]] | None = None) -> dict[str, list[float]]:
     """Interleaved runs, request by request (the order of the servers rotates each time), so drift on a shared
     machine hits every server alike: per-request TTFT and batch-1 decode tok/s, and the aggregate tok/s of
     ``streams`` concurrent streams."""
-    out: dict[str, list[float]] = {f"{name}_{key}": [] for name in urls for key in ("ttft_ms", "tok_s", "agg_tok_s")}
+    out: dict[str, list[float]] = {f"{name}_{key}": [] for name in urls
+                                   for key in ("ttft_ms", "tok_s", "agg_tok_s", "cpu_ms_per_token")}
     names = list(urls)
     async with httpx.AsyncClient(timeout=300) as client:
         for url in urls.values():
@@ -122,10 +152,13 @@ async def measure_rounds(urls: dict[str, str], model: str, args: argparse.Namesp
                     out[f"{name}_ttft_ms"].append(1000 * ttft)
                     out[f"{name}_tok_s"].append((tokens - 1) / decode)
             for name in names[r % len(names):] + names[:r % len(names)]:
+                cpu = cpu_seconds(pids.get(name, [])) if pids else 0.0
                 started = time.perf_counter()
                 results = await asyncio.gather(*(one_stream(client, urls[name], model, PROMPTS[k % len(PROMPTS)],
                                                             args.max_tokens) for k in range(args.streams)))
                 out[f"{name}_agg_tok_s"].append(sum(x[2] for x in results) / (time.perf_counter() - started))
+                cpu = (cpu_seconds(pids.get(name, [])) if pids else 0.0) - cpu
+                out[f"{name}_cpu_ms_per_token"].append(1000 * cpu / sum(x[2] for x in results))
             print(f"  round {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in out.items()), flush=True)
     return out
 
@@ -212,7 +245,7 @@ def bench_serve(args: argparse.Namespace, folder: Path) -> None:
         time.sleep(10)
         idle = {k: (v - idle_before.get(k, 0.0)) / (time.perf_counter() - started) for k, v in ray_cpu_seconds().items()}
         before, started = ray_cpu_seconds(), time.perf_counter()
-        runs = asyncio.run(measure_rounds(urls, model_name, args))
+        runs = asyncio.run(measure_rounds(urls, model_name, args, serving_pids(plain.pid)))
         busy = {k: (v - before.get(k, 0.0)) / (time.perf_counter() - started) for k, v in ray_cpu_seconds().items()}
         steps = asyncio.run(timeline(urls, model_name, args))
         print(f"\n{model_name}, {args.max_tokens} tokens/answer, {args.rounds} rounds of {args.requests} interleaved "
@@ -221,7 +254,8 @@ def bench_serve(args: argparse.Namespace, folder: Path) -> None:
               f"own port, serve_proxy = Serve's Python proxy:")
         print(f"{'metric':28s} {'server':>12s} {'median':>9s} {'x plain':>8s} {'per round: median (min..max)':>30s}")
         for key, label in (("ttft_ms", "TTFT ms (batch 1)"), ("tok_s", "decode tok/s (batch 1)"),
-                           ("agg_tok_s", f"tok/s, {args.streams} streams")):
+                           ("agg_tok_s", f"tok/s, {args.streams} streams"),
+                           ("cpu_ms_per_token", f"CPU ms/token, {args.streams} str.")):
             p = runs[f"plain_{key}"]
             for name in urls:
                 s = runs[f"{name}_{key}"]
