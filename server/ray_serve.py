@@ -196,11 +196,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
             log.info("joining Ray at %s: its ingress is the one its nodes were started with (%s for '%s')",
                      address, " ".join(f"{k}={v}" for k, v in ray_env(config).items()), config.server.ray.ingress)
         ray.init(address=address, log_to_driver=config.server.log_level == "debug")
-    deploy(config)
+    try:
+        deploy(config)
+    except KeyboardInterrupt:  # Ctrl-C while the replicas start: take down what was deployed, no traceback
+        log.info("interrupted while deploying: deleting the Serve app '%s'", APP_NAME)
+        serve.shutdown()
+        return 130
     ray_cfg = config.server.ray
-    log.info("listening on http://%s:%d through Ray Serve (%d..%d replicas of app '%s'; /health, /ready, "
-             "/metrics per replica)", config.server.host, config.server.port, ray_cfg.min_replicas,
-             ray_cfg.max_replicas, APP_NAME)
+    log.info("listening on http://%s:%d through Ray Serve's %s ingress (%d..%d replicas of app '%s'; /health, "
+             "/ready, /metrics per replica)", config.server.host, config.server.port, ray_cfg.ingress,
+             ray_cfg.min_replicas, ray_cfg.max_replicas, APP_NAME)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
