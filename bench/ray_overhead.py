@@ -2,14 +2,20 @@
 job vs the local one.
 
     flock /work/bench.lock .venv/bin/python bench/ray_overhead.py [--model models/smollm2-135m-instruct]
-        [--requests 4] [--max-tokens 64] [--streams 4] [--rounds 4] [--rows 3000] [--skip-serve] [--skip-embed]
+        [--requests 4] [--max-tokens 64] [--streams 4] [--rounds 4] [--rows 3000] [--ingress haproxy|proxy]
+        [--ray-env KEY=VALUE ...] [--skip-serve] [--skip-embed]
 
-Serving: the same config served twice, both in child processes: ``realizar-ort serve`` (uvicorn) and a
-Ray Serve deployment with one replica (``realizar_ort.server.ray_serve``, on a local ``ray.init(num_cpus=2)``).
-Each round sends ``requests`` streaming requests to both servers, interleaved one by one (order swapped
-each pair; TTFT and decode tokens/s measured at the client from the SSE events; ``ignore_eos`` fixes every
-answer at ``max-tokens``), then ``streams`` concurrent streams to each (aggregate tokens/s). Reported:
-medians, and the median of per-pair Serve/plain ratios with their range (target: within 10%).
+Serving: the same config served by ``realizar-ort serve`` (uvicorn, a child process) and by a Ray Serve
+deployment with one replica (``realizar_ort.server.ray_serve``, on a local ``ray.init(num_cpus=2)``), whose
+ingress is ``--ingress`` (``[server.ray] ingress``). With HAProxy (the default) the same replica is also
+timed through its own HTTP port (``replica``: Serve's direct ingress, no HAProxy) and through Serve's Python
+proxy (``serve_proxy``: the fallback proxy Serve runs beside HAProxy), which splits the overhead. Each
+round sends ``requests`` streaming requests to every server, interleaved one by one (the order rotates;
+TTFT and decode tokens/s measured at the client from the SSE events; ``ignore_eos`` fixes every answer at
+``max-tokens``), then ``streams`` concurrent streams to each (aggregate tokens/s). Reported: medians, their
+ratio to plain, and the median and range of the per-request (per-round) ratios; target: within 10%.
+Then a TTFT split (client TTFT vs the app's own, from its /metrics histogram) and the CPU that Ray's own
+processes use, idle and during the runs.
 
 Embedding: ``rows`` sentences embedded by the local job (one process, 2 threads) and by the Ray Data job
 (2 actors, 1 thread each); rows/s over the whole job, start-up included.
@@ -21,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,12 +38,12 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-PLAIN_PORT, SERVE_PORT = 18621, 18620
+PLAIN_PORT, SERVE_PORT, FALLBACK_PORT, DIRECT_PORT = 18621, 18620, 18622, 18624
 PROMPTS = ["What is the capital of France?", "Name a primary colour.", "What do bees make?",
            "Which planet is the largest?", "Say hello in Spanish.", "What is 2 + 2?"]
 
 
-def write_config(folder: Path, model: Path, port: int) -> Path:
+def write_config(folder: Path, model: Path, port: int, ingress: str = "haproxy") -> Path:
     path = folder / f"config-{port}.toml"
     path.write_text(f"""
 [models.llm]
@@ -53,6 +60,7 @@ log_level = "warning"
 min_replicas = 1
 max_replicas = 1
 num_cpus = 1.0
+ingress = "{ingress}"
 """)
     return path
 
@@ -91,57 +99,175 @@ async def one_stream(client: httpx.AsyncClient, url: str, model: str, prompt: st
     return first - started, end - first, tokens
 
 
-async def measure_pairs(urls: dict[str, str], model: str, args: argparse.Namespace) -> dict[str, list[float]]:
-    """Paired runs, interleaved request by request (order swapped each pair), so drift on a shared machine
-    hits both servers alike: per-pair TTFT, batch-1 decode tok/s, and aggregate tok/s of ``streams`` streams."""
-    out: dict[str, list[float]] = {f"{name}_{key}": [] for name in urls for key in ("ttft_ms", "tok_s", "agg_tok_s")}
+def serving_pids(plain_pid: int) -> dict[str, list[int]]:
+    """The processes that serve each endpoint (their CPU per token is the overhead a busy machine hides)."""
+    import psutil
+
+    by_name: dict[str, list[int]] = {}
+    for proc in psutil.process_iter(["name"]):
+        name = proc.info["name"] or ""
+        for key in ("ServeRepli", "haproxy", "ProxyActor"):
+            if key in name:
+                by_name.setdefault(key, []).append(proc.pid)
+    replica = by_name.get("ServeRepli", [])
+    return {"plain": [plain_pid], "serve": replica + by_name.get("haproxy", []), "replica": replica,
+            "serve_proxy": replica + by_name.get("ProxyActor", [])}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+async def measure_rounds(urls: dict[str, str], model: str, args: argparse.Namespace,
+                         pids: dict[str, list[int]] | None = None) -> dict[str, list[float]]:
+    """Interleaved runs, request by request (the order of the servers rotates each time), so drift on a shared
+    machine hits every server alike: per-request TTFT and batch-1 decode tok/s, and the aggregate tok/s of
+    ``streams`` concurrent streams."""
+    out: dict[str, list[float]] = {f"{name}_{key}": [] for name in urls
+                                   for key in ("ttft_ms", "tok_s", "agg_tok_s", "cpu_ms_per_token")}
+    names = list(urls)
     async with httpx.AsyncClient(timeout=300) as client:
         for url in urls.values():
             await one_stream(client, url, model, "warm up", 4)
+        turn = 0
+        deadline = time.monotonic() + args.budget_s
         for r in range(args.rounds):
+            if r and time.monotonic() > deadline:
+                print(f"  stopping after {r} rounds: --budget-s {args.budget_s:.0f} spent", flush=True)
+                break
             for i in range(args.requests):
-                order = list(urls) if (r * args.requests + i) % 2 == 0 else list(urls)[::-1]
-                for name in order:
+                turn += 1
+                for name in names[turn % len(names):] + names[:turn % len(names)]:
                     ttft, decode, tokens = await one_stream(client, urls[name], model, PROMPTS[i % len(PROMPTS)],
                                                             args.max_tokens)
                     out[f"{name}_ttft_ms"].append(1000 * ttft)
                     out[f"{name}_tok_s"].append((tokens - 1) / decode)
-            for name in (list(urls) if r % 2 == 0 else list(urls)[::-1]):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                cpu = cpu_seconds(pids.get(name, [])) if pids else 0.0
                 started = time.perf_counter()
                 results = await asyncio.gather(*(one_stream(client, urls[name], model, PROMPTS[k % len(PROMPTS)],
                                                             args.max_tokens) for k in range(args.streams)))
                 out[f"{name}_agg_tok_s"].append(sum(x[2] for x in results) / (time.perf_counter() - started))
+                cpu = (cpu_seconds(pids.get(name, [])) if pids else 0.0) - cpu
+                out[f"{name}_cpu_ms_per_token"].append(1000 * cpu / sum(x[2] for x in results))
             print(f"  round {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in out.items()), flush=True)
+    return out
+
+
+def ttft_histogram(text: str) -> tuple[float, float]:
+    """(sum, count) of the server's own TTFT histogram (request arrival at the app to first token)."""
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("realizar_time_to_first_token_seconds_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("realizar_time_to_first_token_seconds_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+async def timeline(urls: dict[str, str], model: str, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """Where one request's TTFT goes, per server: (client TTFT ms, the app's own TTFT ms), means over
+    ``requests`` sequential requests; the difference is the way in and the first event's way out."""
+    out: dict[str, tuple[float, float]] = {}
+    async with httpx.AsyncClient(timeout=300) as client:
+        for name, url in urls.items():
+            metrics_url = (urls["plain"] if name == "plain" else urls["serve"]) + "/metrics"
+            before = ttft_histogram((await client.get(metrics_url)).text)
+            ttfts = [(await one_stream(client, url, model, PROMPTS[i % len(PROMPTS)], 8))[0]
+                     for i in range(2 * args.requests)]
+            after = ttft_histogram((await client.get(metrics_url)).text)
+            server = (after[0] - before[0]) / max(after[1] - before[1], 1)
+            out[name] = (1000 * statistics.mean(ttfts), 1000 * server)
+    return out
+
+
+def ray_cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each of Ray's own processes on this machine (replicas excluded)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        try:
+            name = proc.info["name"] or ""
+            cmd = " ".join(proc.info["cmdline"] or ())
+            if "ServeReplica" in name or "ServeRepli" in name:
+                continue
+            for key in ("haproxy", "HAProxyMan", "ProxyActor", "ServeContr", "DashboardA", "RuntimeEnv", "raylet",
+                        "gcs_server", "log_monitor", "monitor.py", "dashboard.py", "idle"):
+                if key in name or key in cmd:
+                    times = proc.info["cpu_times"]
+                    out[key] = out.get(key, 0.0) + times.user + times.system
+                    break
+        except Exception:  # noqa: BLE001 - a process that ended meanwhile
+            continue
     return out
 
 
 def bench_serve(args: argparse.Namespace, folder: Path) -> None:
     import ray
-    from realizar_ort.server import ray_serve
-
-    from realizar_ort.config import load_config
 
     model_name = args.model.name
     plain = subprocess.Popen([sys.executable, "-m", "realizar_ort", "serve", "--config",
                               str(write_config(folder, args.model, PLAIN_PORT))],
                              stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    from realizar_ort.config import load_config
+
+    config = load_config(write_config(folder, args.model, SERVE_PORT, args.ingress))
+    # Ray's processes read these when they start; ports kept inside this bench's range
+    env = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(FALLBACK_PORT),
+           "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(DIRECT_PORT),
+           "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(DIRECT_PORT + 1),
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(DIRECT_PORT + 2), "RAY_SERVE_HAPROXY_METRICS_PORT": str(DIRECT_PORT + 3)}
+    from realizar_ort.server import ray_serve
+
+    extra = dict(kv.split("=", 1) for kv in args.ray_env)
+    os.environ.update({**env, **ray_serve.ray_env(config), **extra})
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        ray_serve.deploy(load_config(write_config(folder, args.model, SERVE_PORT)))
+        ray_serve.deploy(config)
         urls = {"plain": f"http://127.0.0.1:{PLAIN_PORT}", "serve": f"http://127.0.0.1:{SERVE_PORT}"}
-        wait_ready(urls["plain"])
-        wait_ready(urls["serve"])
-        runs = asyncio.run(measure_pairs(urls, model_name, args))
-        print(f"\n{model_name}, {args.max_tokens} tokens/answer, {args.rounds} rounds of {args.requests} paired "
-              f"sequential requests + {args.streams} concurrent streams per server:")
-        print(f"{'metric':28s} {'plain':>10s} {'Ray Serve':>10s} {'serve/plain':>12s} {'pairs: median (min..max)':>26s}")
+        if args.ingress == "haproxy":  # the same replica reached two more ways, to split the overhead
+            urls["replica"] = f"http://127.0.0.1:{DIRECT_PORT}"
+            urls["serve_proxy"] = f"http://127.0.0.1:{FALLBACK_PORT}"
+        for url in urls.values():
+            wait_ready(url)
+        time.sleep(5)
+        idle_before, started = ray_cpu_seconds(), time.perf_counter()
+        time.sleep(10)
+        idle = {k: (v - idle_before.get(k, 0.0)) / (time.perf_counter() - started) for k, v in ray_cpu_seconds().items()}
+        before, started = ray_cpu_seconds(), time.perf_counter()
+        runs = asyncio.run(measure_rounds(urls, model_name, args, serving_pids(plain.pid)))
+        busy = {k: (v - before.get(k, 0.0)) / (time.perf_counter() - started) for k, v in ray_cpu_seconds().items()}
+        steps = asyncio.run(timeline(urls, model_name, args))
+        print(f"\n{model_name}, {args.max_tokens} tokens/answer, {args.rounds} rounds of {args.requests} interleaved "
+              f"sequential requests + {args.streams} concurrent streams per server; serve = Ray Serve's ingress "
+              f"({args.ingress}{', ' + ' '.join(args.ray_env) if args.ray_env else ''}), replica = the replica's "
+              f"own port, serve_proxy = Serve's Python proxy:")
+        print(f"{'metric':28s} {'server':>12s} {'median':>9s} {'x plain':>8s} {'per round: median (min..max)':>30s}")
         for key, label in (("ttft_ms", "TTFT ms (batch 1)"), ("tok_s", "decode tok/s (batch 1)"),
-                           ("agg_tok_s", f"tok/s, {args.streams} streams")):
-            p, s = runs[f"plain_{key}"], runs[f"serve_{key}"]
-            ratios = [b / a for a, b in zip(p, s)]
-            print(f"{label:28s} {statistics.median(p):10.1f} {statistics.median(s):10.1f} "
-                  f"{statistics.median(s) / statistics.median(p):11.2f}x {statistics.median(ratios):12.2f}x "
-                  f"({min(ratios):.2f}..{max(ratios):.2f})")
+                           ("agg_tok_s", f"tok/s, {args.streams} streams"),
+                           ("cpu_ms_per_token", f"CPU ms/token, {args.streams} str.")):
+            p = runs[f"plain_{key}"]
+            for name in urls:
+                s = runs[f"{name}_{key}"]
+                ratios = [b / a for a, b in zip(p, s)]
+                print(f"{label:28s} {name:>12s} {statistics.median(s):9.1f} {statistics.median(s) / statistics.median(p):7.2f}x "
+                      f"{statistics.median(ratios):12.2f}x ({min(ratios):.2f}..{max(ratios):.2f})")
+        print("TTFT, where it goes (mean of sequential requests, ms): client-side = app's own TTFT "
+              "(arrival at the app -> first token) + the way in and out")
+        for name, (client_ms, server_ms) in steps.items():
+            print(f"  {name:>12s}: client {client_ms:6.1f} = app {server_ms:6.1f} + transport {client_ms - server_ms:6.1f}")
+        print("Ray's own processes, % of one core (idle 10 s | during the runs): " + ", ".join(
+            f"{k} {100 * idle.get(k, 0):.0f}|{100 * busy.get(k, 0):.0f}" for k in sorted(busy)))
     finally:
         from ray import serve
 
@@ -200,9 +326,17 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--budget-s", type=float, default=330.0,
+                        help="start no new round after this many seconds of serving rounds (a busy machine)")
+    parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
+                        help="Ray Serve's ingress ([server.ray] ingress); haproxy also times the replica's own port "
+                             "and Serve's Python proxy")
+    parser.add_argument("--ray-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="more environment for Ray's processes (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1)")
     parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--skip-embed", action="store_true")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: still stop Ray and the plain server
     with tempfile.TemporaryDirectory(prefix="realizar-ray-bench-") as tmp:
         if not args.skip_serve:
             bench_serve(args, Path(tmp))

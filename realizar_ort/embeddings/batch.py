@@ -40,7 +40,7 @@ from .job import (
     embed_chunk,
     write_part,
 )
-from .records import FORMATS, count_records, detect_format, read_records
+from .records import FORMATS, count_records, input_files, read_records
 
 __all__ = ["add_arguments", "run", "run_local_job"]
 
@@ -177,7 +177,9 @@ def _say(message: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", type=Path, required=True, help="JSONL, CSV, Parquet or text file (one text per line)")
+    parser.add_argument("--input", type=Path, required=True,
+                        help="JSONL, CSV, Parquet or text file (one text per line); --engine ray also takes a "
+                             "directory or a quoted glob (ids then '<file>:<row>')")
     parser.add_argument("--output", type=Path, required=True,
                         help="output folder: a Parquet dataset of part files (id, vector) plus _progress.json")
     parser.add_argument("--format", choices=FORMATS, help="input format (default: from the file suffix)")
@@ -209,15 +211,17 @@ def _model_config(args: argparse.Namespace) -> EmbeddingModelConfig:
 
 
 def job_spec(args: argparse.Namespace, model_config: EmbeddingModelConfig) -> JobSpec:
-    if not args.input.is_file():
-        raise BatchJobError(f"--input {args.input} is not a file")
-    fmt = args.format or detect_format(args.input)
+    base, files, fmt = input_files(args.input, args.format)
+    if files and args.engine != "ray":
+        raise BatchJobError(f"--input {args.input} is a directory or a glob: the local engine reads one file; "
+                            f"use --engine ray for several")
     if fmt == "text" and args.id_field:
         raise BatchJobError("--id-field does not apply to --format text (ids are line numbers)")
     batch_size = args.batch_size or model_config.batch_size
     if batch_size <= 0 or args.chunk_rows <= 0:
         raise BatchJobError("--batch-size and --chunk-rows must be > 0")
-    return JobSpec(args.input, args.output, fmt, args.text_field, args.id_field, args.on_bad_row, batch_size, args.chunk_rows)
+    return JobSpec(base, args.output, fmt, args.text_field, args.id_field, args.on_bad_row, batch_size, args.chunk_rows,
+                   files)
 
 
 def run(args: argparse.Namespace) -> int:

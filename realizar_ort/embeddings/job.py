@@ -40,6 +40,9 @@ class Record:
 
 @dataclass(frozen=True)
 class JobSpec:
+    """``input`` is one file, or (``files`` not empty: a directory or a glob, Ray job only) the folder the
+    ``files`` are named relative to."""
+
     input: Path
     output: Path
     format: str
@@ -48,6 +51,7 @@ class JobSpec:
     on_bad_row: str  # "skip" | "fail"
     batch_size: int
     chunk_rows: int
+    files: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -123,20 +127,23 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def part_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
+def part_name(index: int | str) -> str:
+    """``part-<index>.parquet``: a chunk number, or a ready-made key (the Ray job's ``<file>-<chunk>``)."""
+    return f"part-{index if isinstance(index, str) else f'{index:05d}'}.parquet"
 
 
-def bad_rows_name(index: int) -> str:
-    return f"part-{index:05d}.jsonl"
+def bad_rows_name(index: int | str) -> str:
+    return f"part-{index if isinstance(index, str) else f'{index:05d}'}.jsonl"
 
 
-def bad_rows_jsonl(bad: list[Record]) -> bytes:
-    return b"".join(orjson.dumps({"row": r.row, "id": r.id, "reason": r.error}) + b"\n"
+def bad_rows_jsonl(bad: list[Record], file: str | None = None) -> bytes:
+    """The bad rows' listing, one JSON object per row (``file`` too, when the input has several files)."""
+    where = {"file": file} if file is not None else {}
+    return b"".join(orjson.dumps({**where, "row": r.row, "id": r.id, "reason": r.error}) + b"\n"
                     for r in sorted(bad, key=lambda r: r.row))
 
 
-def write_part(out: Path, index: int, ids: list[Any], vectors: Any, dim: int, string_ids: bool,
+def write_part(out: Path, index: int | str, ids: list[Any], vectors: Any, dim: int, string_ids: bool,
                metadata: dict[str, str] | None = None) -> None:
     """``out/part-<index>.parquet`` (columns ``id``, ``vector``), written under a temporary name and renamed."""
     import pyarrow as pa

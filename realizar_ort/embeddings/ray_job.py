@@ -1,20 +1,25 @@
 """``realizar-ort embed --engine ray``: the batch job on Ray Data, one :class:`EmbeddingEngine` per actor.
 
-Pipeline: ``from_items([input]) -> map_batches(read_chunks) -> map_batches(ChunkEmbedder, batch_size=1,
-concurrency=N)``, and the driver collects each chunk's counts. One task reads the input once, in order,
-with the local job's reader (:func:`~.records.read_records`: JSONL, CSV, Parquet or ``--format text``, the
-same rows accepted and refused), and emits one Ray Data row per chunk of ``--chunk-rows`` input rows
-(row numbers, ids, texts, bad rows). Each actor embeds whole chunks and commits each one as the local job
-does: its bad rows to ``OUT/_bad_rows/part-<k>.jsonl``, then ``OUT/part-<k>.parquet``, each written under a
-temporary name and renamed. The output is the local job's: ids are the 0-based row number in the input
-file (or ``--id-field``, as strings), so one input gives the same Parquet rows on either engine.
+Pipeline: ``from_items(input files) -> map_batches(read_chunks) -> map_batches(ChunkEmbedder,
+batch_size=1, concurrency=N)``, and the driver collects each chunk's counts. One task per input file reads
+that file once, in order, with the local job's reader (:func:`~.records.read_records`: JSONL, CSV, Parquet
+or ``--format text``, the same rows accepted and refused), and emits one Ray Data row per chunk of
+``--chunk-rows`` rows of that file (row numbers, ids, texts, bad rows). Each actor embeds whole chunks and
+commits each one as the local job does: its bad rows to ``OUT/_bad_rows/part-<key>.jsonl``, then
+``OUT/part-<key>.parquet``, each written under a temporary name and renamed.
 
-Resume, exactly once: chunk ``k`` always holds input rows ``[k * chunk_rows, (k + 1) * chunk_rows)``, and
-``part-<k>.parquet`` appears (by rename) only after it is complete, so a rerun of the same job (checked
-against ``OUT/_job.json``: input size and mtime, fields, chunk size, model) skips every chunk whose part
-exists and redoes the rest; a task Ray retries rewrites the same part. Each part records its counts in
-its Parquet metadata, from which the final summary is summed (``resumed_from_row`` is then the number of
-rows already committed before this run).
+One input file: the output is the local job's (chunk ``k`` is ``part-<k>``, ids are the 0-based row
+number, or ``--id-field`` as strings), so one input gives the same Parquet rows on either engine. A
+directory or a glob (:func:`~.records.input_files`: sorted by relative name): chunk ``k`` of file ``f`` is
+``part-<f>-<k>`` and ids are the strings ``<relative file name>:<row>`` (or ``--id-field``); bad rows are
+listed with their file.
+
+Resume, exactly once: a chunk always holds the same rows (``[k * chunk_rows, (k + 1) * chunk_rows)`` of its
+file), and its part appears (by rename) only after it is complete, so a rerun of the same job (checked
+against ``OUT/_job.json``: every input file's name, size and mtime, fields, chunk size, model) skips every
+chunk whose part exists and redoes the rest; a task Ray retries rewrites the same part. Each part records
+its counts in its Parquet metadata, from which the final summary is summed (``resumed_from_row`` is then
+the number of rows already committed before this run).
 
 ``--output`` must be a folder every node can write (a shared filesystem) and the model folder must exist
 at the same path on every node. Costs: each actor loads the model once (~0.3 s, ~200 MB); chunks travel
@@ -49,7 +54,7 @@ from .job import (
 )
 from .records import read_records
 
-__all__ = ["JOB_FILE", "ChunkEmbedder", "read_chunks", "run_ray_job"]
+__all__ = ["JOB_FILE", "ChunkEmbedder", "chunk_key", "input_list", "read_chunks", "run_ray_job"]
 
 JOB_FILE = "_job.json"
 _COUNTS = ("rows_read", "rows_embedded", "bad_rows", "tokens")
@@ -58,31 +63,54 @@ _COUNTS = ("rows_read", "rows_embedded", "bad_rows", "tokens")
 # ---- the read task: the input, once, as whole chunks ----------------------------------------------------
 
 
-def read_chunks(batch: Any, *, spec: JobSpec, done: frozenset[int]) -> Iterator[Any]:
-    """Ray ``map_batches`` generator: one pyarrow row per chunk not in ``done`` (list columns ``rows``,
-    ``ids``, ``texts``, ``errors``). Raises :class:`BatchJobError` at a bad row when ``on_bad_row`` is fail."""
+def input_list(spec: JobSpec) -> list[tuple[int, Path, str | None]]:
+    """``(index, path, name)`` of each input file; ``name`` (relative to ``spec.input``) only when several."""
+    if not spec.files:
+        return [(0, spec.input, None)]
+    return [(i, path, path.relative_to(spec.input).as_posix()) for i, path in enumerate(spec.files)]
+
+
+def chunk_key(file_index: int, k: int, multi: bool) -> str:
+    """The part key of chunk ``k`` of a file: ``00007`` (one input file), ``00002-00007`` (several)."""
+    return f"{file_index:05d}-{k:05d}" if multi else f"{k:05d}"
+
+
+def read_chunks(batch: Any, *, spec: JobSpec, done: frozenset[str]) -> Iterator[Any]:
+    """Ray ``map_batches`` generator over input files (columns ``index``, ``path``, ``name``): one pyarrow row
+    per chunk not in ``done`` (``chunk``, ``file``, and list columns ``rows``, ``ids``, ``texts``,
+    ``errors``). Raises :class:`BatchJobError` at a bad row when ``on_bad_row`` is fail."""
+    for file in batch.to_pylist():
+        yield from _file_chunks(spec, done, file["index"], Path(file["path"]), file["name"])
+
+
+def _file_chunks(spec: JobSpec, done: frozenset[str], file_index: int, path: Path, name: str | None) -> Iterator[Any]:
+    multi = name is not None
     chunk: list[Record] = []
     index = -1
-    for record in read_records(spec.input, spec.format, spec.text_field, spec.id_field):
+    for record in read_records(path, spec.format, spec.text_field, spec.id_field):
         k = record.row // spec.chunk_rows
         if k != index:
             if chunk:
-                yield _chunk_table(index, chunk)
+                yield _chunk_table(chunk_key(file_index, index, multi), path, name, chunk)
             chunk, index = [], k
-        if k in done:
+        if chunk_key(file_index, k, multi) in done:
             continue
         if record.error is not None and spec.on_bad_row == "fail":
-            raise BatchJobError(_bad_row_message(spec, record))
+            raise BatchJobError(_bad_row_message(path, record))
+        if multi and record.id is None:  # a stable id from the input: file + row number
+            record = Record(record.row, f"{name}:{record.row}", record.text, record.error)
         chunk.append(record)
     if chunk:
-        yield _chunk_table(index, chunk)
+        yield _chunk_table(chunk_key(file_index, index, multi), path, name, chunk)
 
 
-def _chunk_table(index: int, records: list[Record]) -> Any:
+def _chunk_table(key: str, path: Path, name: str | None, records: list[Record]) -> Any:
     import pyarrow as pa
 
     return pa.table({
-        "chunk": pa.array([index], pa.int64()),
+        "chunk": pa.array([key], pa.string()),
+        "path": pa.array([str(path)], pa.string()),
+        "file": pa.array([name], pa.string()),
         "rows": pa.array([[r.row for r in records]], pa.list_(pa.int64())),
         "ids": pa.array([[r.id for r in records]], pa.list_(pa.string())),
         "texts": pa.array([[r.text for r in records]], pa.list_(pa.string())),
@@ -90,8 +118,8 @@ def _chunk_table(index: int, records: list[Record]) -> Any:
     })
 
 
-def _bad_row_message(spec: JobSpec, record: Record) -> str:
-    return f"row {record.row} of {spec.input}: {record.error} (pass --on-bad-row skip to skip bad rows)"
+def _bad_row_message(path: Path, record: Record) -> str:
+    return f"row {record.row} of {path}: {record.error} (pass --on-bad-row skip to skip bad rows)"
 
 
 # ---- the actors: embed and commit whole chunks ---------------------------------------------------------
@@ -109,24 +137,24 @@ class ChunkEmbedder:
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        counts: dict[str, list[int]] = {"chunk": [], **{name: [] for name in _COUNTS}}
+        counts: dict[str, list[int]] = {name: [] for name in _COUNTS}
         for row in batch.to_pylist():
             records = [Record(*fields) for fields in zip(row["rows"], row["ids"], row["texts"], row["errors"])]
-            for name, value in zip(_COUNTS, self._commit(row["chunk"], records)):
+            for name, value in zip(_COUNTS, self._commit(row["chunk"], Path(row["path"]), row["file"], records)):
                 counts[name].append(value)
-            counts["chunk"].append(row["chunk"])
         return pa.table({name: pa.array(values, pa.int64()) for name, values in counts.items()})
 
-    def _commit(self, index: int, records: list[Record]) -> tuple[int, int, int, int]:
+    def _commit(self, key: str, path: Path, name: str | None, records: list[Record]) -> tuple[int, int, int, int]:
         spec = self.spec
         good, bad, vectors, tokens = embed_chunk(self.engine, records, spec.batch_size)
         if bad and spec.on_bad_row == "fail":
-            raise BatchJobError(_bad_row_message(spec, bad[0]))
+            raise BatchJobError(_bad_row_message(path, bad[0]))
         counts = (len(records), len(good), len(bad), tokens)
         if bad:  # first the bad rows, then the part: a part on disk means its whole chunk is committed
-            atomic_write(spec.output / BAD_ROWS_DIR / bad_rows_name(index), bad_rows_jsonl(bad))
-        ids = [r.id if spec.id_field else r.row for r in good]
-        write_part(spec.output, index, ids, vectors, self.engine.dimension, spec.id_field is not None,
+            atomic_write(spec.output / BAD_ROWS_DIR / bad_rows_name(key), bad_rows_jsonl(bad, name))
+        string_ids = spec.id_field is not None or bool(spec.files)  # several files: ids are "<file>:<row>"
+        ids = [r.id if string_ids else r.row for r in good]
+        write_part(spec.output, key, ids, vectors, self.engine.dimension, string_ids,
                    metadata={name: str(value) for name, value in zip(_COUNTS, counts)})
         return counts
 
@@ -135,11 +163,15 @@ class ChunkEmbedder:
 
 
 def _fingerprint(spec: JobSpec, model_config: EmbeddingModelConfig) -> dict[str, Any]:
-    stat = spec.input.stat()
     manifest = load_manifest(model_config.path)
+    if spec.files:
+        where: dict[str, Any] = {"input": str(spec.input.resolve()), "files": [
+            [name, path.stat().st_size, path.stat().st_mtime_ns] for _, path, name in input_list(spec)]}
+    else:
+        stat = spec.input.stat()
+        where = {"input": str(spec.input.resolve()), "input_size": stat.st_size, "input_mtime_ns": stat.st_mtime_ns}
     return {
-        "engine": "ray", "input": str(spec.input.resolve()), "input_size": stat.st_size,
-        "input_mtime_ns": stat.st_mtime_ns, "format": spec.format, "text_field": spec.text_field,
+        "engine": "ray", **where, "format": spec.format, "text_field": spec.text_field,
         "id_field": spec.id_field, "chunk_rows": spec.chunk_rows, "model": manifest.name,
         "model_sha256": manifest.source.get("sha256"), "overflow": model_config.overflow,
     }
@@ -168,14 +200,19 @@ def _prepare_output(spec: JobSpec, job: dict[str, Any], overwrite: bool) -> dict
     for path in list(out.glob("*.tmp")) + list((out / BAD_ROWS_DIR).glob("*.tmp")):
         path.unlink()
     for path in (out / BAD_ROWS_DIR).glob("part-*.jsonl"):  # bad rows of a chunk whose part never landed
-        if int(path.name.split(".")[0].split("-")[1]) not in done:
+        if _key(path) not in done:
             path.unlink()
     atomic_write(job_path, json.dumps(state, indent=2).encode())
     return state
 
 
-def _done_chunks(out: Path) -> set[int]:
-    return {int(p.name.split(".")[0].split("-")[1]) for p in out.glob("part-*.parquet")}
+def _key(path: Path) -> str:
+    """``part-<key>.parquet`` or ``.jsonl`` -> ``<key>``."""
+    return path.name.split(".")[0].removeprefix("part-")
+
+
+def _done_chunks(out: Path) -> set[str]:
+    return {_key(p) for p in out.glob("part-*.parquet")}
 
 
 def _committed_counts(out: Path) -> dict[str, int]:
@@ -217,9 +254,10 @@ def run_ray_job(spec: JobSpec, model_config: EmbeddingModelConfig, *, concurrenc
     block_size = context.target_max_block_size
     context.target_max_block_size = 1  # every chunk its own block: embedding starts while the input is read
     try:
-        # Remote args given as a function keep the read a task of its own: fused into the actors' operator
-        # (Ray Data's default), the one input row would make one actor read *and* embed everything.
-        chunks = ray.data.from_items([{"input": str(spec.input)}]).map_batches(
+        # Remote args given as a function keep the reads tasks of their own: fused into the actors' operator
+        # (Ray Data's default), an input file's row would make one actor read *and* embed all of that file.
+        files = [{"index": i, "path": str(path), "name": name} for i, path, name in input_list(spec)]
+        chunks = ray.data.from_items(files, override_num_blocks=len(files)).map_batches(  # a read task per file
             read_chunks, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": spec, "done": done},
             ray_remote_args_fn=lambda: {"num_cpus": read_cpus})
         committed = chunks.map_batches(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .job import BatchJobError, Record, parse_json_line, record_from_object
 
-__all__ = ["FORMATS", "count_records", "detect_format", "read_records"]
+__all__ = ["FORMATS", "count_records", "detect_format", "input_files", "read_records"]
 
 FORMATS = ("jsonl", "csv", "parquet", "text")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
@@ -23,6 +23,39 @@ def detect_format(path: Path) -> str:
     if fmt is None:
         raise BatchJobError(f"cannot tell the format of {path} from its suffix: pass --format {'|'.join(FORMATS)}")
     return fmt
+
+
+def input_files(pattern: Path, fmt: str | None) -> tuple[Path, tuple[Path, ...], str]:
+    """What ``--input`` names: ``(base, files, format)``. A file gives ``(file, (), format)``. A directory
+    (searched recursively) or a glob (``data/*.jsonl``, ``data/**/*.txt``) gives the folder the files are
+    named relative to and the matching files, sorted by that relative name, so a file's place and its rows'
+    ids (``<relative name>:<row>``) do not depend on the order the filesystem lists them. Names starting
+    with ``.`` or ``_`` are skipped (hidden files, job folders). Without ``fmt``, every file's suffix must
+    name the same format."""
+    if pattern.is_file():
+        return pattern, (), fmt or detect_format(pattern)
+    if pattern.is_dir():
+        base, matches = pattern, pattern.rglob("*")
+    elif any(ch in str(pattern) for ch in "*?["):
+        parts = pattern.parts
+        first = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+        base = Path(*parts[:first]) if first else Path(".")
+        matches = base.glob(str(Path(*parts[first:])))
+    else:
+        raise BatchJobError(f"--input {pattern} is not a file, a directory or a glob")
+    files = sorted((p for p in matches if p.is_file()
+                    and not any(part.startswith((".", "_")) for part in p.relative_to(base).parts)),
+                   key=lambda p: p.relative_to(base).as_posix())
+    if fmt is None:
+        files = [p for p in files if p.suffix.lower() in _SUFFIXES] if pattern.is_dir() else files
+        formats = {detect_format(p) for p in files}
+        if len(formats) > 1:
+            raise BatchJobError(f"--input {pattern} mixes formats ({', '.join(sorted(formats))}): pass --format "
+                                f"or narrow the input to one kind of file")
+        fmt = formats.pop() if formats else None
+    if not files or fmt is None:
+        raise BatchJobError(f"--input {pattern} matches no input file")
+    return base, tuple(files), fmt
 
 
 def read_records(path: Path, fmt: str, text_field: str, id_field: str | None) -> Iterator[Record]:

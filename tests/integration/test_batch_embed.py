@@ -138,6 +138,13 @@ def test_cli_summary_and_refusal_of_a_different_job(tmp_path: Path, minilm_dir: 
     assert _read_output(tmp_path / "out")[0] == [0]
 
 
+def test_local_engine_refuses_a_directory_or_glob(tmp_path: Path, minilm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_input(tmp_path, "text", TEXTS[:2])
+    for pattern in (tmp_path, tmp_path / "*.txt"):
+        assert _cli(["--input", str(pattern), "--output", str(tmp_path / "out"), "--model", str(minilm_dir)]) == 1
+        assert "is a directory or a glob: the local engine reads one file; use --engine ray" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path: Path, minilm_dir: Path, engine: EmbeddingEngine) -> None:
     rows = [f"row {i}: {TEXTS[i % len(TEXTS)][:60]}" for i in range(3000)]

@@ -61,6 +61,7 @@ def test_defaults_fill_missing_keys() -> None:
         ({"server": {"ray": {"target_ongoing_requests": 0}}}, "'server.ray.target_ongoing_requests' must be > 0"),
         ({"server": {"ray": {"num_cpus": 0}}}, "'server.ray.num_cpus' must be > 0"),
         ({"server": {"ray": 2}}, "[server.ray] must be a table"),
+        ({"server": {"ray": {"ingress": "nginx"}}}, "'server.ray.ingress' must be one of ['haproxy', 'proxy']"),
         ({"models": {"llm": {"path": "m", "prefix_cache_mb": -1}}}, "'models.llm.prefix_cache_mb' must be >= 0"),
         ({"models": {"llm": {"path": "m", "prefix_cache_mb": 1.5}}}, "'models.llm.prefix_cache_mb' must be an integer"),
         ({"models": {"llm": {"path": "m", "prefix_cache_mb": False}}}, "'models.llm.prefix_cache_mb' must be an integer"),
@@ -76,7 +77,8 @@ def test_server_ray_section() -> None:
     ray = _parse({"server": {"ray": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 6}}}).server.ray
     assert (ray.min_replicas, ray.max_replicas, ray.target_ongoing_requests) == (1, 4, 6.0)
     default = _parse({}).server.ray
-    assert (default.min_replicas, default.max_replicas, default.num_cpus) == (1, 1, 1.0)
+    assert (default.min_replicas, default.max_replicas, default.num_cpus, default.ingress) == (1, 1, 1.0, "haproxy")
+    assert _parse({"server": {"ray": {"ingress": "proxy"}}}).server.ray.ingress == "proxy"
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from realizar_ort.embeddings.job import BatchJobError, Record, parse_json_line
-from realizar_ort.embeddings.records import count_records, detect_format, read_records
+from realizar_ort.embeddings.records import count_records, detect_format, input_files, read_records
 
 
 @pytest.mark.parametrize(
@@ -58,3 +58,24 @@ def test_detect_format() -> None:
     assert [detect_format(Path(p)) for p in ("a.jsonl", "b.CSV", "c.parquet", "d.txt")] == ["jsonl", "csv", "parquet", "text"]
     with pytest.raises(BatchJobError, match="pass --format"):
         detect_format(Path("data.xlsx"))
+
+
+def test_input_files_from_a_file_a_directory_or_a_glob(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    for name in ("b.txt", "a.txt", "sub/c.txt", ".hidden.txt", "_job.txt", "notes.md"):
+        (tmp_path / name).write_text("x\n")
+    assert input_files(tmp_path / "a.txt", None) == (tmp_path / "a.txt", (), "text")
+    names = ["a.txt", "b.txt", "sub/c.txt"]  # sorted by relative name; hidden, "_" and unknown suffixes skipped
+    assert input_files(tmp_path, None) == (tmp_path, tuple(tmp_path / n for n in names), "text")
+    assert input_files(tmp_path / "*.txt", None) == (tmp_path, (tmp_path / "a.txt", tmp_path / "b.txt"), "text")
+    assert input_files(tmp_path / "**" / "*.txt", None)[1] == tuple(tmp_path / n for n in names)
+    assert input_files(tmp_path / "*.md", "jsonl") == (tmp_path, (tmp_path / "notes.md",), "jsonl")
+    with pytest.raises(BatchJobError, match=r"cannot tell the format of .*notes.md"):
+        input_files(tmp_path / "*", None)
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    with pytest.raises(BatchJobError, match=r"mixes formats \(jsonl, text\): pass --format"):
+        input_files(tmp_path, None)
+    with pytest.raises(BatchJobError, match=r"matches no input file"):
+        input_files(tmp_path / "*.csv", None)
+    with pytest.raises(BatchJobError, match=r"is not a file, a directory or a glob"):
+        input_files(tmp_path / "missing.txt", None)
