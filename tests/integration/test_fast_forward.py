@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 
 from realizar_ort.config import LlmModelConfig
+from realizar_ort.generation import scheduler as scheduler_module
 from realizar_ort.generation.engine import ModelEngine
 from realizar_ort.generation.results import GenerationResult
 from realizar_ort.generation.sampling import SamplingParams
@@ -125,6 +126,42 @@ def test_batched_rows_feed_forced_tokens_next_to_sampled_ones(tiny: ModelEngine)
         jsonschema.validate(json.loads(r.text), PERSON)
     assert after["forced_tokens"] - before["forced_tokens"] >= 40
     assert after["model_steps_saved"] > before["model_steps_saved"]
+
+
+MIXED_ASKS = ["Describe a person as JSON.", "A person who likes chess, as JSON.", "Invent someone.",
+              "Give me a JSON person living on a long street with a very long name, please."]
+
+
+def _greedy_person(engine: ModelEngine, i: int) -> list[int]:
+    grammar, _ = _grammar(engine, PERSON)
+    params = SamplingParams(max_tokens=160, temperature=0, logit_processors=(grammar,))
+    result = engine.chat([{"role": "user", "content": MIXED_ASKS[i]}], params)
+    assert result.finish_reason == "stop", result.text
+    jsonschema.validate(json.loads(result.text), PERSON)
+    return result.token_ids
+
+
+def test_rows_feeding_forced_runs_in_a_batch_give_each_row_its_tokens_alone(
+        tiny: ModelEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Greedy answers of four streams at once, where rows feed forced runs in passes of their own (the
+    margin set to 0 takes every such pass) or one token per step next to rows that sample, are token for
+    token what each request gives alone (where the whole run and the sampled token go in one pass)."""
+    alone = [_greedy_person(tiny, i) for i in range(4)]
+    monkeypatch.setattr(scheduler_module, "PASS_MARGIN", 0.0)
+    results: list = [None] * 4
+    before = tiny.stats()
+
+    def worker(i: int) -> None:
+        results[i] = _greedy_person(tiny, i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = tiny.stats()
+    assert after["forced_passes"] > before["forced_passes"]  # rows fed runs in passes of their own
+    assert results == alone
 
 
 @pytest.mark.parametrize("model", ["smollm2", "tiny"])
