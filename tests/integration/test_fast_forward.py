@@ -141,13 +141,16 @@ def _greedy_person(engine: ModelEngine, i: int) -> list[int]:
     return result.token_ids
 
 
+@pytest.mark.parametrize("own_passes", [True, False])
 def test_rows_feeding_forced_runs_in_a_batch_give_each_row_its_tokens_alone(
-        tiny: ModelEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Greedy answers of four streams at once, where rows feed forced runs in passes of their own (the
-    margin set to 0 takes every such pass) or one token per step next to rows that sample, are token for
-    token what each request gives alone (where the whole run and the sampled token go in one pass)."""
+        tiny: ModelEngine, monkeypatch: pytest.MonkeyPatch, own_passes: bool) -> None:
+    """Greedy answers of four streams at once, where rows feed forced runs in passes of their own (the cost
+    model told that every such pass pays) or one token per step (told that none does) next to rows that
+    sample, are token for token what each request gives alone (where the whole run and the sampled token go
+    in one pass)."""
     alone = [_greedy_person(tiny, i) for i in range(4)]
-    monkeypatch.setattr(scheduler_module, "PASS_MARGIN", 0.0)
+    worth = 1.0 if own_passes else 0.0
+    monkeypatch.setattr(scheduler_module._PassCosts, "row_step", lambda self, b, queued: worth)
     results: list = [None] * 4
     before = tiny.stats()
 
@@ -160,7 +163,7 @@ def test_rows_feeding_forced_runs_in_a_batch_give_each_row_its_tokens_alone(
     for t in threads:
         t.join()
     after = tiny.stats()
-    assert after["forced_passes"] > before["forced_passes"]  # rows fed runs in passes of their own
+    assert (after["forced_passes"] > before["forced_passes"]) == own_passes  # rows fed runs in passes of their own
     assert results == alone
 
 
