@@ -416,7 +416,9 @@ class Scheduler:
         """The only row: its sampled token and every forced one in one pass (a prefill chunk); logits [1, V]."""
         self._deliver()
         tokens = [request.next_token, *request.pending]
+        started = time.perf_counter()
         logits = self.decoder.extend(0, tokens, request.seq_length)[None, :]
+        self._costs.record_feed(len(tokens), time.perf_counter() - started)  # the same kind of pass as in a batch
         request.seq_length += len(tokens)
         request.pending = []
         self._counters["model_steps_saved"] += len(tokens) - 1
@@ -435,7 +437,7 @@ class Scheduler:
         row_step = self._costs.row_step(b, queued=bool(self._waiting))
         for row, request in enumerate(running):
             n = len(request.pending)
-            if n < 2 or n * row_step <= PASS_MARGIN * self._costs.feed(b, n):
+            if n < 2 or n * row_step <= PASS_MARGIN * self._costs.feed(n):
                 continue
             tokens = [request.next_token, *request.pending[:-1]]
             started = time.perf_counter()
@@ -561,10 +563,10 @@ class Scheduler:
 
 class _PassCosts:
     """Running estimates (moving averages, seconds) of what a decode step of b rows and a one-row feeding
-    pass of N tokens cost here, so `_feed_long_runs` can tell when such a pass pays. Until a size has been
-    measured: a step is taken as the nearest measured one (scaled per row), and a pass of N tokens (N
-    bucketed to a power of two) as a b-row step times max(1, N / b): not cheaper than a step, and its
-    compute grows with N."""
+    pass of N tokens (a batch of one's `_feed_alone` pass, or a row's own pass in a batch) cost here, so
+    `_feed_long_runs` can tell when such a pass pays. Until a size has been measured: a step is taken as the
+    nearest measured one (scaled per row), and a pass of N tokens (N bucketed to a power of two) as a step
+    of N rows (the same compute), times N / max_batch beyond that."""
 
     ALPHA = 0.2
 
@@ -595,9 +597,12 @@ class _PassCosts:
             return share
         return max(0.0, min(share, self._step[b] - self._step[b - 1]))
 
-    def feed(self, b: int, tokens: int) -> float:
+    def feed(self, tokens: int) -> float:
         measured = self._feed.get(_bucket(tokens))
-        return measured if measured is not None else self.step(b) * max(1.0, tokens / b)
+        if measured is not None:
+            return measured
+        rows = len(self._step) - 1  # else: n tokens of one row cost about a step of n rows (the same compute)
+        return self.step(max(1, min(tokens, rows))) * max(1.0, tokens / rows)
 
 
 def _bucket(n: int) -> int:
