@@ -106,7 +106,7 @@ def test_forced_runs_are_what_the_tokenizer_writes(smollm2: ModelEngine) -> None
 
 def test_batched_rows_feed_forced_tokens_next_to_sampled_ones(tiny: ModelEngine) -> None:
     """Four streams at once on the tiny Llama 3: some rows feed forced runs (in passes of their own or one
-    per step) while others sample; every answer validates and tokens were saved."""
+    per step, as the measured costs say) while others sample; every answer validates."""
     results: list = [None] * 4
     before = tiny.stats()
 
@@ -125,7 +125,7 @@ def test_batched_rows_feed_forced_tokens_next_to_sampled_ones(tiny: ModelEngine)
         assert r.finish_reason == "stop", r.text
         jsonschema.validate(json.loads(r.text), PERSON)
     assert after["forced_tokens"] - before["forced_tokens"] >= 40
-    assert after["model_steps_saved"] > before["model_steps_saved"]
+    # whether a run gets a pass of its own (steps saved) depends on measured costs: see the test below
 
 
 MIXED_ASKS = ["Describe a person as JSON.", "A person who likes chess, as JSON.", "Invent someone.",
