@@ -14,7 +14,8 @@ Each cell runs fast-forward off and on (``SamplingParams.fast_forward``), altern
 round, greedy. Reported per cell (medians over rounds): output tokens/s (completion tokens / wall time),
 end-to-end latency per request, the share of output tokens forced, the model passes per output token, and
 validity (finished answers that parse and validate / finished answers; answers cut at ``max_tokens`` are
-counted apart).
+counted apart), and for json answers the forced runs (deltas of several tokens) that are not the tokenizer's own
+tokens for their text.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from grammar import NESTED, TOOLS  # noqa: E402
 
 from realizar_ort.config import LlmModelConfig  # noqa: E402
 from realizar_ort.generation.engine import ModelEngine  # noqa: E402
+from realizar_ort.generation.results import GenerationResult  # noqa: E402
 from realizar_ort.generation.sampling import SamplingParams  # noqa: E402
 from realizar_ort.grammar.forced import ForcedTokenizer  # noqa: E402
 from realizar_ort.grammar.matcher import JsonGrammar, TokenVocabulary, compile_json_schema  # noqa: E402
@@ -64,6 +66,8 @@ class Cell:
         self.finished = 0
         self.valid = 0
         self.cut = 0
+        self.runs = 0  # forced runs checked (json answers)
+        self.noncanonical = 0
 
 
 def _one(engine: ModelEngine, kind: str, i: int, ff: bool, max_tokens: int, forcer, vocab, cell: Cell,
@@ -87,7 +91,17 @@ def _one(engine: ModelEngine, kind: str, i: int, ff: bool, max_tokens: int, forc
         params = SamplingParams(max_tokens=max_tokens, temperature=0, fast_forward=ff, logit_processors=processors,
                                 ignore_eos=kind == "free")
         prompts = JSON_PROMPTS if kind == "json" else FREE_PROMPTS
-        r = engine.chat([{"role": "user", "content": prompts[i % 8]}], params)
+        with engine.chat_stream([{"role": "user", "content": prompts[i % 8]}], params) as stream:
+            deltas = list(stream)
+        r = GenerationResult.fold(iter(deltas))
+        for d in deltas:  # a delta of several tokens is a forced run: it must be the tokenizer's own tokens
+            ids = [t for t in d.token_ids if t not in engine.eos_token_ids]
+            if len(d.token_ids) > 1 and ids:
+                spelled = forcer.spell(ids)
+                canonical = spelled is not None and engine.tokenizer.encode(spelled.decode("utf-8", "replace")) == ids
+                with lock:
+                    cell.runs += 1
+                    cell.noncanonical += not canonical
         tokens, finish = r.usage.completion_tokens, r.finish_reason
         done = finish != "length"
         ok = True
@@ -142,7 +156,7 @@ def main() -> None:
     ap.add_argument("--free-tokens", type=int, default=32)
     args = ap.parse_args()
     print("model | workload | streams | ff | tok/s | e2e p50 s | forced share | passes/token | valid | cut | "
-          "ratio on/off tok/s")
+          "non-canonical runs | ratio on/off tok/s")
     for model in args.models.split(","):
         folder = REPO / "models" / model
         engine = ModelEngine.from_folder(folder, LlmModelConfig(path=folder, max_batch_size=8))
@@ -170,13 +184,14 @@ def main() -> None:
                     fin = sum(c.finished for c, _, _ in runs)
                     valid = sum(c.valid for c, _, _ in runs)
                     cut = sum(c.cut for c, _, _ in runs)
+                    canon = f"{sum(c.noncanonical for c, _, _ in runs)}/{sum(c.runs for c, _, _ in runs)}" if kind == "json" else "-"
                     ratio = ""
                     if ff:
                         pairs = [a / b for a, b in zip(rates[True], rates[False])]
                         ratio = f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
                     vtxt = "-" if kind == "free" else f"{valid}/{fin}"
                     print(f"{model} | {kind} | {streams} | {'on' if ff else 'off'} | {statistics.median(rates[ff]):.1f}"
-                          f" | {lat:.2f} | {forced:.0%} | {passes:.2f} | {vtxt} | {cut} | {ratio}", flush=True)
+                          f" | {lat:.2f} | {forced:.0%} | {passes:.2f} | {vtxt} | {cut} | {canon} | {ratio}", flush=True)
         engine.close()
 
 

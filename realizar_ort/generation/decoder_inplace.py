@@ -88,9 +88,10 @@ class InPlaceDecoder:
         of `slot`, on top of the `done` positions already there. Returns the last position's logits ``[V]``
         (a view into scratch, valid until the next prefill). The one mechanism behind "a row's pending
         tokens as a chunk": a long prompt's next chunk (staging slot), the rest of a prompt after a prefix
-        cache hit (the next free slot), or tokens a running row must take without sampling (its own slot;
-        GroupQueryAttention needs every row of a pass to feed the same number of tokens, so such a row runs
-        in a pass of its own)."""
+        cache hit (the next free slot), or tokens a running row must take without sampling (its own slot, in
+        a pass of its own: onnxruntime's GroupQueryAttention refuses several tokens on top of a past for more
+        than one row, "batch_size must be 1 when sequence_length > 1 and past context is given", so rows
+        feeding different token counts, or several rows feeding runs, cannot share a pass)."""
         if not 0 <= slot <= self.kv.max_batch:
             raise ValueError(f"slot {slot} does not exist")
         return self._run_prompts([list(token_ids)], done, slot)[0]

@@ -15,10 +15,11 @@ Fast-forward: tokens a grammar forces at the very start are prefilled with the p
 grammar forces its next tokens (`Request.forcer`, a logit processor with
 `forced_tokens`) gets them appended and streamed at once after each sampled token, and fed to the model
 without sampling: a row alone in the batch feeds its sampled token and all its forced ones in one pass
-(`decoder.extend`, the chunked-prefill path); in a larger batch a row with at least as many forced tokens
-as there are rows gets a pass of its own for them first (that pass costs about what one batch step does,
-and saves the row that many steps), and otherwise feeds one forced token per step, never sampling until
-they are all in. The Optimum graph (no `extend`) feeds them one per step.
+(`decoder.extend`, the chunked-prefill path); in a larger batch, a row with a forced run may feed it in
+a pass of its own when the row-steps that saves outweigh the pass's measured cost (see `_feed_long_runs`;
+onnxruntime's GroupQueryAttention takes several tokens on top of a past only for one row per pass), and
+otherwise feeds one forced token per step, never sampling until they are all in.
+The Optimum graph (no `extend`) feeds them one per step.
 
 Prefix cache (`PrefixCache`, fused graph only): a prompt whose first blocks are cached has their KV
 copied into its slot and prefills only the rest, which counts against the per-boundary budget; the rest
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 DIRECT_DELIVERY_MAX = 2  # a step with at most this many deltas skips the courier thread
 PREFILL_CHUNK_TOKENS = 256  # default prompt tokens prefilled per step boundary (see the module docstring)
+PASS_MARGIN = 1.25  # a feeding pass must save this much more than it costs (timing noise: never slower than off)
 _ids = itertools.count(1)
 
 
@@ -124,6 +126,7 @@ class Scheduler:
             "forced_passes": 0,  # extra passes that fed one row's forced tokens next to a batch step
         }
         self._decode_step_seconds = 0.0
+        self._costs = _PassCosts(max_batch)
         self._outbox: list[tuple[queue.SimpleQueue, object]] = []  # this step's (caller queue, item)
         self._courier = _Courier()
         self._thread = threading.Thread(target=self._loop, name="realizar-scheduler", daemon=True)
@@ -379,7 +382,9 @@ class Scheduler:
                     self._feed_long_runs(running)
                 next_tokens = np.fromiter((r.next_token for r in running), np.int64, len(running))  # [b]
                 seq_lengths = np.fromiter((r.seq_length for r in running), np.int64, len(running))  # [b]
+                ran = time.perf_counter()
                 logits = self.decoder.decode_step(next_tokens, seq_lengths, self._deliver)  # [b, V]
+                self._costs.record_step(len(running), time.perf_counter() - ran)
                 for request in running:
                     request.seq_length += 1
         except Exception as exc:
@@ -411,25 +416,38 @@ class Scheduler:
         """The only row: its sampled token and every forced one in one pass (a prefill chunk); logits [1, V]."""
         self._deliver()
         tokens = [request.next_token, *request.pending]
+        started = time.perf_counter()
         logits = self.decoder.extend(0, tokens, request.seq_length)[None, :]
+        self._costs.record_feed(len(tokens), time.perf_counter() - started)  # the same kind of pass as in a batch
         request.seq_length += len(tokens)
         request.pending = []
         self._counters["model_steps_saved"] += len(tokens) - 1
         return logits
 
     def _feed_long_runs(self, running: list[Request]) -> None:
-        """Rows with at least as many forced tokens as the batch has rows feed all but their last in a pass
-        of their own (its cost is about one batch step's; it saves that row as many steps); the last one
-        goes with the batch step, whose logits they sample from."""
+        """A row feeding a forced run may feed all but its last token in a pass of its own (`decoder.extend`
+        on its slot); the last one goes with the batch step, whose logits it samples from. Worth it only when
+        the row-steps that saves are worth more than the pass costs: a row that feeds n tokens there finishes
+        n steps sooner, so the pass runs when ``n x row_step > PASS_MARGIN x pass(n)``, with both costs
+        measured as the engine runs (`_PassCosts.row_step`: what one row's share of a step is worth - a
+        b-th of a step while requests wait for the freed row, else only what a step of b-1 rows saves on
+        one of b). Otherwise the row feeds one forced token per step. (One row per pass: onnxruntime's
+        GroupQueryAttention takes several new tokens on top of a past only for a batch of one.)"""
+        b = len(running)
+        row_step = self._costs.row_step(b, queued=bool(self._waiting))
         for row, request in enumerate(running):
-            if len(request.pending) >= len(running):
-                tokens = [request.next_token, *request.pending[:-1]]
-                self.decoder.extend(row, tokens, request.seq_length)
-                self._counters["forced_passes"] += 1
-                request.seq_length += len(tokens)
-                request.next_token = request.pending[-1]
-                request.pending = []
-                self._counters["model_steps_saved"] += len(tokens) - 1
+            n = len(request.pending)
+            if n < 2 or n * row_step <= PASS_MARGIN * self._costs.feed(n):
+                continue
+            tokens = [request.next_token, *request.pending[:-1]]
+            started = time.perf_counter()
+            self.decoder.extend(row, tokens, request.seq_length)
+            self._costs.record_feed(n, time.perf_counter() - started)
+            self._counters["forced_passes"] += 1
+            request.seq_length += n
+            request.next_token = request.pending[-1]
+            request.pending = []
+            self._counters["model_steps_saved"] += n - 1
 
     def _fast_forward(self, request: Request) -> bool:
         """Append (and stream) the tokens the request's grammar forces next, to be fed without sampling.
@@ -541,6 +559,54 @@ class Scheduler:
         for request in waiting:
             self._emit(request, error)
         self._fail_running(error)
+
+
+class _PassCosts:
+    """Running estimates (moving averages, seconds) of what a decode step of b rows and a one-row feeding
+    pass of N tokens (a batch of one's `_feed_alone` pass, or a row's own pass in a batch) cost here, so
+    `_feed_long_runs` can tell when such a pass pays. Until a size has been measured: a step is taken as the
+    nearest measured one (scaled per row), and a pass of N tokens (N bucketed to a power of two) as a step
+    of N rows (the same compute), times N / max_batch beyond that."""
+
+    ALPHA = 0.2
+
+    def __init__(self, max_batch: int) -> None:
+        self._step = [0.0] * (max_batch + 1)  # [b]: seconds per decode step of b rows (0: not measured)
+        self._feed: dict[int, float] = {}  # tokens bucket (a power of two) -> seconds per feeding pass
+
+    def record_step(self, b: int, seconds: float) -> None:
+        old = self._step[b]
+        self._step[b] = seconds if old == 0.0 else old + self.ALPHA * (seconds - old)
+
+    def record_feed(self, tokens: int, seconds: float) -> None:
+        key = _bucket(tokens)
+        old = self._feed.get(key)
+        self._feed[key] = seconds if old is None else old + self.ALPHA * (seconds - old)
+
+    def step(self, b: int) -> float:
+        if self._step[b]:
+            return self._step[b]
+        measured = [(abs(k - b), t * b / k) for k, t in enumerate(self._step) if t]  # scaled per row
+        return min(measured)[1] if measured else 1.0
+
+    def row_step(self, b: int, queued: bool) -> float:
+        """What finishing a row one step sooner saves, in a batch of b: a b-th of a step when a waiting
+        request takes the freed row; else the step's cost at b rows less that at b - 1 (once measured)."""
+        share = self.step(b) / b
+        if queued or not self._step[b - 1]:
+            return share
+        return max(0.0, min(share, self._step[b] - self._step[b - 1]))
+
+    def feed(self, tokens: int) -> float:
+        measured = self._feed.get(_bucket(tokens))
+        if measured is not None:
+            return measured
+        rows = len(self._step) - 1  # else: n tokens of one row cost about a step of n rows (the same compute)
+        return self.step(max(1, min(tokens, rows))) * max(1.0, tokens / rows)
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
 
 
 _NO_CACHE_STATS = {

@@ -390,6 +390,13 @@ class GrammarMatcher(CachedMaskFill):
         return len(self._history)
 
     # -- fast-forward (used by :mod:`realizar_ort.grammar.forced`)
+    def configuration(self) -> tuple[int, int, bytes] | None:
+        """A hashable key of where the matcher is (state, string counter, stack): what it accepts from here
+        depends on nothing else. None in the error or terminated state."""
+        if self._error or self._terminated:
+            return None
+        return self._state, self._counter, self._stack[: self._stack_len].tobytes()
+
     def forced_bytes(self, out: np.ndarray, next_allowed: np.ndarray) -> tuple[int, int]:
         """The bytes the grammar allows one at a time from here, written into ``out`` (uint8); returns
         (count, why the run ended: ``kernels.forced_bytes.FORCED_*``); ``next_allowed`` (bool [256]) gets the

@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 
 from realizar_ort.config import LlmModelConfig
+from realizar_ort.generation import scheduler as scheduler_module
 from realizar_ort.generation.engine import ModelEngine
 from realizar_ort.generation.results import GenerationResult
 from realizar_ort.generation.sampling import SamplingParams
@@ -105,7 +106,7 @@ def test_forced_runs_are_what_the_tokenizer_writes(smollm2: ModelEngine) -> None
 
 def test_batched_rows_feed_forced_tokens_next_to_sampled_ones(tiny: ModelEngine) -> None:
     """Four streams at once on the tiny Llama 3: some rows feed forced runs (in passes of their own or one
-    per step) while others sample; every answer validates and tokens were saved."""
+    per step, as the measured costs say) while others sample; every answer validates."""
     results: list = [None] * 4
     before = tiny.stats()
 
@@ -124,7 +125,46 @@ def test_batched_rows_feed_forced_tokens_next_to_sampled_ones(tiny: ModelEngine)
         assert r.finish_reason == "stop", r.text
         jsonschema.validate(json.loads(r.text), PERSON)
     assert after["forced_tokens"] - before["forced_tokens"] >= 40
-    assert after["model_steps_saved"] > before["model_steps_saved"]
+    # whether a run gets a pass of its own (steps saved) depends on measured costs: see the test below
+
+
+MIXED_ASKS = ["Describe a person as JSON.", "A person who likes chess, as JSON.", "Invent someone.",
+              "Give me a JSON person living on a long street with a very long name, please."]
+
+
+def _greedy_person(engine: ModelEngine, i: int) -> list[int]:
+    grammar, _ = _grammar(engine, PERSON)
+    params = SamplingParams(max_tokens=160, temperature=0, logit_processors=(grammar,))
+    result = engine.chat([{"role": "user", "content": MIXED_ASKS[i]}], params)
+    assert result.finish_reason == "stop", result.text
+    jsonschema.validate(json.loads(result.text), PERSON)
+    return result.token_ids
+
+
+@pytest.mark.parametrize("own_passes", [True, False])
+def test_rows_feeding_forced_runs_in_a_batch_give_each_row_its_tokens_alone(
+        tiny: ModelEngine, monkeypatch: pytest.MonkeyPatch, own_passes: bool) -> None:
+    """Greedy answers of four streams at once, where rows feed forced runs in passes of their own (the cost
+    model told that every such pass pays) or one token per step (told that none does) next to rows that
+    sample, are token for token what each request gives alone (where the whole run and the sampled token go
+    in one pass)."""
+    alone = [_greedy_person(tiny, i) for i in range(4)]
+    worth = 1.0 if own_passes else 0.0
+    monkeypatch.setattr(scheduler_module._PassCosts, "row_step", lambda self, b, queued: worth)
+    results: list = [None] * 4
+    before = tiny.stats()
+
+    def worker(i: int) -> None:
+        results[i] = _greedy_person(tiny, i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = tiny.stats()
+    assert (after["forced_passes"] > before["forced_passes"]) == own_passes  # rows fed runs in passes of their own
+    assert results == alone
 
 
 @pytest.mark.parametrize("model", ["smollm2", "tiny"])
