@@ -265,7 +265,7 @@ def start_ours(model: Path, port: int, cache_mb: int, max_batch: int, threads: i
 
 def start_llama(binary: Path, gguf: Path, port: int, slots: int, threads: int) -> tuple[subprocess.Popen, str]:
     cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", str(2048 * slots),
-           "-np", str(slots), "-t", str(threads or os.cpu_count()), "--log-disable"]
+           "-np", str(slots), "-t", str(threads or os.cpu_count())]  # (--log-disable crashes this build: SIGSEGV)
     env = dict(os.environ)
     if LLAMA_NOAMX_LIB.is_dir():  # this VM advertises AMX but traps it: the AMX-free ggml-cpu (see build-noamx.sh)
         env["LD_LIBRARY_PATH"] = f"{LLAMA_NOAMX_LIB}:{env.get('LD_LIBRARY_PATH', '')}"
