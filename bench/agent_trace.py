@@ -166,6 +166,14 @@ class Run:
 
 
 def one_request(client: httpx.Client, url: str, body: dict, run: Run, turn: int, lock: threading.Lock) -> None:
+    try:
+        _one_request(client, url, body, run, turn, lock)
+    except httpx.HTTPError as exc:  # a server that dies mid-trace: counted, not a silently dead worker
+        with lock:
+            run.errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def _one_request(client: httpx.Client, url: str, body: dict, run: Run, turn: int, lock: threading.Lock) -> None:
     started = time.perf_counter()
     first = None
     usage = timings = None
