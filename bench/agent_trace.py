@@ -1,7 +1,7 @@
 """An agent's trace through the server, prefix cache off vs on (and llama.cpp's server when built).
 
     flock /work/bench.lock .venv/bin/python bench/agent_trace.py [--concurrency 1,8] [--modes system,tools]
-        [--conversations 8] [--turns 6] [--max-tokens 16] [--llama-server PATH]
+        [--conversations 8] [--turns 6] [--max-tokens 16] [--max-batch 8] [--llama-server PATH] [--no-ours]
 
 The trace (issue 14): `conversations` conversations of `turns` turns. Every request is the same ~1,000-token
 system prompt (agent instructions + 3 tool schemas) + the conversation so far + a short new user message;
@@ -11,15 +11,17 @@ so every server (and both cache settings) sees exactly the same requests; each r
 each one's turns in order.
 
 Modes: ``system`` puts the tool schemas in the system text and past calls in plain messages (what any
-chat server takes, llama-server included); ``tools`` sends OpenAI ``tools`` and ``tool_calls`` messages, so
-our own tool prompt renders them (SmolLM2's ChatML tool prompt folds the listing into the last user
-message, which moves every turn: the cache then reuses only the turns before it).
+chat server takes); ``tools`` sends OpenAI ``tools`` and ``tool_calls`` messages, so each server's own tool
+prompt renders them (ours: SmolLM2's ChatML tool prompt, the listing in the first user message, where it
+stays as the conversation grows; llama-server: its jinja chat handling of the model's template).
 
 Reported per (server, mode, concurrency): TTFT p50/p99 over all requests and over turns 2..N (client side:
 request sent -> first streamed chunk), total wall time, the hit rate (cached / prompt tokens, from
 ``usage.prompt_tokens_details.cached_tokens``; llama-server: its ``timings.cache_n``), the server's peak RSS
-(VmHWM) and the prefix cache's bytes in use. Each cell gets a fresh server (an empty cache). Our servers run in child processes (``realizar-ort serve``) on
-ports 18400-18499 unless --port-base says otherwise.
+(VmHWM) and the prefix cache's bytes in use. Each cell gets a fresh server (an empty cache), ours and
+llama-server's alike, with the same number of rows (--max-batch; llama-server: as many slots), so a run
+split by --concurrency/--modes gives the same cells as a whole one. Servers run in child processes
+(``realizar-ort serve``) on ports from --port-base + 1 (default 18400).
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_LLAMA_SERVER = Path.home() / ".cache" / "realizar-ort" / "llama.cpp" / "build" / "bin" / "llama-server"
+LLAMA_CPP = Path.home() / ".cache" / "realizar-ort" / "llama.cpp"
+DEFAULT_LLAMA_SERVER = next((p for p in (LLAMA_CPP / "bin" / "llama-server", LLAMA_CPP / "build" / "bin" / "llama-server")
+                             if p.is_file()), LLAMA_CPP / "bin" / "llama-server")
+LLAMA_NOAMX_LIB = LLAMA_CPP / "lib-noamx"
 
 TOOLS = [
     {"type": "function", "function": {
@@ -161,6 +166,14 @@ class Run:
 
 
 def one_request(client: httpx.Client, url: str, body: dict, run: Run, turn: int, lock: threading.Lock) -> None:
+    try:
+        _one_request(client, url, body, run, turn, lock)
+    except httpx.HTTPError as exc:  # a server that dies mid-trace: counted, not a silently dead worker
+        with lock:
+            run.errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def _one_request(client: httpx.Client, url: str, body: dict, run: Run, turn: int, lock: threading.Lock) -> None:
     started = time.perf_counter()
     first = None
     usage = timings = None
@@ -260,8 +273,11 @@ def start_ours(model: Path, port: int, cache_mb: int, max_batch: int, threads: i
 
 def start_llama(binary: Path, gguf: Path, port: int, slots: int, threads: int) -> tuple[subprocess.Popen, str]:
     cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", str(2048 * slots),
-           "-np", str(slots), "-t", str(threads or os.cpu_count()), "--log-disable"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "-np", str(slots), "-t", str(threads or os.cpu_count())]  # (--log-disable crashes this build: SIGSEGV)
+    env = dict(os.environ)
+    if LLAMA_NOAMX_LIB.is_dir():  # this VM advertises AMX but traps it: the AMX-free ggml-cpu (see build-noamx.sh)
+        env["LD_LIBRARY_PATH"] = f"{LLAMA_NOAMX_LIB}:{env.get('LD_LIBRARY_PATH', '')}"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url, "/health")
     return proc, url
@@ -296,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--cache-mb", type=int, default=512, help="prefix_cache_mb of the 'on' server")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--max-batch", type=int, default=8, help="rows of our servers (llama-server: slots)")
+    parser.add_argument("--no-ours", action="store_true", help="run llama-server's cells only")
+    parser.add_argument("--no-llama", action="store_true", help="run our cells only")
     parser.add_argument("--port-base", type=int, default=18400)
     parser.add_argument("--llama-server", type=Path, default=DEFAULT_LLAMA_SERVER)
     args = parser.parse_args(argv)
@@ -305,11 +324,11 @@ def main(argv: list[str] | None = None) -> int:
           f"max_tokens {args.max_tokens}, {os.cpu_count()} CPUs", flush=True)
     runs: list[Run] = []
     port = args.port_base
-    for mode in modes:
+    for mode in modes if not args.no_ours else ():
         for n in concurrency:
             for cache_mb in (0, args.cache_mb):  # a fresh server per cell: every cell starts with an empty cache
                 port += 1
-                proc, url = start_ours(args.model, port, cache_mb, max(concurrency), args.threads)
+                proc, url = start_ours(args.model, port, cache_mb, args.max_batch, args.threads)
                 try:
                     model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
                     name = f"ours cache {'on' if cache_mb else 'off'} {mode} x{n}"
@@ -321,19 +340,24 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     stop(proc)
     gguf = smollm2_gguf()
-    if args.llama_server.is_file() and gguf is not None and "system" in modes:
-        port += 1
-        proc, url = start_llama(args.llama_server, gguf, port, max(concurrency), args.threads)
-        try:
+    if args.no_llama:
+        pass
+    elif args.llama_server.is_file() and gguf is not None:
+        for mode in modes:
             for n in concurrency:
-                run = run_trace(url, "smollm2", "system", n, args.conversations, args.turns, args.max_tokens,
-                                f"llama-server ({gguf.name}) system x{n}", proc.pid)
-                print(json.dumps(run.row()), flush=True)
-                runs.append(run)
-        finally:
-            stop(proc)
+                port += 1
+                proc, url = start_llama(args.llama_server, gguf, port, args.max_batch, args.threads)
+                try:
+                    run = run_trace(url, "smollm2", mode, n, args.conversations, args.turns, args.max_tokens,
+                                    f"llama-server ({gguf.name}) {mode} x{n}", proc.pid)
+                    print(json.dumps(run.row()), flush=True)
+                    runs.append(run)
+                finally:
+                    stop(proc)
     else:
         print(f"# llama-server: skipped (no binary at {args.llama_server} or no SmolLM2 GGUF)")
+    if not runs:
+        return 0
     print()
     columns = list(runs[0].row())
     print("| " + " | ".join(columns) + " |")

@@ -22,10 +22,14 @@ from the manifest's ``llm.chat_format`` and the model's template, never from the
   ("Only single tool calls are supported as of now"). ``tests/unit/tools/llama3_docs.jinja`` renders the
   same text; the tests hold both to the documentation byte for byte.
 - `ChatMLToolStrategy` (``chat_format = "chatml"``, SmolLM2): the tool schemas, an example call and the
-  question share the last user message (the only layout in which SmolLM2-135M-Instruct calls
-  get_weather for "What is the weather in Paris?" and still answers "What is 2+2?" in text); the reply is
-  a bare ``{"name": ..., "arguments": {...}}`` at the start of the assistant turn; parallel calls are a
-  JSON array of such objects. The rest of the conversation goes through the model's own chat template when given.
+  question share the first user message (SmolLM2-135M-Instruct calls get_weather for "What is the weather
+  in Paris?" and still answers "What is 2+2?" in text when the listing sits next to the question; with the
+  listing in the system message it answers both in text). The first user message, not the last: the
+  listing then stays where it is as the conversation grows, so every turn's prompt starts with the
+  previous turn's and the prefix cache reuses it (a one-question request renders the same either way);
+  Meta's Llama 3.1 template places its tools in the first user message too. The reply is a bare
+  ``{"name": ..., "arguments": {...}}`` at the start of the assistant turn; parallel calls are a JSON array
+  of such objects. The rest of the conversation goes through the model's own chat template when given.
 
 Rendering is pure string work (microseconds to a millisecond); strategies are immutable and thread-safe.
 """
@@ -274,7 +278,7 @@ class Llama3ToolStrategy:
 
 
 class ChatMLToolStrategy:
-    """ChatML (``<|im_start|>role\\n...<|im_end|>``) with the tools in the last user message (SmolLM2)."""
+    """ChatML (``<|im_start|>role\\n...<|im_end|>``) with the tools in the first user message (SmolLM2)."""
 
     chat_format = "chatml"
     call_format = CallFormat(
@@ -320,9 +324,10 @@ class ChatMLToolStrategy:
     def prepare_messages(
         self, messages: Sequence[Mapping[str, Any]], tools: Sequence[ToolDefinition]
     ) -> list[dict[str, str]]:
-        """Plain role/content messages: tools folded into the last user message, calls into assistant text."""
+        """Plain role/content messages: tools folded into the first user message (where they stay as the
+        conversation grows: see the module docstring), calls into assistant text."""
         out: list[dict[str, str]] = []
-        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+        first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
         for i, message in enumerate(messages):
             role, content = message["role"], _content(message)
             if role == "assistant" and message.get("tool_calls"):
@@ -330,7 +335,7 @@ class ChatMLToolStrategy:
                 content = content + "\n" + calls if content else calls
             elif role == "ipython":
                 role = "tool"
-            elif i == last_user and tools:
+            elif i == first_user and tools:
                 content = self.render_tool_introduction(tools) + "\n\nQuestion: " + content
             out.append({"role": role, "content": content})
         return out

@@ -166,14 +166,16 @@ def _conversation(engine: ModelEngine, with_tools: bool) -> list[tuple[str | Non
 
 
 @pytest.mark.parametrize(
-    ("model", "with_tools"), [("tiny_llama3_dir", True), pytest.param("smollm2_dir", False, marks=pytest.mark.slow)]
+    ("model", "with_tools"),
+    [("tiny_llama3_dir", True), pytest.param("smollm2_dir", False, marks=pytest.mark.slow),
+     pytest.param("smollm2_dir", True, marks=pytest.mark.slow)],
 )
 def test_multi_turn_conversations_match_the_cache_off_engine(
     model: str, with_tools: bool, request: pytest.FixtureRequest
 ) -> None:
-    """Llama 3 keeps the tool listing in place, so each turn loads (nearly) the whole previous prompt; on
-    SmolLM2, plain chat does. (SmolLM2's tool prompt folds the listing into the last user message, so a
-    tool conversation there reuses only the turns before the last one: see prefix_cache.py.)"""
+    """Both tool prompts (Llama 3's template, SmolLM2's ChatML strategy) keep the tool listing in place
+    (the first user message), as plain chat keeps everything: each turn loads (nearly) the whole previous
+    prompt."""
     folder: Path = request.getfixturevalue(model)
     transcripts = []
     for cache_mb in (0, 64):
@@ -184,6 +186,28 @@ def test_multi_turn_conversations_match_the_cache_off_engine(
     assert all(t[2] == 0 for t in off) and on[0][2] == 0
     for previous, current in zip(on, on[1:]):
         assert current[2] >= previous[1] - BLOCK_TOKENS
+
+
+@pytest.mark.parametrize("model", ["tiny_llama3_dir", "smollm2_dir"])
+def test_agent_turns_with_the_same_tools_share_the_token_prefix(model: str, request: pytest.FixtureRequest) -> None:
+    """Through each model's own tool prompt and tokenizer: turn 2's prompt ids start with turn 1's whole
+    prompt (tool listing included), so the cache can serve all of turn 1 to turn 2."""
+    folder: Path = request.getfixturevalue(model)
+    with _engine(folder, 0) as engine:
+        strategy = strategy_for(engine.manifest, engine.chat_template)
+        tools = parse_tools(TOOLS)
+        first = [{"role": "system", "content": "You are a terse travel assistant."},
+                 {"role": "user", "content": "What is the weather in Paris?"}]
+        second = first + [
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 9}'},
+            {"role": "assistant", "content": "It is 9 C in Paris."},
+            {"role": "user", "content": "And in Rome?"},
+        ]
+        ids = [engine.encode_prompt(strategy.render(normalize_messages(m), tools, True)) for m in (first, second)]
+        assert len(ids[0]) > 100  # the listing is in it
+        assert ids[1][: len(ids[0])] == ids[0]
 
 
 def test_the_optimum_graph_runs_without_a_cache(tiny_llama3_optimum_dir: Path) -> None:

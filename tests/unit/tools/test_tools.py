@@ -191,7 +191,7 @@ def test_call_schema_is_the_union_of_the_tools(strategy: object) -> None:
             fmt.call_schema(tools, max_parallel=2)
 
 
-def test_chatml_strategy_puts_tools_and_an_example_in_the_last_user_message() -> None:
+def test_chatml_strategy_puts_tools_and_an_example_in_the_first_user_message() -> None:
     strategy = ChatMLToolStrategy(default_system="You are SmolLM.")
     tools = parse_tools([WEATHER])
     turns = normalize_messages(
@@ -212,8 +212,8 @@ def test_chatml_strategy_puts_tools_and_an_example_in_the_last_user_message() ->
     assert json.loads(intro.split("Functions:\n", 1)[1]) == [WEATHER["function"]]
     assert text == (
         "<|im_start|>system\nYou are SmolLM.<|im_end|>\n"
-        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
-        f"<|im_start|>user\n{intro}\n\nQuestion: What is the weather in Paris?<|im_end|>\n"
+        f"<|im_start|>user\n{intro}\n\nQuestion: Hi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
+        "<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n"
         '<|im_start|>assistant\n[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
         '{"name": "get_weather", "arguments": {"city": "Lyon"}}]<|im_end|>\n'
         "<|im_start|>tool\n18 C<|im_end|>\n<|im_start|>assistant\n"
@@ -222,3 +222,38 @@ def test_chatml_strategy_puts_tools_and_an_example_in_the_last_user_message() ->
         "<|im_start|>system\nYou are SmolLM.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
         "<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+AGENT_TURNS = [
+    {"role": "system", "content": "You are a travel agent."},
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
+    {"role": "assistant", "content": "It is 18 C and sunny in Paris."},
+    {"role": "user", "content": "And what time is it there?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+    {"role": "tool", "tool_call_id": "call_2", "content": "14:05"},
+    {"role": "user", "content": "Thanks. Anything else I should know?"},
+]
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [ChatMLToolStrategy(), ChatMLToolStrategy(default_system="You are SmolLM."),
+     Llama3ToolStrategy(), Llama3ToolStrategy(tools_in_user_message=False)],
+    ids=["chatml", "chatml-default-system", "llama3", "llama3-tools-in-system"],
+)
+def test_successive_agent_turns_share_the_rendered_prefix_through_the_tool_listing(strategy: object) -> None:
+    """Each turn of an agent loop (same tools) renders the previous turn's whole prompt first: the tool
+    listing stays where it is, so the prefix cache reuses everything up to the new messages."""
+    tools = parse_tools([WEATHER, CLOCK])
+    listing = strategy.render_tool_introduction(tools)  # type: ignore[attr-defined]
+    turn_ends = [2, 6, 9]  # each turn's request: the conversation up to its newest user message
+    prompts = [strategy.render(normalize_messages(AGENT_TURNS[:end]), tools) for end in turn_ends]  # type: ignore[attr-defined]
+    for earlier, later in zip(prompts, prompts[1:]):
+        assert later.startswith(earlier)
+    for prompt in prompts:
+        assert prompt.count(listing) == 1
+        assert prompt.index(listing) == prompts[0].index(listing)
