@@ -215,14 +215,18 @@ class _Run:
                                     want_logprobs=self.req.logprobs, system_fingerprint=self.llm.fingerprint)
         self._tokens_seen = 0
         self._last_token_at: float | None = None
+        self._complete = False  # the engine's deltas were read to the end
+        self._cancel_counted = False
 
     async def disconnected(self) -> None:
         self.disconnected_now()
 
     def disconnected_now(self) -> None:
-        """The client hung up: drop the engine request at its next step."""
+        """The client hung up: drop the engine request at its next step (counted once however we learn it)."""
         self.source.cancel()
-        self.state.metrics.cancelled.inc()
+        if not self._complete and not self._cancel_counted:
+            self._cancel_counted = True
+            self.state.metrics.cancelled.inc()
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         metrics = self.state.metrics
@@ -242,6 +246,12 @@ class _Run:
                     self.usage = delta.usage
                 for chunk in chunks:
                     yield chunk
+            self._complete = True
+        except (GeneratorExit, anyio.get_cancelled_exc_class()):
+            # closed or cancelled before the engine finished: the client went away by a path that sent no
+            # http.disconnect (a proxy that cancels the request task, a send that failed under us)
+            self.disconnected_now()
+            raise
         finally:
             self.source.cancel()
             if self.usage is not None:
