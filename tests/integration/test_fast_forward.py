@@ -115,17 +115,22 @@ def test_batched_rows_feed_forced_tokens_next_to_sampled_ones(tiny: ModelEngine)
         params = SamplingParams(max_tokens=160, temperature=1.0, seed=i, logit_processors=(grammar,))
         results[i] = tiny.chat(ASK, params)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(worker, 4)
     after = tiny.stats()
     for r in results:
         assert r.finish_reason == "stop", r.text
         jsonschema.validate(json.loads(r.text), PERSON)
     assert after["forced_tokens"] - before["forced_tokens"] >= 40
     # whether a run gets a pass of its own (steps saved) depends on measured costs: see the test below
+
+
+def _in_threads(worker, n: int) -> None:
+    """Run ``worker(0..n-1)`` on n threads at once and wait for all of them."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 MIXED_ASKS = ["Describe a person as JSON.", "A person who likes chess, as JSON.", "Invent someone.",
@@ -157,11 +162,7 @@ def test_rows_feeding_forced_runs_in_a_batch_give_each_row_its_tokens_alone(
     def worker(i: int) -> None:
         results[i] = _greedy_person(tiny, i)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(worker, 4)
     after = tiny.stats()
     assert (after["forced_passes"] > before["forced_passes"]) == own_passes  # rows fed runs in passes of their own
     assert results == alone
