@@ -18,7 +18,6 @@ may be shared.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -85,32 +84,49 @@ class Automaton:
 
 # ----------------------------------------------------------------------------------------------- NFA
 class Nfa:
-    """Thompson-construction NFA over bytes; ``state`` raises past ``max_states``. Append-only."""
+    """Thompson-construction NFA over bytes; ``state`` raises past ``max_states``. Append-only.
+
+    Edges live in flat lists of tuples (``(a, b)``, ``(a, lo, hi, b, flags)``, ``(a, rule key, return)``), not
+    per-state lists: a large schema makes 10^5 states, and as many small lists only feed Python's cyclic
+    garbage collector (its full passes were a third of a large compile)."""
 
     def __init__(self, max_states: int) -> None:
-        self.eps: list[list[int]] = []
-        self.edges: list[list[tuple[int, int, int, int]]] = []
-        self.calls: list[list[tuple[str, int]]] = []
-        self.seg: list[tuple[int, int] | None] = []
+        self.eps_list: list[tuple[int, int]] = []
+        self.edge_list: list[tuple[int, int, int, int, int]] = []
+        self.call_list: list[tuple[int, str, int]] = []
+        self.seg: list[tuple[int, int] | None] = []  # per state: its string-length segment
         self.free_bodies: set[int] = set()  # body states of free strings (any escape form)
         self.max_states = max_states
 
+    @property
+    def num_states(self) -> int:
+        return len(self.seg)
+
     def state(self, seg: tuple[int, int] | None = None) -> int:
-        if len(self.eps) >= self.max_states:
+        n = len(self.seg)
+        if n >= self.max_states:
             raise GrammarTooLargeError(f"schema needs more than {self.max_states} automaton states")
-        self.eps.append([])
-        self.edges.append([])
-        self.calls.append([])
         self.seg.append(seg)
-        return len(self.eps) - 1
+        return n
+
+    def epsilon(self, a: int, b: int) -> None:
+        self.eps_list.append((a, b))
 
     def edge(self, a: int, lo: int, hi: int, b: int, flags: int = 0) -> None:
-        self.edges[a].append((lo, hi, b, flags))
+        self.edge_list.append((a, lo, hi, b, flags))
+
+    def call(self, a: int, key: str, ret: int) -> None:
+        self.call_list.append((a, key, ret))
+
+    def edges_of(self, a: int, since: int = 0) -> list[tuple[int, int, int, int]]:
+        """State ``a``'s byte edges ``(lo, hi, b, flags)`` among those added since ``since`` edges."""
+        return [e[1:] for e in self.edge_list[since:] if e[0] == a]
 
     def literal(self, a: int, data: bytes, seg: tuple[int, int] | None = None, last_flags: int = 0) -> int:
+        last = len(data) - 1
         for i, byte in enumerate(data):
             b = self.state(seg)
-            self.edge(a, byte, byte, b, last_flags if i == len(data) - 1 else 0)
+            self.edge_list.append((a, byte, byte, b, last_flags if i == last else 0))
             a = b
         return a
 
@@ -141,14 +157,15 @@ _ERRORS = {
 }
 
 
-def _csr(rows: list[list], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row pointers and the flattened items of per-state lists (tuples of ``width`` ints, or ints if 0)."""
-    ptr = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, rows), np.int64, len(rows)), out=ptr[1:])
-    flat = list(itertools.chain.from_iterable(rows))
-    if width == 0:
-        return ptr, np.asarray(flat, dtype=np.int32)
-    return ptr, (np.asarray(flat, dtype=np.int32) if flat else np.zeros((0, width), np.int32)).reshape(-1, width)
+def _csr(n: int, rows: list[tuple], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-state rows from a flat list of ``(state, *fields)`` tuples: row pointers and the fields, by state."""
+    if not rows:
+        return np.zeros(n + 1, dtype=np.int64), np.zeros((0, width), dtype=np.int32)
+    arr = np.asarray(rows, dtype=np.int32).reshape(-1, width + 1)
+    arr = arr[np.argsort(arr[:, 0], kind="stable")]
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(arr[:, 0], minlength=n), out=ptr[1:])
+    return ptr, arr[:, 1:]
 
 
 def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]], max_states: int,
@@ -163,17 +180,15 @@ def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]
     """
     tick()
     rule_index = {key: i for i, key in enumerate(rule_keys)}
-    eps_ptr, eps_dst = _csr(nfa.eps, 0)
-    e_ptr, edges = _csr(nfa.edges, 4)
-    c_ptr = np.zeros(len(nfa.calls) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, nfa.calls), np.int64, len(nfa.calls)), out=c_ptr[1:])
-    calls = np.asarray([(rule_index[callee], ret) for callee, ret in itertools.chain.from_iterable(nfa.calls)],
-                       dtype=np.int32).reshape(-1, 2)
+    n_nfa = nfa.num_states
+    eps_ptr, eps = _csr(n_nfa, nfa.eps_list, 1)
+    e_ptr, edges = _csr(n_nfa, nfa.edge_list, 4)
+    c_ptr, calls = _csr(n_nfa, [(a, rule_index[key], ret) for a, key, ret in nfa.call_list], 2)
     seg_min = np.fromiter((NO_SEG if sg is None else sg[0] for sg in nfa.seg), np.int32, len(nfa.seg))
     seg_max = np.fromiter((0 if sg is None else sg[1] for sg in nfa.seg), np.int32, len(nfa.seg))
     frags = np.asarray(rule_frags, dtype=np.int32).reshape(-1, 2)
     (trans, flags, final, seg_of, callee, ret, single, rule_start, call_order, err,
-     err_state) = subset_construction(eps_ptr, eps_dst, e_ptr, edges[:, 0].copy(), edges[:, 1].copy(),
+     err_state) = subset_construction(eps_ptr, eps[:, 0].copy(), e_ptr, edges[:, 0].copy(), edges[:, 1].copy(),
                                       edges[:, 2].copy(), edges[:, 3].copy(), c_ptr, calls[:, 0].copy(),
                                       calls[:, 1].copy(), seg_min, seg_max, frags[:, 0].copy(), frags[:, 1].copy(),
                                       max_states)
@@ -202,7 +217,7 @@ def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]
     loop_bits = self_loop_bits(trans, flags)
     free = np.zeros(n, dtype=bool)
     if nfa.free_bodies:
-        bodies = np.zeros(len(nfa.eps), dtype=bool)
+        bodies = np.zeros(n_nfa, dtype=bool)
         bodies[list(nfa.free_bodies)] = True
         free[single >= 0] = bodies[single[single >= 0]]
     free &= plain

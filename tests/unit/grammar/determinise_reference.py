@@ -8,13 +8,13 @@ import itertools
 from collections.abc import Callable
 
 import numpy as np
+from realizar_ort.kernels.automaton_summary import plain_loop_states, self_loop_bits
 
 from realizar_ort.grammar.automaton import _PLAIN_PATHS, INC, ROOM, UNBOUNDED, Automaton, Nfa
 from realizar_ort.grammar.errors import GrammarTooLargeError, UnsupportedSchemaError
-from realizar_ort.kernels.automaton_summary import plain_loop_states, self_loop_bits
 
 
-def _closure(nfa: Nfa, states: frozenset[int] | set[int]) -> frozenset[int]:
+def _closure(nfa: _Lists, states: frozenset[int] | set[int]) -> frozenset[int]:
     out = set(states)
     todo = list(states)
     while todo:
@@ -26,13 +26,32 @@ def _closure(nfa: Nfa, states: frozenset[int] | set[int]) -> frozenset[int]:
     return frozenset(out)
 
 
+class _Lists:
+    """The NFA with per-state lists, as the Python construction read it (the Nfa now keeps flat lists)."""
+
+    def __init__(self, nfa: Nfa) -> None:
+        n = nfa.num_states
+        self.eps: list[list[int]] = [[] for _ in range(n)]
+        self.edges: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n)]
+        self.calls: list[list[tuple[str, int]]] = [[] for _ in range(n)]
+        for a, b in nfa.eps_list:
+            self.eps[a].append(b)
+        for a, lo, hi, b, f in nfa.edge_list:
+            self.edges[a].append((lo, hi, b, f))
+        for a, key, ret in nfa.call_list:
+            self.calls[a].append((key, ret))
+        self.seg = nfa.seg
+        self.free_bodies = nfa.free_bodies
+
+
 def determinise_reference(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]], max_states: int,
-                tick: Callable[[], None]) -> Automaton:
+                          tick: Callable[[], None]) -> Automaton:
     """Subset construction per rule; all rules' DFA states share one table. ~5-15 us per DFA state.
 
     ``rule_keys[i]`` names rule ``i`` and ``rule_frags[i]`` is its (start, final) NFA pair; rule 0 is the
     root. ``tick`` is called once per DFA state (the compiler's deadline check).
     """
+    nfa = _Lists(nfa)
     ids: dict[frozenset[int], int] = {}
     order: list[frozenset[int]] = []
     rule_final: list[int] = []
