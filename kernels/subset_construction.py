@@ -14,14 +14,17 @@ helpers write in place and the bookkeeping grows only when a state could outgrow
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
-from numba import njit
+from numba import njit, objmode
 
 __all__ = [
-    "ERR_CALLEES", "ERR_FLAGS", "ERR_NONE", "ERR_SEG_MAX", "ERR_SEG_MIN", "ERR_STATES", "NO_SEG", "subset_construction",
+    "ERR_CALLEES", "ERR_FLAGS", "ERR_NONE", "ERR_SEG_MAX", "ERR_SEG_MIN", "ERR_STATES", "ERR_TIME", "NO_SEG", "subset_construction",
 ]
 
-ERR_NONE, ERR_STATES, ERR_FLAGS, ERR_SEG_MAX, ERR_SEG_MIN, ERR_CALLEES = 0, 1, 2, 3, 4, 5
+ERR_NONE, ERR_STATES, ERR_FLAGS, ERR_SEG_MAX, ERR_SEG_MIN, ERR_CALLEES, ERR_TIME = 0, 1, 2, 3, 4, 5, 6
+CLOCK_EVERY = 512  # states built between two looks at the clock (a look: ~2 us in object mode)
 NO_SEG = -(1 << 31)  # seg_min of a state outside any string-length segment
 
 
@@ -123,15 +126,16 @@ def _find(scratch, k, table, pool, set_start, set_len):
     return -1 - i
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True)  # holds the GIL: it looks at the clock (object mode) every CLOCK_EVERY states
 def subset_construction(eps_ptr, eps_dst, e_ptr, e_lo, e_hi, e_dst, e_flag, c_ptr, c_callee, c_ret, seg_min,
-                        seg_max, rule_start_nfa, rule_final_nfa, max_states):
+                        seg_max, rule_start_nfa, rule_final_nfa, max_states, budget_s):
     """Subset construction per rule; all rules' DFA states share one table (see the module docstring).
 
     NFA (``n`` states): epsilon edges ``eps_dst[eps_ptr[s]:eps_ptr[s + 1]]``, byte edges (``e_lo``..``e_hi``
     -> ``e_dst`` with flags ``e_flag``) the same way by ``e_ptr``, calls (callee rule index, return NFA
     state) by ``c_ptr``; ``seg_min``/``seg_max``: each state's string-length segment (``NO_SEG``: none).
-    Rule ``r`` is the fragment ``rule_start_nfa[r]`` -> ``rule_final_nfa[r]``.
+    Rule ``r`` is the fragment ``rule_start_nfa[r]`` -> ``rule_final_nfa[r]``. Past ``max_states`` DFA states
+    ``ERR_STATES``; ``budget_s`` seconds after it starts (JIT compilation not counted) ``ERR_TIME``.
 
     Returns (trans, flags, final, seg_of (an NFA member whose segment the DFA state has, -1: none), callee
     (rule index, -1: no call), call_ret, single (the lone NFA member or -1), rule_start (DFA state per rule),
@@ -156,17 +160,22 @@ def subset_construction(eps_ptr, eps_dst, e_ptr, e_lo, e_hi, e_dst, e_flag, c_pt
     n_dfa = 0
     pending = np.empty(1024, dtype=np.int32)  # a stack, as the Python construction's list
     n_pending = 0
-    trans = np.full((256, 256), -1, dtype=np.int32)
-    flags = np.zeros((256, 256), dtype=np.uint8)
-    final = np.zeros(256, dtype=np.bool_)
-    seg_of = np.full(256, -1, dtype=np.int32)
-    callee = np.full(256, -1, dtype=np.int32)
-    call_ret = np.full(256, -1, dtype=np.int32)
+    cap = min(max(n + n // 8, 64), max_states)  # most schemas make fewer DFA states than NFA states
+    trans = np.full((cap, 256), -1, dtype=np.int32)
+    flags = np.zeros((cap, 256), dtype=np.uint8)
+    final = np.zeros(cap, dtype=np.bool_)
+    seg_of = np.full(cap, -1, dtype=np.int32)
+    callee = np.full(cap, -1, dtype=np.int32)
+    call_ret = np.full(cap, -1, dtype=np.int32)
     call_order = np.empty(64, dtype=np.int32)
     n_calls = 0
     rule_start = np.full(rule_start_nfa.shape[0], -1, dtype=np.int32)
     err = ERR_NONE
     err_state = -1
+    built = 0
+    with objmode(start="float64"):
+        start = time.perf_counter()
+    deadline = start + budget_s
     r = 0
     q = -1  # the state being built (-1: a rule's start is next)
     while err == ERR_NONE:
@@ -191,6 +200,14 @@ def subset_construction(eps_ptr, eps_dst, e_ptr, e_lo, e_hi, e_dst, e_flag, c_pt
         else:
             n_pending -= 1
             q = pending[n_pending]
+            built += 1
+            if built % CLOCK_EVERY == 0:
+                with objmode(now="float64"):
+                    now = time.perf_counter()
+                if now > deadline:
+                    err = ERR_TIME
+                    err_state = q
+                    break
             if q >= trans.shape[0]:
                 trans = _grown2(trans, q + 1, -1)
                 flags = _grown2(flags, q + 1, 0)

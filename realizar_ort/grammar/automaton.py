@@ -18,6 +18,8 @@ may be shared.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +33,7 @@ from ..kernels.subset_construction import (
     ERR_SEG_MAX,
     ERR_SEG_MIN,
     ERR_STATES,
+    ERR_TIME,
     NO_SEG,
     subset_construction,
 )
@@ -86,14 +89,14 @@ class Automaton:
 class Nfa:
     """Thompson-construction NFA over bytes; ``state`` raises past ``max_states``. Append-only.
 
-    Edges live in flat lists of tuples (``(a, b)``, ``(a, lo, hi, b, flags)``, ``(a, rule key, return)``), not
-    per-state lists: a large schema makes 10^5 states, and as many small lists only feed Python's cyclic
-    garbage collector (its full passes were a third of a large compile)."""
+    Edges live in flat lists of ints (``eps``: ``a, b`` per edge; ``edges``: ``a, lo, hi, b, flags``), not in
+    per-state lists: a large schema makes 10^5 states, and as many small lists only fed Python's cyclic
+    garbage collector (its full passes were a third of a large compile); flat ints also reach numpy fast."""
 
     def __init__(self, max_states: int) -> None:
-        self.eps_list: list[tuple[int, int]] = []
-        self.edge_list: list[tuple[int, int, int, int, int]] = []
-        self.call_list: list[tuple[int, str, int]] = []
+        self.eps: list[int] = []
+        self.edges: list[int] = []
+        self.calls: list[tuple[int, str, int]] = []  # (state, rule key, return state)
         self.seg: list[tuple[int, int] | None] = []  # per state: its string-length segment
         self.free_bodies: set[int] = set()  # body states of free strings (any escape form)
         self.max_states = max_states
@@ -110,23 +113,32 @@ class Nfa:
         return n
 
     def epsilon(self, a: int, b: int) -> None:
-        self.eps_list.append((a, b))
+        self.eps += (a, b)
 
     def edge(self, a: int, lo: int, hi: int, b: int, flags: int = 0) -> None:
-        self.edge_list.append((a, lo, hi, b, flags))
+        self.edges += (a, lo, hi, b, flags)
+
+    def add_edges(self, a: int, edges: list[tuple[int, int, int, int]]) -> None:
+        """Edges ``(lo, hi, b, flags)`` from ``a``."""
+        out = self.edges
+        for lo, hi, b, f in edges:
+            out += (a, lo, hi, b, f)
 
     def call(self, a: int, key: str, ret: int) -> None:
-        self.call_list.append((a, key, ret))
+        self.calls.append((a, key, ret))
 
     def edges_of(self, a: int, since: int = 0) -> list[tuple[int, int, int, int]]:
-        """State ``a``'s byte edges ``(lo, hi, b, flags)`` among those added since ``since`` edges."""
-        return [e[1:] for e in self.edge_list[since:] if e[0] == a]
+        """State ``a``'s byte edges ``(lo, hi, b, flags)``, among those added after ``len(self.edges)`` was
+        ``since``."""
+        e = self.edges
+        return [(e[i + 1], e[i + 2], e[i + 3], e[i + 4]) for i in range(since, len(e), 5) if e[i] == a]
 
     def literal(self, a: int, data: bytes, seg: tuple[int, int] | None = None, last_flags: int = 0) -> int:
         last = len(data) - 1
+        edges = self.edges
         for i, byte in enumerate(data):
             b = self.state(seg)
-            self.edge_list.append((a, byte, byte, b, last_flags if i == last else 0))
+            edges += (a, byte, byte, b, last_flags if i == last else 0)
             a = b
         return a
 
@@ -157,11 +169,9 @@ _ERRORS = {
 }
 
 
-def _csr(n: int, rows: list[tuple], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-state rows from a flat list of ``(state, *fields)`` tuples: row pointers and the fields, by state."""
-    if not rows:
-        return np.zeros(n + 1, dtype=np.int64), np.zeros((0, width), dtype=np.int32)
-    arr = np.asarray(rows, dtype=np.int32).reshape(-1, width + 1)
+def _csr(n: int, flat: list[int], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-state rows from a flat list of ``state, *fields`` runs: row pointers and the fields, by state."""
+    arr = np.array(flat, dtype=np.int32).reshape(-1, width + 1)
     arr = arr[np.argsort(arr[:, 0], kind="stable")]
     ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(arr[:, 0], minlength=n), out=ptr[1:])
@@ -169,21 +179,22 @@ def _csr(n: int, rows: list[tuple], width: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]], max_states: int,
-                tick: Callable[[], None]) -> Automaton:
+                tick: Callable[[], None], deadline: float = math.inf) -> Automaton:
     """Subset construction per rule; all rules' DFA states share one table.
 
     ``rule_keys[i]`` names rule ``i`` and ``rule_frags[i]`` is its (start, final) NFA pair; rule 0 is the
     root. The construction itself runs in numba (:func:`~realizar_ort.kernels.subset_construction.
     subset_construction`, well under 1 us per DFA state, bounded by ``max_states``); this converts the NFA
     to flat arrays (~0.3 us per NFA edge), raises the refusals it reports and adds the per-state summaries.
-    ``tick`` (the compiler's deadline check) is called once.
+    ``tick`` (the compiler's deadline check) is called once; ``deadline`` (``time.perf_counter()`` seconds)
+    bounds the construction itself.
     """
     tick()
     rule_index = {key: i for i, key in enumerate(rule_keys)}
     n_nfa = nfa.num_states
-    eps_ptr, eps = _csr(n_nfa, nfa.eps_list, 1)
-    e_ptr, edges = _csr(n_nfa, nfa.edge_list, 4)
-    c_ptr, calls = _csr(n_nfa, [(a, rule_index[key], ret) for a, key, ret in nfa.call_list], 2)
+    eps_ptr, eps = _csr(n_nfa, nfa.eps, 1)
+    e_ptr, edges = _csr(n_nfa, nfa.edges, 4)
+    c_ptr, calls = _csr(n_nfa, [x for a, key, ret in nfa.calls for x in (a, rule_index[key], ret)], 2)
     seg_min = np.fromiter((NO_SEG if sg is None else sg[0] for sg in nfa.seg), np.int32, len(nfa.seg))
     seg_max = np.fromiter((0 if sg is None else sg[1] for sg in nfa.seg), np.int32, len(nfa.seg))
     frags = np.asarray(rule_frags, dtype=np.int32).reshape(-1, 2)
@@ -191,9 +202,11 @@ def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]
      err_state) = subset_construction(eps_ptr, eps[:, 0].copy(), e_ptr, edges[:, 0].copy(), edges[:, 1].copy(),
                                       edges[:, 2].copy(), edges[:, 3].copy(), c_ptr, calls[:, 0].copy(),
                                       calls[:, 1].copy(), seg_min, seg_max, frags[:, 0].copy(), frags[:, 1].copy(),
-                                      max_states)
+                                      max_states, deadline - time.perf_counter())
     if err == ERR_STATES:
         raise GrammarTooLargeError(f"schema needs more than {max_states} automaton states")
+    if err == ERR_TIME:
+        raise GrammarTooLargeError("schema compilation exceeded its time budget (determinisation)")
     if err != ERR_NONE:
         keyword, reason = _ERRORS[err]
         raise UnsupportedSchemaError(keyword, "#", reason)

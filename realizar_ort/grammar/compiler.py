@@ -596,7 +596,7 @@ def _compile(schema: Any, whitespace: int, max_states: int, deadline_s: float, s
         comp.rule_frags[i] = frag
         i += 1
     try:
-        return determinise(comp.nfa, comp.rule_keys, comp.rule_frags, max_states, comp.tick)
+        return determinise(comp.nfa, comp.rule_keys, comp.rule_frags, max_states, comp.tick, comp.deadline)
     except UnsupportedSchemaError as exc:
         if shared and exc.keyword == "$ref":
             raise _SharingFailed(str(exc)) from exc

@@ -138,7 +138,7 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
         return end
     # a byte trie of the excluded names; leaving the trie drops into a free canonical-string loop
     free = nfa.state()
-    mark = len(nfa.edge_list)
+    mark = len(nfa.edges)
     canonical_any_loop(nfa, free, free)
     first = nfa.edges_of(free, mark)  # one character's first byte: shared by every trie node that leaves the trie
     nfa.edge(free, 0x22, 0x22, end)
@@ -167,7 +167,7 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
             if edges is None:
                 edges = steps[key] = [(rlo, rhi, b, f) for lo, hi, b, f in first
                                       for rlo, rhi in _ranges_without(lo, hi, taken)]
-            nfa.edge_list.extend([(st, lo, hi, b, f) for lo, hi, b, f in edges])
+            nfa.add_edges(st, edges)
         else:
             _finish_char_except(nfa, st, prefix, taken, free)
     return end

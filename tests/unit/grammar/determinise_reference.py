@@ -34,11 +34,12 @@ class _Lists:
         self.eps: list[list[int]] = [[] for _ in range(n)]
         self.edges: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n)]
         self.calls: list[list[tuple[str, int]]] = [[] for _ in range(n)]
-        for a, b in nfa.eps_list:
-            self.eps[a].append(b)
-        for a, lo, hi, b, f in nfa.edge_list:
-            self.edges[a].append((lo, hi, b, f))
-        for a, key, ret in nfa.call_list:
+        for i in range(0, len(nfa.eps), 2):
+            self.eps[nfa.eps[i]].append(nfa.eps[i + 1])
+        e = nfa.edges
+        for i in range(0, len(e), 5):
+            self.edges[e[i]].append((e[i + 1], e[i + 2], e[i + 3], e[i + 4]))
+        for a, key, ret in nfa.calls:
             self.calls[a].append((key, ret))
         self.seg = nfa.seg
         self.free_bodies = nfa.free_bodies
