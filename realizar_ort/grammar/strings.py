@@ -150,6 +150,7 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
         children.setdefault(name, set())
     trie: dict[bytes, int] = {b"": body}
     steps: dict[frozenset[int], list[tuple[int, int, int, int]]] = {}  # taken bytes -> the node's free edges
+    shape = tuple((lo, hi) for lo, hi, _, _ in first)
     for prefix in sorted(children, key=lambda p: (len(p), p)):
         st = trie[prefix]
         taken = children[prefix]
@@ -165,8 +166,7 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
             key = frozenset(taken)
             edges = steps.get(key)
             if edges is None:
-                edges = steps[key] = [(rlo, rhi, b, f) for lo, hi, b, f in first
-                                      for rlo, rhi in _ranges_without(lo, hi, taken)]
+                edges = steps[key] = [(rlo, rhi, first[i][2], first[i][3]) for rlo, rhi, i in _cuts(shape, key)]
             nfa.add_edges(st, edges)
         else:
             _finish_char_except(nfa, st, prefix, taken, free)
@@ -184,6 +184,21 @@ def _finish_char_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], free:
             for lo, hi in ranges:
                 nfa.edge(cur, lo, hi, nxt)
             cur = nxt
+
+
+_CUTS: dict[tuple, list[tuple[int, int, int]]] = {}  # (edge ranges, taken bytes) -> (lo, hi, edge index) runs
+
+
+def _cuts(shape: tuple[tuple[int, int], ...], taken: frozenset[int]) -> list[tuple[int, int, int]]:
+    """The byte ranges ``shape`` less ``taken``, as runs tagged with the range they come from. Cached per
+    process: every open object's key trie asks for the same few (its nodes' next letters)."""
+    key = (shape, taken)
+    cut = _CUTS.get(key)
+    if cut is None:
+        if len(_CUTS) >= 8192:
+            _CUTS.clear()
+        cut = _CUTS[key] = [(rlo, rhi, i) for i, (lo, hi) in enumerate(shape) for rlo, rhi in _ranges_without(lo, hi, taken)]
+    return cut
 
 
 def _ranges_without(lo: int, hi: int, taken: set[int]) -> list[tuple[int, int]]:
