@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from realizar_ort.grammar import compiler, matcher
 from realizar_ort.kernels.token_classes import class_loop_entries, loop_byte_groups
 from realizar_ort.kernels.token_mask import S_CALL, S_FINAL, S_PLAIN
+
+from realizar_ort.grammar import compiler, matcher
 
 
 def _class_step_reference(trans, flags, s, groups, group_bit):
@@ -43,7 +43,7 @@ def _class_entries_reference(trans, flags, info, loop_groups, class_states, grou
     for q in range(n):
         if info[q, S_PLAIN] != 0:
             continue
-        groups, length, bound, chain = 0, 0, -1, []
+        groups, bound, chain = 0, -1, []
         best = -1
         for cg in classes:
             steps, s = 0, q
