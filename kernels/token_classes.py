@@ -54,27 +54,51 @@ def loop_byte_groups(loop_bits: np.ndarray, group_words: np.ndarray) -> tuple[np
 
 
 @njit(cache=True, nogil=True)
-def _class_step(trans, flags, s, groups, group_bit):
+def _group_targets(trans, flags, group_of, group_bit, n_groups):
+    """Per state and byte group: the one state every byte of the group goes to without flags (>= 0), none of
+    them (-1), or anything else (-2); and per state the groups of the bytes it takes. One pass over the
+    table, so that a class step, and a state's exits, cost a few lookups."""
+    n = trans.shape[0]
+    out = np.full((n, n_groups), -3, dtype=np.int32)
+    viable = np.zeros(n, dtype=np.uint64)
+    for s in range(n):
+        taken = np.uint64(0)
+        for b in range(256):
+            g = group_of[b]
+            nb = trans[s, b]
+            if nb >= 0:
+                taken |= group_bit[b]
+            v = nb if nb < 0 or flags[s, b] == 0 else -2
+            if v < -1:
+                out[s, g] = -2
+            elif out[s, g] == -3:
+                out[s, g] = v
+            elif out[s, g] != v:
+                out[s, g] = -2
+        viable[s] = taken
+    return out, viable
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _class_step(targets, s, groups, n_groups):
     """Where ``s`` takes the bytes of ``groups``: one state for all without flags (>= 0), none of them (-1),
     or anything else (-2)."""
-    t = -1
-    seen = False
-    for b in range(256):
-        if (groups & group_bit[b]) == 0:
+    t = -3
+    for g in range(n_groups):
+        if (groups >> np.uint64(g)) & np.uint64(1) == 0:
             continue
-        nb = trans[s, b]
-        if not seen:
-            seen = True
-            t = nb
-        if nb != t or (nb >= 0 and flags[s, b] != 0):
+        u = targets[s, g]
+        if u == -2 or (t != -3 and u != t):
             return -2
+        t = u
     return t if t >= 0 else -1
 
 
 @njit(cache=True, nogil=True)
-def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, max_chain, out_groups, out_exit,
-                   out_len):
+def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, group_of, n_groups, max_chain,
+                   out_groups, out_exit, out_len):
     n = trans.shape[0]
+    targets, takes = _group_targets(trans, flags, group_of, group_bit, n_groups)
     chain = np.empty(max_chain + 1, dtype=np.int64)
     # the distinct classes (in class_states order) and which states are class loops: a chain is walked once
     # per class, not once per class state (an integer-heavy schema has thousands of digit loops)
@@ -117,7 +141,7 @@ def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, max
                     if best < 0 or position[s] < best:
                         best = position[s]
                     break
-                t = _class_step(trans, flags, s, cg, group_bit)
+                t = _class_step(targets, s, cg, n_groups)
                 if t < 0:
                     break
                 s = t
@@ -130,27 +154,24 @@ def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, max
                 length += 1
                 if position[s] >= 0 and loop_groups[s] == cg:
                     break
-                s = _class_step(trans, flags, s, cg, group_bit)
+                s = _class_step(targets, s, cg, n_groups)
             groups = cg
         if groups == 0:
             # (b) a bounded run: q takes exactly some whole byte groups, all to one state without flags, and
             # so does each next state until one takes none of them ([A-Z]{3}, [0-9a-fA-F]{8})
-            viable = np.uint64(0)
-            for b in range(256):
-                if trans[q, b] >= 0:
-                    viable |= group_bit[b]
-            if viable == 0 or _class_step(trans, flags, q, viable, group_bit) < 0:
+            viable = takes[q]
+            if viable == 0 or _class_step(targets, q, viable, n_groups) < 0:
                 continue
             length = 0
             s = q
             while length <= max_chain:
                 chain[length] = s
                 length += 1
-                t = _class_step(trans, flags, s, viable, group_bit)
+                t = _class_step(targets, s, viable, n_groups)
                 if t == -1 or t < -1 or t == s:
                     break
                 s = t
-            t = _class_step(trans, flags, s, viable, group_bit)
+            t = _class_step(targets, s, viable, n_groups)
             if t != -1 or length < 3 or info[s, S_FINAL] != 0 or info[s, S_CALL] >= 0:
                 continue  # not a bounded run of at least two class bytes ending where no class byte goes
             groups = viable
@@ -161,9 +182,7 @@ def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, max
             if info[s, S_FINAL] != 0 or info[s, S_CALL] >= 0:
                 leave = ~np.uint64(0)
                 break
-            for b in range(256):
-                if trans[s, b] >= 0:
-                    leave |= group_bit[b]
+            leave |= takes[s]
         out_groups[q] = groups
         out_exit[q] = leave & ~groups  # the class is whole groups: bytes outside it are in other groups
         out_len[q] = bound
@@ -185,8 +204,11 @@ def class_loop_entries(automaton_arrays: tuple, loop_groups: np.ndarray, class_s
     out_groups = np.zeros(n, dtype=np.uint64)
     out_exit = np.zeros(n, dtype=np.uint64)
     out_len = np.zeros(n, dtype=np.int32)
+    group_of = (np.frexp(group_bit.astype(np.float64))[1] - 1).astype(np.int64)  # each byte's group (bit index)
+    n_groups = int(group_of.max()) + 1
     _class_entries(automaton_arrays[0], automaton_arrays[1], automaton_arrays[2], loop_groups,
-                   class_states.astype(np.int64), group_bit, max_chain, out_groups, out_exit, out_len)
+                   class_states.astype(np.int64), group_bit, group_of, n_groups, max_chain, out_groups, out_exit,
+                   out_len)
     return out_groups, out_exit, out_len
 
 

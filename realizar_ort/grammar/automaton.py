@@ -3,28 +3,40 @@
 - :class:`Nfa` is the Thompson-construction scratchpad the schema walk (:mod:`.schema_compiler`) writes
   into: epsilon edges, byte-range edges with counter flags, ``calls`` for recursive rules, and the
   string-length segment (``seg``) each state belongs to.
-- :func:`determinise` runs the subset construction once per rule; all rules' DFA states share one
-  ``[states, 256]`` table. It checks the invariants the kernel relies on (one flag value per byte, one
+- :func:`determinise` runs the subset construction once per rule (numba:
+  :mod:`realizar_ort.kernels.subset_construction`); all rules' DFA states share one ``[states, 256]`` table. It checks the invariants the kernel relies on (one flag value per byte, one
   length segment and at most one call per DFA state) and refuses with :class:`UnsupportedSchemaError`.
 - Counter flags: ``RESET`` (opening quote) zeroes the string counter, ``INC`` (a completed character)
   needs ``counter < cmax[state]``, ``CLOSE`` (closing quote) needs ``counter >= cmin[state]``, ``ROOM``
   starts a multi-byte character and needs ``counter < cmax``.
 
 There is no DFA minimisation step: states are deduplicated by NFA member set only.
-Cost: pure Python, roughly 5-15 us per DFA state; numba kernels (:mod:`realizar_ort.kernels.automaton_summary`)
-for the per-state summaries. Not thread-safe while building; the returned :class:`Automaton` is immutable and
+Cost: building the NFA is Python (~0.3 us per edge); determinising is ~1-2 us per DFA state, most of it writing
+the table; numba kernels (:mod:`realizar_ort.kernels.automaton_summary`) for the per-state summaries. Not thread-safe while building; the returned :class:`Automaton` is immutable and
 may be shared.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..kernels.automaton_summary import plain_loop_states, self_loop_bits
+from ..kernels.subset_construction import (
+    ERR_CALLEES,
+    ERR_FLAGS,
+    ERR_NONE,
+    ERR_SEG_MAX,
+    ERR_SEG_MIN,
+    ERR_STATES,
+    ERR_TIME,
+    NO_SEG,
+    subset_construction,
+)
 from .errors import GrammarTooLargeError, UnsupportedSchemaError
 
 __all__ = [
@@ -75,32 +87,58 @@ class Automaton:
 
 # ----------------------------------------------------------------------------------------------- NFA
 class Nfa:
-    """Thompson-construction NFA over bytes; ``state`` raises past ``max_states``. Append-only."""
+    """Thompson-construction NFA over bytes; ``state`` raises past ``max_states``. Append-only.
+
+    Edges live in flat lists of ints (``eps``: ``a, b`` per edge; ``edges``: ``a, lo, hi, b, flags``), not in
+    per-state lists: a large schema makes 10^5 states, and as many small lists only fed Python's cyclic
+    garbage collector (its full passes were a third of a large compile); flat ints also reach numpy fast."""
 
     def __init__(self, max_states: int) -> None:
-        self.eps: list[list[int]] = []
-        self.edges: list[list[tuple[int, int, int, int]]] = []
-        self.calls: list[list[tuple[str, int]]] = []
-        self.seg: list[tuple[int, int] | None] = []
+        self.eps: list[int] = []
+        self.edges: list[int] = []
+        self.calls: list[tuple[int, str, int]] = []  # (state, rule key, return state)
+        self.seg: list[tuple[int, int] | None] = []  # per state: its string-length segment
         self.free_bodies: set[int] = set()  # body states of free strings (any escape form)
         self.max_states = max_states
 
+    @property
+    def num_states(self) -> int:
+        return len(self.seg)
+
     def state(self, seg: tuple[int, int] | None = None) -> int:
-        if len(self.eps) >= self.max_states:
+        n = len(self.seg)
+        if n >= self.max_states:
             raise GrammarTooLargeError(f"schema needs more than {self.max_states} automaton states")
-        self.eps.append([])
-        self.edges.append([])
-        self.calls.append([])
         self.seg.append(seg)
-        return len(self.eps) - 1
+        return n
+
+    def epsilon(self, a: int, b: int) -> None:
+        self.eps += (a, b)
 
     def edge(self, a: int, lo: int, hi: int, b: int, flags: int = 0) -> None:
-        self.edges[a].append((lo, hi, b, flags))
+        self.edges += (a, lo, hi, b, flags)
+
+    def add_edges(self, a: int, edges: list[tuple[int, int, int, int]]) -> None:
+        """Edges ``(lo, hi, b, flags)`` from ``a``."""
+        out = self.edges
+        for lo, hi, b, f in edges:
+            out += (a, lo, hi, b, f)
+
+    def call(self, a: int, key: str, ret: int) -> None:
+        self.calls.append((a, key, ret))
+
+    def edges_of(self, a: int, since: int = 0) -> list[tuple[int, int, int, int]]:
+        """State ``a``'s byte edges ``(lo, hi, b, flags)``, among those added after ``len(self.edges)`` was
+        ``since``."""
+        e = self.edges
+        return [(e[i + 1], e[i + 2], e[i + 3], e[i + 4]) for i in range(since, len(e), 5) if e[i] == a]
 
     def literal(self, a: int, data: bytes, seg: tuple[int, int] | None = None, last_flags: int = 0) -> int:
+        last = len(data) - 1
+        edges = self.edges
         for i, byte in enumerate(data):
             b = self.state(seg)
-            self.edge(a, byte, byte, b, last_flags if i == len(data) - 1 else 0)
+            edges += (a, byte, byte, b, last_flags if i == last else 0)
             a = b
         return a
 
@@ -123,157 +161,81 @@ _PLAIN_PATHS = [[r] for r in PLAIN_ASCII] + utf8_multibyte_paths()  # one plain 
 
 
 # ---------------------------------------------------------------------------------- determinisation
-def _closure(nfa: Nfa, states: frozenset[int] | set[int]) -> frozenset[int]:
-    out = set(states)
-    todo = list(states)
-    while todo:
-        s = todo.pop()
-        for t in nfa.eps[s]:
-            if t not in out:
-                out.add(t)
-                todo.append(t)
-    return frozenset(out)
+_ERRORS = {
+    ERR_FLAGS: ("maxLength", "alternatives overlap with different string length bounds"),
+    ERR_SEG_MAX: ("maxLength", "overlapping alternatives with different string length bounds"),
+    ERR_SEG_MIN: ("minLength", "overlapping alternatives with different string length bounds"),
+    ERR_CALLEES: ("$ref", "alternatives call different recursive rules here"),
+}
+
+
+def _csr(n: int, flat: list[int], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-state rows from a flat list of ``state, *fields`` runs: row pointers and the fields, by state."""
+    arr = np.array(flat, dtype=np.int32).reshape(-1, width + 1)
+    arr = arr[np.argsort(arr[:, 0], kind="stable")]
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(arr[:, 0], minlength=n), out=ptr[1:])
+    return ptr, arr[:, 1:]
 
 
 def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]], max_states: int,
-                tick: Callable[[], None]) -> Automaton:
-    """Subset construction per rule; all rules' DFA states share one table. ~5-15 us per DFA state.
+                tick: Callable[[], None], deadline: float = math.inf) -> Automaton:
+    """Subset construction per rule; all rules' DFA states share one table.
 
     ``rule_keys[i]`` names rule ``i`` and ``rule_frags[i]`` is its (start, final) NFA pair; rule 0 is the
-    root. ``tick`` is called once per DFA state (the compiler's deadline check).
+    root. The construction itself runs in numba (:func:`~realizar_ort.kernels.subset_construction.
+    subset_construction`, well under 1 us per DFA state, bounded by ``max_states``); this converts the NFA
+    to flat arrays (~0.3 us per NFA edge), raises the refusals it reports and adds the per-state summaries.
+    ``tick`` (the compiler's deadline check) is called once; ``deadline`` (``time.perf_counter()`` seconds)
+    bounds the construction itself.
     """
-    ids: dict[frozenset[int], int] = {}
-    order: list[frozenset[int]] = []
-    rule_final: list[int] = []
-    closures: dict[int, frozenset[int]] = {}
-
-    def closure1(state: int) -> frozenset[int]:
-        c = closures.get(state)
-        if c is None:
-            c = closures[state] = _closure(nfa, (state,)) if nfa.eps[state] else frozenset((state,))
-        return c
-
-    def dfa_id(members: frozenset[int], final_nfa: int) -> int:
-        q = ids.get(members)
-        if q is None:
-            if len(order) >= max_states:
-                raise GrammarTooLargeError(f"schema needs more than {max_states} automaton states")
-            q = ids[members] = len(order)
-            order.append(members)
-            rule_final.append(final_nfa)
-            pending.append(q)
-        return q
-
-    cap = 256
-    trans_buf = np.full((cap, 256), -1, dtype=np.int32)
-    flags_buf = np.zeros((cap, 256), dtype=np.uint8)
-    calls: dict[int, tuple[str, int]] = {}
-    segs: list[tuple[int, int] | None] = []
-    finals: list[bool] = []
-    rule_start: dict[str, int] = {}
-    pending: list[int] = []
-    done = 0
-    for built, key in enumerate(rule_keys):
-        s, e = rule_frags[built]
-        rule_start[key] = dfa_id(closure1(s), e)
-        while pending:
-            tick()
-            q = pending.pop()
-            if q >= cap:
-                cap = max(cap * 2, q + 1)
-                trans_buf = np.concatenate([trans_buf, np.full((cap - trans_buf.shape[0], 256), -1, np.int32)])
-                flags_buf = np.concatenate([flags_buf, np.zeros((cap - flags_buf.shape[0], 256), np.uint8)])
-            done += 1
-            members = order[q]
-            final_nfa = rule_final[q]
-            row = trans_buf[q]
-            frow = flags_buf[q]
-            while len(finals) <= q:
-                finals.append(False)
-                segs.append(None)
-            if len(members) == 1:  # fast path: a lone NFA state with one byte edge (literal text)
-                (m,) = members
-                one = nfa.edges[m]
-                if len(one) == 1 and one[0][0] == one[0][1] and not nfa.calls[m]:
-                    byte, _, t, f = one[0]
-                    row[byte] = dfa_id(closure1(t), final_nfa)
-                    frow[byte] = f
-                    finals[q] = m == final_nfa
-                    segs[q] = nfa.seg[m]
-                    continue
-            edges = [edge for m in members for edge in nfa.edges[m]] if len(members) > 1 else nfa.edges[next(iter(members))]
-            edges = sorted(edges)
-            disjoint = all(edges[i][1] < edges[i + 1][0] for i in range(len(edges) - 1))
-            if disjoint:  # the common case: one target per byte range
-                for lo, hi, t, f in edges:
-                    row[lo:hi + 1] = dfa_id(closure1(t), final_nfa)
-                    if f:
-                        frow[lo:hi + 1] = f
-            else:
-                # sweep the byte axis: at each breakpoint only the edges covering it (sorted by start)
-                points = sorted({lo for lo, _, _, _ in edges} | {hi + 1 for _, hi, _, _ in edges})
-                active: list[tuple[int, int, int, int]] = []
-                nxt_edge = 0
-                seen: dict[frozenset[tuple[int, int]], int] = {}
-                for a, b in itertools.pairwise(points):
-                    while nxt_edge < len(edges) and edges[nxt_edge][0] <= a:
-                        active.append(edges[nxt_edge])
-                        nxt_edge += 1
-                    active = [edge for edge in active if edge[1] >= a]
-                    if not active:
-                        continue
-                    key = frozenset((t, f) for _, _, t, f in active)
-                    target = seen.get(key)
-                    if target is None:
-                        flag_set = {f for _, f in key}
-                        if len(flag_set) > 1:
-                            raise UnsupportedSchemaError(
-                                "maxLength", "#", "alternatives overlap with different string length bounds")
-                        targets = frozenset().union(*(closure1(t) for t, _ in key))
-                        target = seen[key] = dfa_id(targets, final_nfa)
-                    row[a:b] = target
-                    frow[a:b] = next(iter(key))[1]
-            finals[q] = final_nfa in members
-            seg_set = {nfa.seg[m] for m in members if nfa.edges[m]}
-            if len(seg_set) > 1:
-                raise UnsupportedSchemaError(
-                    "maxLength" if any(sg and sg[1] < UNBOUNDED for sg in seg_set if sg) else "minLength", "#",
-                    "overlapping alternatives with different string length bounds")
-            segs[q] = next(iter(seg_set)) if seg_set else None
-            call_set = {c for m in members for c in nfa.calls[m]} if any(nfa.calls[m] for m in members) else ()
-            if call_set:
-                # a call is an edge labelled by its callee: calls of one callee from several members share it,
-                # and after it returns we are in any of their return states (subset construction again)
-                callees = {callee for callee, _ in call_set}
-                if len(callees) > 1:
-                    raise UnsupportedSchemaError("$ref", "#", "alternatives call different recursive rules here")
-                rets = frozenset().union(*(closure1(ret) for _, ret in call_set))
-                calls[q] = (callees.pop(), dfa_id(rets, final_nfa))
-    n = len(order)
-    trans = np.ascontiguousarray(trans_buf[:n])
-    flags = np.ascontiguousarray(flags_buf[:n])
+    tick()
+    rule_index = {key: i for i, key in enumerate(rule_keys)}
+    n_nfa = nfa.num_states
+    eps_ptr, eps = _csr(n_nfa, nfa.eps, 1)
+    e_ptr, edges = _csr(n_nfa, nfa.edges, 4)
+    c_ptr, calls = _csr(n_nfa, [x for a, key, ret in nfa.calls for x in (a, rule_index[key], ret)], 2)
+    seg_min = np.fromiter((NO_SEG if sg is None else sg[0] for sg in nfa.seg), np.int32, len(nfa.seg))
+    seg_max = np.fromiter((0 if sg is None else sg[1] for sg in nfa.seg), np.int32, len(nfa.seg))
+    frags = np.asarray(rule_frags, dtype=np.int32).reshape(-1, 2)
+    (trans, flags, final, seg_of, callee, ret, single, rule_start, call_order, err,
+     err_state) = subset_construction(eps_ptr, eps[:, 0].copy(), e_ptr, edges[:, 0].copy(), edges[:, 1].copy(),
+                                      edges[:, 2].copy(), edges[:, 3].copy(), c_ptr, calls[:, 0].copy(),
+                                      calls[:, 1].copy(), seg_min, seg_max, frags[:, 0].copy(), frags[:, 1].copy(),
+                                      max_states, deadline - time.perf_counter())
+    if err == ERR_STATES:
+        raise GrammarTooLargeError(f"schema needs more than {max_states} automaton states")
+    if err == ERR_TIME:
+        raise GrammarTooLargeError("schema compilation exceeded its time budget (determinisation)")
+    if err != ERR_NONE:
+        keyword, reason = _ERRORS[err]
+        raise UnsupportedSchemaError(keyword, "#", reason)
+    n = trans.shape[0]
     call_start = np.full(n, -1, dtype=np.int32)
     call_ret = np.full(n, -1, dtype=np.int32)
-    for q, (callee, ret_q) in calls.items():
-        cs = rule_start[callee]
+    for q in call_order.tolist():
+        key = rule_keys[callee[q]]
+        cs = rule_start[callee[q]]
         if trans[cs].max() < 0:
-            raise UnsupportedSchemaError("$ref", callee, "left-recursive reference")
+            raise UnsupportedSchemaError("$ref", key, "left-recursive reference")
         if np.any((trans[cs] >= 0) & (trans[q] >= 0)):
-            raise UnsupportedSchemaError("$ref", callee, "recursive reference overlaps an alternative")
+            raise UnsupportedSchemaError("$ref", key, "recursive reference overlaps an alternative")
         call_start[q] = cs
-        call_ret[q] = ret_q
-    cmin = np.asarray([sg[0] if sg else 0 for sg in segs], dtype=np.int32)
-    cmax = np.asarray([sg[1] if sg else UNBOUNDED for sg in segs], dtype=np.int32)
-    counted = np.asarray([sg is not None for sg in segs], dtype=bool)
+        call_ret[q] = ret[q]
+    counted = seg_of >= 0
+    at = np.where(counted, seg_of, 0)
+    cmin = np.where(counted, seg_min[at], 0).astype(np.int32)
+    cmax = np.where(counted, seg_max[at], UNBOUNDED).astype(np.int32)
     plain = plain_loop_states(trans, flags, counted, _PLAIN_PATHS, INC, ROOM)
     loop_bits = self_loop_bits(trans, flags)
     free = np.zeros(n, dtype=bool)
-    for q, members in enumerate(order):
-        if len(members) == 1 and next(iter(members)) in nfa.free_bodies:
-            free[q] = True
+    if nfa.free_bodies:
+        bodies = np.zeros(n_nfa, dtype=bool)
+        bodies[list(nfa.free_bodies)] = True
+        free[single >= 0] = bodies[single[single >= 0]]
     free &= plain
-    return Automaton(trans, flags, np.asarray(finals, dtype=bool), call_start, call_ret, cmin, cmax, plain,
-                     loop_bits, free, counted, rule_start[rule_keys[0]])
+    return Automaton(trans, flags, final, call_start, call_ret, cmin, cmax, plain, loop_bits, free, counted,
+                     int(rule_start[0]))
 
 
 def plain_loops_reference(trans: np.ndarray, flags: np.ndarray, counted: np.ndarray) -> np.ndarray:

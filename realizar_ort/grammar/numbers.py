@@ -29,12 +29,12 @@ def integer_except(nfa: Nfa, banned: list[int]) -> tuple[int, int]:
     neg, zero, more = nfa.state(), nfa.state(), nfa.state()  # after '-'; after '0'; in the digits of n != 0
     nfa.edge(neg, 0x31, 0x39, more)
     nfa.edge(more, 0x30, 0x39, more)
-    nfa.eps[zero].append(e)
-    nfa.eps[more].append(e)
+    nfa.epsilon(zero, e)
+    nfa.epsilon(more, e)
     node = {p: (s if p == "" else nfa.state()) for p in prefixes}
     for p, st in node.items():
         if p not in texts and p not in ("", "-"):
-            nfa.eps[st].append(e)  # a complete integer that is not banned
+            nfa.epsilon(st, e)  # a complete integer that is not banned
         if p == "":
             nexts = "-0123456789"
         elif p == "-":
@@ -71,31 +71,31 @@ def number_frag(nfa: Nfa, schema: dict, path: str, t: str) -> tuple[int, int] | 
     start = s
     if lo is None:
         start = nfa.state()
-        nfa.eps[s].append(start)
+        nfa.epsilon(s, start)
         nfa.edge(s, 0x2D, 0x2D, start)
     int_end = nfa.state()
     nfa.edge(start, 0x30, 0x30, int_end)
     more = nfa.state()
     nfa.edge(start, *digit19, more)
     nfa.edge(more, *digit, more)
-    nfa.eps[more].append(int_end)
+    nfa.epsilon(more, int_end)
     frac0, frac = nfa.state(), nfa.state()
     nfa.edge(int_end, 0x2E, 0x2E, frac0)
     nfa.edge(frac0, *digit, frac)
     nfa.edge(frac, *digit, frac)
     exp_at = nfa.state()
-    nfa.eps[int_end].append(exp_at)
-    nfa.eps[frac].append(exp_at)
-    nfa.eps[exp_at].append(e)
+    nfa.epsilon(int_end, exp_at)
+    nfa.epsilon(frac, exp_at)
+    nfa.epsilon(exp_at, e)
     exp0, exp_sign, exp_d = nfa.state(), nfa.state(), nfa.state()
     nfa.edge(exp_at, 0x45, 0x45, exp0)
     nfa.edge(exp_at, 0x65, 0x65, exp0)
     nfa.edge(exp0, 0x2B, 0x2B, exp_sign)
     nfa.edge(exp0, 0x2D, 0x2D, exp_sign)
-    nfa.eps[exp0].append(exp_sign)
+    nfa.epsilon(exp0, exp_sign)
     nfa.edge(exp_sign, *digit, exp_d)
     nfa.edge(exp_d, *digit, exp_d)
-    nfa.eps[exp_d].append(e)
+    nfa.epsilon(exp_d, e)
     return s, e
 
 
@@ -116,12 +116,12 @@ def _bounded_decimal(nfa: Nfa, s: int, e: int, lo, hi, lo_key: str, hi_key: str,
     digit = (0x30, 0x39)
 
     def frac_any(a: int) -> None:  # optional "." digits+ then the end
-        nfa.eps[a].append(e)
+        nfa.epsilon(a, e)
         d0, d = nfa.state(), nfa.state()
         nfa.edge(a, 0x2E, 0x2E, d0)
         nfa.edge(d0, *digit, d)
         nfa.edge(d, *digit, d)
-        nfa.eps[d].append(e)
+        nfa.epsilon(d, e)
 
     # n in [first, last] with any fraction: first..last <= x < last + 1 <= hi
     first = 0 if lo_n is None else lo_n + (1 if lo_x else 0)
@@ -133,12 +133,12 @@ def _bounded_decimal(nfa: Nfa, s: int, e: int, lo, hi, lo_key: str, hi_key: str,
     if hi_n is not None and not hi_x and (lo_n is None or hi_n > lo_n or not lo_x):  # exactly hi, ".000" allowed
         a = nfa.state()
         _natural_range(nfa, s, a, hi_n, hi_n)
-        nfa.eps[a].append(e)
+        nfa.epsilon(a, e)
         z0, z = nfa.state(), nfa.state()
         nfa.edge(a, 0x2E, 0x2E, z0)
         nfa.edge(z0, 0x30, 0x30, z)
         nfa.edge(z, 0x30, 0x30, z)
-        nfa.eps[z].append(e)
+        nfa.epsilon(z, e)
     if lo_x and (hi_n is None or lo_n < hi_n):  # lo itself plus a fraction with a non-zero digit
         a, f, nz = nfa.state(), nfa.state(), nfa.state()
         _natural_range(nfa, s, a, lo_n, lo_n)
@@ -146,7 +146,7 @@ def _bounded_decimal(nfa: Nfa, s: int, e: int, lo, hi, lo_key: str, hi_key: str,
         nfa.edge(f, 0x30, 0x30, f)
         nfa.edge(f, 0x31, 0x39, nz)
         nfa.edge(nz, *digit, nz)
-        nfa.eps[nz].append(e)
+        nfa.epsilon(nz, e)
     if lo_n is None:  # every negative number (hi >= 0): "-" then a non-zero value
         neg, a = nfa.state(), nfa.state()
         nfa.edge(s, 0x2D, 0x2D, neg)
@@ -158,7 +158,7 @@ def _bounded_decimal(nfa: Nfa, s: int, e: int, lo, hi, lo_key: str, hi_key: str,
         nfa.edge(f, 0x30, 0x30, f)
         nfa.edge(f, 0x31, 0x39, nz)
         nfa.edge(nz, *digit, nz)
-        nfa.eps[nz].append(e)
+        nfa.epsilon(nz, e)
     return s, e
 
 
@@ -200,13 +200,13 @@ def _natural_range(nfa: Nfa, s: int, e: int, lo: int, hi: int | None) -> None:
         tail = nfa.state()
         nfa.edge(cur, 0x30, 0x39, tail)
         nfa.edge(tail, 0x30, 0x39, tail)
-        nfa.eps[tail].append(e)
+        nfa.epsilon(tail, e)
 
 
 def _same_length_range(nfa: Nfa, s: int, e: int, a: str, b: str) -> None:
     """Digit strings between ``a`` and ``b`` (same length, ``a <= b``), split on the first differing digit."""
     if not a:
-        nfa.eps[s].append(e)
+        nfa.epsilon(s, e)
         return
     if a == "0" * len(a) and b == "9" * len(b):  # every digit string of this length: a chain, not a tree
         cur = s

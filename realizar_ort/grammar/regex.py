@@ -106,7 +106,7 @@ def regex_body(nfa: Nfa, body: int, pattern: str, anchored: bool, seg: tuple[int
                                                     "automaton states (repeats are expanded)")
     builder = _Builder(nfa, seg, tick)
     start = nfa.state(seg)
-    nfa.eps[body].append(start)
+    nfa.epsilon(body, start)
     return [builder.build(tree, start)]
 
 
@@ -140,22 +140,22 @@ class _Builder:
             e = nfa.state(self.seg)
             for child in node[1]:
                 s = nfa.state(self.seg)
-                nfa.eps[a].append(s)
-                nfa.eps[self.build(child, s)].append(e)
+                nfa.epsilon(a, s)
+                nfa.epsilon(self.build(child, s), e)
             return e
         _, child, lo, hi = node
         for _ in range(lo):
             a = self.build(child, a)
         if hi is None:
             loop = nfa.state(self.seg)
-            nfa.eps[a].append(loop)
-            nfa.eps[self.build(child, loop)].append(loop)
+            nfa.epsilon(a, loop)
+            nfa.epsilon(self.build(child, loop), loop)
             return loop
         e = nfa.state(self.seg)
-        nfa.eps[a].append(e)
+        nfa.epsilon(a, e)
         for _ in range(hi - lo):
             a = self.build(child, a)
-            nfa.eps[a].append(e)
+            nfa.epsilon(a, e)
         return e
 
     def char_edges(self, src: int, dst: int, ranges: list[tuple[int, int]]) -> None:

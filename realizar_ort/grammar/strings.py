@@ -138,44 +138,67 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
         return end
     # a byte trie of the excluded names; leaving the trie drops into a free canonical-string loop
     free = nfa.state()
+    mark = len(nfa.edges)
     canonical_any_loop(nfa, free, free)
-    first = list(nfa.edges[free])  # one character's first byte: shared by every trie node that leaves the trie
+    first = nfa.edges_of(free, mark)  # one character's first byte: shared by every trie node that leaves the trie
     nfa.edge(free, 0x22, 0x22, end)
-    trie: dict[bytes, int] = {b"": body}
     names = {canonical_text(k) for k in excluded}
-    prefixes = {n[:i] for n in names for i in range(len(n) + 1)}
-    for prefix in sorted(prefixes, key=len):
+    children: dict[bytes, set[int]] = {}  # trie node -> the bytes of its children (one pass over the names)
+    for name in names:
+        for i in range(len(name)):
+            children.setdefault(name[:i], set()).add(name[i])
+        children.setdefault(name, set())
+    trie: dict[bytes, int] = {b"": body}
+    steps: dict[frozenset[int], list[tuple[int, int, int, int]]] = {}  # taken bytes -> the node's free edges
+    shape = tuple((lo, hi) for lo, hi, _, _ in first)
+    for prefix in sorted(children, key=lambda p: (len(p), p)):
         st = trie[prefix]
-        children = {p[len(prefix)] for p in prefixes if len(p) == len(prefix) + 1 and p.startswith(prefix)}
-        for byte in children:
+        taken = children[prefix]
+        for byte in sorted(taken):
             trie[prefix + bytes([byte])] = nfa.state()
             nfa.edge(st, byte, byte, trie[prefix + bytes([byte])])
-        if prefix not in names and at_char_boundary(prefix):
+        boundary = (prefix.isascii() and 0x5C not in prefix) or at_char_boundary(prefix)
+        if prefix not in names and boundary:
             nfa.edge(st, 0x22, 0x22, end)
-        _canonical_step_except(nfa, st, prefix, children, free, first)
+        if boundary:
+            # ``first`` less the trie's next letters: the free loop's inner states are shared by every trie node
+            # (one copy per key in the DFA, not one per node), and nodes with the same next letters share edges
+            key = frozenset(taken)
+            edges = steps.get(key)
+            if edges is None:
+                edges = steps[key] = [(rlo, rhi, first[i][2], first[i][3]) for rlo, rhi, i in _cuts(shape, key)]
+            nfa.add_edges(st, edges)
+        else:
+            _finish_char_except(nfa, st, prefix, taken, free)
     return end
 
 
-def _canonical_step_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], free: int,
-                           first: list[tuple[int, int, int, int]]) -> None:
-    """From a trie node, every canonical continuation byte not in ``taken`` leads into ``free`` (``first``:
-    the free loop's own first-byte edges, whose inner states every trie node shares, so that the DFA has one
-    copy of them per key rather than one per trie node)."""
-    if not at_char_boundary(prefix):
-        # inside a UTF-8 character or an escape: finish it by any route the trie does not take
-        for path in _completions(prefix):
-            first = [r for r in byte_ranges([x for x in range(path[0][0], path[0][1] + 1) if x not in taken])]
-            cur_states = [st]
-            for i, ranges in enumerate([first] + [[r] for r in path[1:]]):
-                nxt = free if i == len(path) - 1 else nfa.state()
-                for src in cur_states:
-                    for lo, hi in ranges:
-                        nfa.edge(src, lo, hi, nxt)
-                cur_states = [nxt]
-        return
-    for lo, hi, b, f in first:
-        for rlo, rhi in _ranges_without(lo, hi, taken):
-            nfa.edge(st, rlo, rhi, b, f)
+def _finish_char_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], free: int) -> None:
+    """From a trie node inside a character (UTF-8 or an escape), every way to finish it that the trie does not
+    take leads into ``free``."""
+    for path in _completions(prefix):
+        first = byte_ranges([x for x in range(path[0][0], path[0][1] + 1) if x not in taken])
+        cur = st
+        for i, ranges in enumerate([first] + [[r] for r in path[1:]]):
+            nxt = free if i == len(path) - 1 else nfa.state()
+            for lo, hi in ranges:
+                nfa.edge(cur, lo, hi, nxt)
+            cur = nxt
+
+
+_CUTS: dict[tuple, list[tuple[int, int, int]]] = {}  # (edge ranges, taken bytes) -> (lo, hi, edge index) runs
+
+
+def _cuts(shape: tuple[tuple[int, int], ...], taken: frozenset[int]) -> list[tuple[int, int, int]]:
+    """The byte ranges ``shape`` less ``taken``, as runs tagged with the range they come from. Cached per
+    process: every open object's key trie asks for the same few (its nodes' next letters)."""
+    key = (shape, taken)
+    cut = _CUTS.get(key)
+    if cut is None:
+        if len(_CUTS) >= 8192:
+            _CUTS.clear()
+        cut = _CUTS[key] = [(rlo, rhi, i) for i, (lo, hi) in enumerate(shape) for rlo, rhi in _ranges_without(lo, hi, taken)]
+    return cut
 
 
 def _ranges_without(lo: int, hi: int, taken: set[int]) -> list[tuple[int, int]]:
