@@ -220,7 +220,8 @@ def _walk(nodes, ids, sub, first, last, trans, flags, info, state_groups, max_to
             _set_range(bits, ids, nodes[i, 3], nodes[end, 3])
             i = end
             continue
-        if info[q, S_PLAIN] != 0 and (sg & ~plain_groups) == 0:
+        sp = info[q, S_PLAIN]
+        if sp != 0 and (sg & ~plain_groups) == 0 and (sp == 1 or (sg & group_bit[0x7F]) == 0):
             end = nodes[i, 2]
             room = info[q, S_CMAX] - lv[d - 1, L_CNT] + d - 1  # a token of this many bytes still fits
             if room >= max_token_bytes:
@@ -396,8 +397,21 @@ def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state:
     if include_plain and info[state, S_PLAIN] != 0:
         rows = vocab_arrays[5] if info[state, S_FREE] != 0 else vocab_arrays[4]
         room = int(info[state, S_CMAX]) - counter
-        np.bitwise_or(bits, rows[max(0, min(room, rows.shape[0] - 1))].view(np.uint32), out=bits)
+        row = rows[max(0, min(room, rows.shape[0] - 1))].view(np.uint32)
+        if info[state, S_PLAIN] == 2:  # DEL refused: not the tokens with one
+            row = row & ~_del_row(vocab_arrays, bits.shape[0])
+        np.bitwise_or(bits, row, out=bits)
     return read
+
+
+def _del_row(vocab_arrays: tuple, words: int) -> np.ndarray:
+    """uint32 bitmask of the tokens holding a DEL byte (0x7F): every trie node of that byte heads tokens with one."""
+    nodes, ids = vocab_arrays[:2]
+    out = np.zeros(words, np.uint32)
+    for i in np.flatnonzero(nodes[:, 0] == 0x7F).tolist():
+        tids = ids[nodes[i, 3]:nodes[nodes[i, 2], 3]]
+        np.bitwise_or.at(out, tids >> 5, np.left_shift(np.uint32(1), (tids & 31).astype(np.uint32)))
+    return out
 
 
 def prepare_fill_arguments(vocab_arrays: tuple, automaton_arrays: tuple,

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..kernels.literal_masks import fill_masks_sparse, literal_states
 from ..kernels.token_mask import (
+    S_PLAIN,
     allocate_scratch,
     fill_next_token_bitmask_from_reference,
     fill_next_token_bitmask_prepared,
@@ -68,18 +69,20 @@ class MaskCache:
         # Below it no walk meets the limit, so masks kept there are right at any length below it.
         self.deep_stack = max_depth - vocab.max_pushes_per_token
         self.words = (vocab.vocab_size + 31) // 32
-        self.free = automaton.free_string.tolist()
+        plain_kind = kernel_args[8][:, S_PLAIN]
+        self.free = np.where(plain_kind == 2, 2, automaton.free_string.astype(np.int64)).tolist()
         self.class_groups = class_groups.tolist()
         self.class_len = class_len.tolist()
         self.final = automaton.final.tolist()
-        self.plain = automaton.plain_loop.tolist()
+        self.plain = (plain_kind != 0).tolist()  # as the kernel sees them (see CompiledGrammar)
         self.counted = automaton.counted.tolist()
         self.cmin = automaton.cmin.tolist()
         self.cmax = automaton.cmax.tolist()
         self.cap = slack_cap.tolist()
-        self.row_tables = (vocab.text_upto, vocab.free_upto)  # by free_string
-        self.row_last = (vocab.text_upto.shape[0] - 1, vocab.free_upto.shape[0] - 1)
-        self.last_rows = (vocab.text_upto[-1], vocab.free_upto[-1])  # the rows of unbounded strings, as views
+        # by free_string, and 2: an unbounded string state that refuses DEL (S_PLAIN 2, see CompiledGrammar)
+        self.row_tables = (vocab.text_upto, vocab.free_upto, vocab.text_no_del[None, :])
+        self.row_last = (vocab.text_upto.shape[0] - 1, vocab.free_upto.shape[0] - 1, 0)
+        self.last_rows = (vocab.text_upto[-1], vocab.free_upto[-1], vocab.text_no_del)  # unbounded strings' rows
         n = automaton.num_states
         # the stack read depth each state's masks depended on so far (keys grow with it)
         self.depth = [0] * n

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..kernels.forced_bytes import FORCED_DEAD, allocate_forced_scratch, forced_bytes
+from ..kernels.plain_closure import plain_closed_states
 from ..kernels.token_classes import (
     class_loop_entries,
     loop_byte_groups,
@@ -49,6 +50,7 @@ from ..kernels.token_mask import (
     apply_token_bitmask_inplace,
     prepare_fill_arguments,
 )
+from .automaton import PLAIN_ASCII, utf8_multibyte_paths
 from .json_schema import (
     Automaton,
     GrammarError,
@@ -93,6 +95,9 @@ COMMON_CLASSES = ((_DIGITS, -1), (_ASCII_ALNUM + b"._%+-", -1), (_ASCII_ALNUM + 
 _GROUP_WORDS = np.packbits(BYTE_GROUP[None, :] == np.arange(NUM_BYTE_GROUPS)[:, None], axis=1,
                            bitorder="little").view(np.uint64)
 _GROUP_BIT = np.left_shift(np.uint64(1), BYTE_GROUP.astype(np.uint64))  # per byte
+
+
+_CHAR_PATHS = [[r] for r in PLAIN_ASCII] + utf8_multibyte_paths()  # one plain string character, as byte ranges
 
 
 def _merge_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -149,6 +154,10 @@ class TokenVocabulary:
         # 128k): plain text, plus a partial UTF-8 character at the end; inside a free string any open token
         self.text_upto = _merge_rows(tables.plain_upto, tables.text_open_upto)
         self.free_upto = _merge_rows(tables.plain_upto, tables.open_upto)
+        # the last text row without the tokens holding DEL (0x7F), for string states that refuse it (S_PLAIN 2)
+        has_del = (tables.token_groups & _GROUP_BIT[0x7F]) != 0
+        self.text_no_del = self.text_upto[-1] & ~np.packbits(
+            np.pad(has_del, (0, 32 * self.text_upto.shape[1] - has_del.shape[0])), bitorder="little").view(np.int32)
         # tries 3 and 4: tries 1 and 2 keyed by what follows the leading plain bytes, for unbounded string bodies
         forest = pack_forest([tables.trie, tables.rest_trie, tables.close_trie,
                               plain_suffix_trie(tables.rest_trie, tables), plain_suffix_trie(tables.close_trie, tables)])
@@ -235,7 +244,8 @@ class TokenVocabulary:
 class CompiledGrammar:
     """An immutable automaton bound to a vocabulary, plus the mask cache its matchers share."""
 
-    def __init__(self, automaton: Automaton, vocab: TokenVocabulary, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    def __init__(self, automaton: Automaton, vocab: TokenVocabulary, max_depth: int = DEFAULT_MAX_DEPTH,
+                 string_shortcuts: bool = True) -> None:
         self.automaton = automaton
         self.vocab = vocab
         self.max_depth = max_depth
@@ -246,7 +256,15 @@ class CompiledGrammar:
         info[:, 2] = automaton.call_ret
         info[:, 3] = automaton.cmin
         info[:, 4] = automaton.cmax
+        # string states: plain loops, and (string_shortcuts) the other states no run of plain characters can
+        # kill (an unanchored pattern's search states, see kernels/plain_closure.py): the kernel's string
+        # shortcut (a plain-token row plus a walk of the rest trie) is exact at both
+        # (S_PLAIN 2: DEL refused, so the rows without DEL tokens)
         info[:, 5] = automaton.plain_loop
+        if string_shortcuts:
+            closed = plain_closed_states(automaton.trans, automaton.flags, automaton.final, automaton.call_start,
+                                         automaton.counted, _CHAR_PATHS)
+            info[:, 5] = np.where(automaton.plain_loop, 1, closed)
         info[:, 6] = automaton.free_string
         # per state: the byte groups wholly inside its flag-free self-loop
         loop_groups, exact = loop_byte_groups(automaton.loop_bits, _GROUP_WORDS)
