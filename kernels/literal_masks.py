@@ -63,7 +63,7 @@ def _walk_sparse(nodes, ids, sub, first, last, trans, flags, info, state_groups,
             i = end
             continue
         sp = info[q, S_PLAIN]
-        if sp != 0 and (sg & ~plain_groups) == 0 and (sp == 1 or (sg & group_bit[0x7F]) == 0):
+        if sp != 0 and (sg & ~plain_groups) == 0 and (sp == 1 or (sg & state_groups[q, 3]) == 0):
             end = nodes[i, 2]
             room = info[q, S_CMAX] - lv[d - 1, L_CNT] + d - 1  # a token of this many bytes still fits
             if room >= max_token_bytes:

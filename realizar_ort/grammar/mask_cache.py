@@ -79,10 +79,14 @@ class MaskCache:
         self.cmin = automaton.cmin.tolist()
         self.cmax = automaton.cmax.tolist()
         self.cap = slack_cap.tolist()
-        # by free_string, and 2: an unbounded string state that refuses DEL (S_PLAIN 2, see CompiledGrammar)
-        self.row_tables = (vocab.text_upto, vocab.free_upto, vocab.text_no_del[None, :])
-        self.row_last = (vocab.text_upto.shape[0] - 1, vocab.free_upto.shape[0] - 1, 0)
-        self.last_rows = (vocab.text_upto[-1], vocab.free_upto[-1], vocab.text_no_del)  # unbounded strings' rows
+        self.row_tables = (vocab.text_upto, vocab.free_upto, vocab.text_upto)  # by free_string (2: see below)
+        self.row_last = (vocab.text_upto.shape[0] - 1, vocab.free_upto.shape[0] - 1, vocab.text_upto.shape[0] - 1)
+        self.last_rows = (vocab.text_upto[-1], vocab.free_upto[-1])  # the rows of unbounded strings, as views
+        # free 2: a string state refusing some plain byte groups (S_PLAIN 2, see CompiledGrammar): the text rows
+        # less the tokens holding such a byte (the last row kept per state)
+        excluded = kernel_args[9][:, 3]
+        rows = {int(x): vocab.text_row_without(int(x)) for x in np.unique(excluded[plain_kind == 2]).tolist()}
+        self.excluded_rows = {q: rows[int(excluded[q])] for q in np.flatnonzero(plain_kind == 2).tolist()}
         n = automaton.num_states
         # the stack read depth each state's masks depended on so far (keys grow with it)
         self.depth = [0] * n
@@ -261,8 +265,13 @@ class CachedMaskFill:
         if plain:  # OR in the plain (and, in a free string, open) tokens that fit the room left
             free, row, _ = extra
             last = row == c.row_last[free]
-            np.bitwise_or(walked if walked is not None else out,
-                          c.last_rows[free] if last else c.row_tables[free][row], out=out)
+            if free == 2:  # the row less the tokens with a byte this string refuses
+                rows = c.excluded_rows[q]
+                if not last:
+                    rows = np.bitwise_and(rows, c.row_tables[free][row], out=self._row_scratch())
+            else:
+                rows = c.last_rows[free] if last else c.row_tables[free][row]
+            np.bitwise_or(walked if walked is not None else out, rows, out=out)
             if not last:
                 # near the end of a bounded string the row changes at every character: keep only the walk
                 if set_stops:
@@ -300,6 +309,12 @@ class CachedMaskFill:
                                                       c.max_depth, self._arena, self._levels, bits,
                                                       ref_mask.view(np.uint32), walk_bytes)
         return max(read, c.depth[r])
+
+    def _row_scratch(self) -> np.ndarray:
+        row = getattr(self, "_row_buffer", None)
+        if row is None:
+            row = self._row_buffer = np.empty(self._cache.words, np.int32)
+        return row
 
     def _set_stops(self, out: np.ndarray, allowed: bool) -> None:
         bits = out.view(np.uint32)

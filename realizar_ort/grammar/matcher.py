@@ -50,7 +50,7 @@ from ..kernels.token_mask import (
     apply_token_bitmask_inplace,
     prepare_fill_arguments,
 )
-from .automaton import PLAIN_ASCII, utf8_multibyte_paths
+from .automaton import INC, PLAIN_ASCII, ROOM, utf8_multibyte_paths
 from .json_schema import (
     Automaton,
     GrammarError,
@@ -154,10 +154,6 @@ class TokenVocabulary:
         # 128k): plain text, plus a partial UTF-8 character at the end; inside a free string any open token
         self.text_upto = _merge_rows(tables.plain_upto, tables.text_open_upto)
         self.free_upto = _merge_rows(tables.plain_upto, tables.open_upto)
-        # the last text row without the tokens holding DEL (0x7F), for string states that refuse it (S_PLAIN 2)
-        has_del = (tables.token_groups & _GROUP_BIT[0x7F]) != 0
-        self.text_no_del = self.text_upto[-1] & ~np.packbits(
-            np.pad(has_del, (0, 32 * self.text_upto.shape[1] - has_del.shape[0])), bitorder="little").view(np.int32)
         # tries 3 and 4: tries 1 and 2 keyed by what follows the leading plain bytes, for unbounded string bodies
         forest = pack_forest([tables.trie, tables.rest_trie, tables.close_trie,
                               plain_suffix_trie(tables.rest_trie, tables), plain_suffix_trie(tables.close_trie, tables)])
@@ -200,6 +196,21 @@ class TokenVocabulary:
             with self._class_lock:
                 if len(self._class_rows) < CLASS_ROW_ENTRIES:
                     row = self._class_rows.setdefault((groups, max_len), row)
+        return row
+
+    def text_row_without(self, groups: int) -> np.ndarray:
+        """The unbounded string row (``text_upto[-1]``) less the tokens holding a byte of the groups ``groups``:
+        the row of string states that refuse those bytes (``S_PLAIN`` 2, see :mod:`..kernels.plain_closure`).
+        Cached with the class rows (~0.2 ms each at 128k tokens). Read-only."""
+        row = self._class_rows.get(("text without", groups))
+        if row is None:
+            has = (self.tables.token_groups & np.uint64(groups)) != 0
+            has = np.pad(has, (0, 32 * self.text_upto.shape[1] - has.shape[0]))
+            row = self.text_upto[-1] & ~np.packbits(has, bitorder="little").view(np.int32)
+            row.flags.writeable = False
+            with self._class_lock:
+                if len(self._class_rows) < CLASS_ROW_ENTRIES:
+                    row = self._class_rows.setdefault(("text without", groups), row)
         return row
 
     @classmethod
@@ -259,12 +270,14 @@ class CompiledGrammar:
         # string states: plain loops, and (string_shortcuts) the other states no run of plain characters can
         # kill (an unanchored pattern's search states, see kernels/plain_closure.py): the kernel's string
         # shortcut (a plain-token row plus a walk of the rest trie) is exact at both
-        # (S_PLAIN 2: DEL refused, so the rows without DEL tokens)
+        # (S_PLAIN 2: those refusing some plain byte groups, ``excluded``: their row lacks the tokens with one)
         info[:, 5] = automaton.plain_loop
+        excluded = np.zeros(n, dtype=np.uint64)
         if string_shortcuts:
-            closed = plain_closed_states(automaton.trans, automaton.flags, automaton.final, automaton.call_start,
-                                         automaton.counted, _CHAR_PATHS)
-            info[:, 5] = np.where(automaton.plain_loop, 1, closed)
+            closed, excluded = plain_closed_states(automaton.arrays, automaton.counted, _CHAR_PATHS, _GROUP_BIT,
+                                                   INC, ROOM)
+            info[:, 5] = np.where(automaton.plain_loop, 1, np.where(closed, np.where(excluded != 0, 2, 1), 0))
+            excluded[info[:, 5] != 2] = 0
         info[:, 6] = automaton.free_string
         # per state: the byte groups wholly inside its flag-free self-loop
         loop_groups, exact = loop_byte_groups(automaton.loop_bits, _GROUP_WORDS)
@@ -290,7 +303,8 @@ class CompiledGrammar:
         t = vocab.tables
         self._slack_cap = np.where(automaton.free_string, t.close_max_chars + 1,
                                    np.where(automaton.plain_loop, t.rest_max_chars + 1, t.max_token_bytes + 1))
-        self._kernel_args = prepare_fill_arguments(vocab.vocab_arrays, self.automaton_arrays, class_groups, class_exit)
+        self._kernel_args = prepare_fill_arguments(vocab.vocab_arrays, self.automaton_arrays, class_groups, class_exit,
+                                                   excluded)
         self._mask_cache = MaskCache(automaton, vocab, class_groups, class_len, self._slack_cap, self._kernel_args,
                                      max_depth)
         # per-state facts as Python lists (shared with the mask cache)
