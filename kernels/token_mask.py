@@ -390,7 +390,7 @@ def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state:
         raise ValueError(f"stack_len {stack_len} exceeds the stack or scratch capacity")
     prepared = prepare_fill_arguments(vocab_arrays, automaton_arrays)
     groups = prepared[-1].copy()
-    groups[state, 1:] = (np.uint64(class_groups), np.uint64(class_exit))
+    groups[state, 1:3] = (np.uint64(class_groups), np.uint64(class_exit))
     bits = bitmask.view(np.uint32)
     read = int(_fill(*prepared[:-1], groups, state, counter, stack, stack_len, max_depth, *scratch, bits))
     info = automaton_arrays[2]
