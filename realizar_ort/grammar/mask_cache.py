@@ -19,11 +19,14 @@ Generic JSON grammars (``any_json``/``any_object``) start with the dense entries
 load (:func:`seed_generic_masks`, ~15 ms and ~5 MB per vocabulary at 128k tokens), so a request's first
 generic JSON masks are hits.
 
-A miss elsewhere runs the numba trie walk (:mod:`realizar_ort.kernels.token_mask`, ~2-30 us). A state that takes
-almost every first byte the way a string or pattern loop does (a property key's trie node in an object that
-allows extra keys; the states of an unanchored pattern's match so far) has a *reference state*
-(:mod:`.state_reference`, found on its first miss): its walk copies that state's whole mask (cached) and walks
-only the first bytes where the two differ, instead of the whole 128k-token trie (3-7 ms before). Bounded:
+A miss elsewhere runs the numba trie walk (:mod:`realizar_ort.kernels.token_mask`, ~2-30 us). String states
+that no run of allowed plain characters can kill (an unanchored pattern's states, negated or broad classes, a
+property key's trie node in an object that allows extra keys; :mod:`realizar_ort.kernels.plain_closure`) are
+string states to the kernel: a plain-token row (less the tokens of the byte groups they refuse, ``free`` 2
+below) plus a walk of the rest trie, instead of the whole 128k-token trie (2-4 ms before). Another state that
+takes almost every first byte the way a cheap state does has a *reference state* (:mod:`.state_reference`,
+found on its first miss): its walk copies that state's whole mask (cached) and walks only the first bytes where
+the two differ. Bounded:
 ``MASK_CACHE_ENTRIES`` dense entries per grammar (16 KB each at 128k, up to 8 MB), first come. The
 dictionaries are shared by matchers in different threads (plain dict get/set); each matcher has its own
 scratch, so a matcher is not thread-safe but different matchers of one grammar may run in different threads
