@@ -34,14 +34,21 @@ _NON_ASCII = 0x80
 
 
 @njit(cache=True, nogil=True)
-def _middle_ok(trans, final, call_start, t, lo, hi):
-    """``t`` (a middle-of-character state) takes exactly the bytes ``[lo, hi]``."""
-    if final[t] or call_start[t] >= 0:
-        return False
-    for b in range(256):
-        if (trans[t, b] >= 0) != (lo <= b <= hi):
-            return False
-    return True
+def _middle_ok(trans, final, call_start, t, lo, hi, memo):
+    """``t`` (a middle-of-character state) takes exactly the bytes ``[lo, hi]``. ``memo[t]``: (lo, hi, answer)
+    of the last check of ``t`` (middle states are shared by every string state of a grammar)."""
+    if memo[t, 0] == lo and memo[t, 1] == hi:
+        return memo[t, 2] == 1
+    ok = not final[t] and call_start[t] < 0
+    if ok:
+        for b in range(256):
+            if (trans[t, b] >= 0) != (lo <= b <= hi):
+                ok = False
+                break
+    memo[t, 0] = lo
+    memo[t, 1] = hi
+    memo[t, 2] = 1 if ok else 0
+    return ok
 
 
 @njit(cache=True, nogil=True)
@@ -60,7 +67,7 @@ def _excluded(trans, plain, group_bit, s):
 
 @njit(cache=True, nogil=True)
 def _local(trans, flags, final, call_start, cmin, cmax, counted, inc_flag, room_flag, s, paths, path_len, non_ascii,
-           ends, n_ends):
+           ends, n_ends, memo, work):
     """Whether ``s`` passes the checks of one state; collects the states its characters end in (into ``ends``,
     up to its length; returns -1 when the state fails or ``ends`` overflows, else how many). ``paths``: the
     ASCII characters it must take (one-byte paths) and, if ``non_ascii``, the multi-byte ones too; every other
@@ -76,7 +83,6 @@ def _local(trans, flags, final, call_start, cmin, cmax, counted, inc_flag, room_
         if (not non_ascii or b < 0xC2 or b >= 0xF5) and trans[s, b] >= 0:
             return -1
     cap = ends.shape[0]
-    work = np.empty((64, 2), np.int64)  # (state, position) still to expand along one path
     for p in range(paths.shape[0]):
         if path_len[p] > 1 and not non_ascii:
             continue
@@ -89,7 +95,7 @@ def _local(trans, flags, final, call_start, cmin, cmax, counted, inc_flag, room_
             i = work[top, 1]
             lo = paths[p, i, 0]
             hi = paths[p, i, 1]
-            if i > 0 and not _middle_ok(trans, final, call_start, t, lo, hi):
+            if i > 0 and not _middle_ok(trans, final, call_start, t, lo, hi, memo):
                 return -1
             if counted[t] != counted[s] or (counted[s] and (cmin[t] != cmin[s] or cmax[t] != cmax[s])):
                 return -1
@@ -135,6 +141,8 @@ def _closed(trans, flags, final, call_start, cmin, cmax, counted, inc_flag, room
     one_byte = np.zeros((paths.shape[0] + 128, 4, 2), np.int32)  # ASCII ranges split at excluded bytes: < 128 more
     one_len = np.zeros(paths.shape[0] + 128, np.int32)
     non_ascii_bit = group_bit[_NON_ASCII]
+    memo = np.full((n, 3), -1, np.int64)
+    work = np.empty((64, 2), np.int64)  # (state, position) still to expand along one path
     for k in range(candidates.shape[0]):
         s = candidates[k]
         x = _excluded(trans, plain, group_bit, s)
@@ -171,7 +179,7 @@ def _closed(trans, flags, final, call_start, cmin, cmax, counted, inc_flag, room
                 m += 1
                 b = e + 1
         c = _local(trans, flags, final, call_start, cmin, cmax, counted, inc_flag, room_flag, s, one_byte[:m],
-                   one_len[:m], (x & non_ascii_bit) == 0, ends[k], 0)
+                   one_len[:m], (x & non_ascii_bit) == 0, ends[k], 0, memo, work)
         counts[k] = c
         if c >= 0:
             alive[s] = True
@@ -195,6 +203,24 @@ def _closed(trans, flags, final, call_start, cmin, cmax, counted, inc_flag, room
         out_x[s] = xs[s] if alive[s] else np.uint64(0)
 
 
+@njit(cache=True, nogil=True)
+def _candidates(trans, flags, plain, other_flags, least):
+    """The states taking at least ``least`` plain bytes with no flag in ``other_flags``."""
+    n = trans.shape[0]
+    found = np.empty(n, np.int64)
+    m = 0
+    for s in range(n):
+        taken = 0
+        for b in range(0x20, 0x80):
+            if plain[b] and trans[s, b] >= 0 and (flags[s, b] & other_flags) == 0:
+                taken += 1
+                if taken >= least:
+                    found[m] = s
+                    m += 1
+                    break
+    return found[:m].copy()
+
+
 def plain_closed_states(automaton_arrays: tuple, counted: np.ndarray, paths: list[list[tuple[int, int]]],
                         group_bit: np.ndarray, inc_flag: int, room_flag: int,
                         max_ends: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -213,9 +239,7 @@ def plain_closed_states(automaton_arrays: tuple, counted: np.ndarray, paths: lis
     for path in paths:
         if len(path) == 1:
             plain[path[0][0]:path[0][1] + 1] = True
-    cols = np.flatnonzero(plain)
-    taken = ((trans[:, cols] >= 0) & ((flags[:, cols] & np.uint8(~inc_flag & 0xFF)) == 0)).sum(axis=1)
-    candidates = np.flatnonzero(taken >= 16).astype(np.int64)
+    candidates = _candidates(trans, flags, plain, np.uint8(~inc_flag & 0xFF), 16)
     arr = np.zeros((len(paths), 4, 2), dtype=np.int32)
     lens = np.zeros(len(paths), dtype=np.int32)
     for p, path in enumerate(paths):
