@@ -362,9 +362,11 @@ def main() -> None:
         hf = Tokenizer.from_file(str(args.tokenizer))
         engines = [makers[n](args.tokenizer, args.strict) for n in names]
         for engine in engines:  # JIT / numba cache loads of every kernel on the way (keys, patterns) before timing
-            warm = {"type": "object", "properties": {"a": {"type": "string", "pattern": "b"}}}
+            warm = {"type": "object", "properties": {"a": {"type": "string", "pattern": "b", "maxLength": 9},
+                                                     "u": {"type": "string", "format": "uri"}}}
             grammar, _err = engine.compile(warm)
-            engine.force(grammar, hf.encode('{"a":"abc","zé":[1,2.5,true]}', add_special_tokens=False).ids, [], [])
+            engine.force(grammar, hf.encode('{"a":"abc","u":"http://x.y/z","zé":[1,2.5,true]}',
+                                            add_special_tokens=False).ids, [], [])
         sink = args.results.open("a") if args.results else None
         begin = time.perf_counter()
         for (_title, _items), pending in zip(runs, todo, strict=True):

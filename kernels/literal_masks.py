@@ -62,7 +62,8 @@ def _walk_sparse(nodes, ids, sub, first, last, trans, flags, info, state_groups,
             _set_range_listed(bits, ids, nodes[i, 3], nodes[end, 3], touched)
             i = end
             continue
-        if info[q, S_PLAIN] != 0 and (sg & ~plain_groups) == 0:
+        sp = info[q, S_PLAIN]
+        if sp != 0 and (sg & ~plain_groups) == 0 and (sp == 1 or (sg & state_groups[q, 3]) == 0):
             end = nodes[i, 2]
             room = info[q, S_CMAX] - lv[d - 1, L_CNT] + d - 1  # a token of this many bytes still fits
             if room >= max_token_bytes:

@@ -220,7 +220,8 @@ def _walk(nodes, ids, sub, first, last, trans, flags, info, state_groups, max_to
             _set_range(bits, ids, nodes[i, 3], nodes[end, 3])
             i = end
             continue
-        if info[q, S_PLAIN] != 0 and (sg & ~plain_groups) == 0:
+        sp = info[q, S_PLAIN]
+        if sp != 0 and (sg & ~plain_groups) == 0 and (sp == 1 or (sg & state_groups[q, 3]) == 0):
             end = nodes[i, 2]
             room = info[q, S_CMAX] - lv[d - 1, L_CNT] + d - 1  # a token of this many bytes still fits
             if room >= max_token_bytes:
@@ -389,19 +390,34 @@ def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state:
         raise ValueError(f"stack_len {stack_len} exceeds the stack or scratch capacity")
     prepared = prepare_fill_arguments(vocab_arrays, automaton_arrays)
     groups = prepared[-1].copy()
-    groups[state, 1:] = (np.uint64(class_groups), np.uint64(class_exit))
+    groups[state, 1:3] = (np.uint64(class_groups), np.uint64(class_exit))
     bits = bitmask.view(np.uint32)
     read = int(_fill(*prepared[:-1], groups, state, counter, stack, stack_len, max_depth, *scratch, bits))
     info = automaton_arrays[2]
     if include_plain and info[state, S_PLAIN] != 0:
         rows = vocab_arrays[5] if info[state, S_FREE] != 0 else vocab_arrays[4]
         room = int(info[state, S_CMAX]) - counter
-        np.bitwise_or(bits, rows[max(0, min(room, rows.shape[0] - 1))].view(np.uint32), out=bits)
+        row = rows[max(0, min(room, rows.shape[0] - 1))].view(np.uint32)
+        if info[state, S_PLAIN] == 2:  # some plain bytes refused: not the tokens with one
+            row = row & ~_tokens_with_groups(vocab_arrays, bits.shape[0], prepared[-1][state, 3])
+        np.bitwise_or(bits, row, out=bits)
     return read
 
 
+def _tokens_with_groups(vocab_arrays: tuple, words: int, groups: np.uint64) -> np.ndarray:
+    """uint32 bitmask of the tokens holding a byte of the byte groups ``groups``: every trie node of such a byte
+    (in any trie of the forest) heads tokens with one."""
+    nodes, ids, group_bit = vocab_arrays[0], vocab_arrays[1], vocab_arrays[8]
+    out = np.zeros(words, np.uint32)
+    for i in np.flatnonzero((group_bit[nodes[:, 0]] & np.uint64(groups)) != 0).tolist():
+        tids = ids[nodes[i, 3]:nodes[nodes[i, 2], 3]]
+        np.bitwise_or.at(out, tids >> 5, np.left_shift(np.uint32(1), (tids & 31).astype(np.uint32)))
+    return out
+
+
 def prepare_fill_arguments(vocab_arrays: tuple, automaton_arrays: tuple,
-                           class_groups: np.ndarray | None = None, class_exit: np.ndarray | None = None) -> tuple:
+                           class_groups: np.ndarray | None = None, class_exit: np.ndarray | None = None,
+                           excluded: np.ndarray | None = None) -> tuple:
     """The leading arguments of :func:`fill_next_token_bitmask_prepared` (build once per grammar): the trie
     forest, the longest token's byte length, each byte's group bit plus the plain-string groups at index 256,
     the automaton tables, and ``state_groups`` (uint64 [states, 3]: accept groups, the class-shortcut
@@ -409,12 +425,14 @@ def prepare_fill_arguments(vocab_arrays: tuple, automaton_arrays: tuple,
     nodes, ids, sub, root_children, _text, _free, max_token_bytes, plain_groups, group_bit = vocab_arrays
     trans, flags, info, accept_groups = automaton_arrays
     group_bits = np.append(group_bit, np.uint64(plain_groups)).astype(np.uint64)
-    state_groups = np.zeros((trans.shape[0], 3), dtype=np.uint64)
+    state_groups = np.zeros((trans.shape[0], 4), dtype=np.uint64)
     state_groups[:, 0] = accept_groups
     if class_groups is not None:
         state_groups[:, 1] = class_groups
     if class_exit is not None:
         state_groups[:, 2] = class_exit
+    if excluded is not None:
+        state_groups[:, 3] = excluded
     return (nodes, ids, sub, root_children, int(max_token_bytes), group_bits, trans, flags, info, state_groups)
 
 

@@ -19,11 +19,14 @@ Generic JSON grammars (``any_json``/``any_object``) start with the dense entries
 load (:func:`seed_generic_masks`, ~15 ms and ~5 MB per vocabulary at 128k tokens), so a request's first
 generic JSON masks are hits.
 
-A miss elsewhere runs the numba trie walk (:mod:`realizar_ort.kernels.token_mask`, ~2-30 us). A state that takes
-almost every first byte the way a string or pattern loop does (a property key's trie node in an object that
-allows extra keys; the states of an unanchored pattern's match so far) has a *reference state*
-(:mod:`.state_reference`, found on its first miss): its walk copies that state's whole mask (cached) and walks
-only the first bytes where the two differ, instead of the whole 128k-token trie (3-7 ms before). Bounded:
+A miss elsewhere runs the numba trie walk (:mod:`realizar_ort.kernels.token_mask`, ~2-30 us). String states
+that no run of allowed plain characters can kill (an unanchored pattern's states, negated or broad classes, a
+property key's trie node in an object that allows extra keys; :mod:`realizar_ort.kernels.plain_closure`) are
+string states to the kernel: a plain-token row (less the tokens of the byte groups they refuse, ``free`` 2
+below) plus a walk of the rest trie, instead of the whole 128k-token trie (2-4 ms before). Another state that
+takes almost every first byte the way a cheap state does has a *reference state* (:mod:`.state_reference`,
+found on its first miss): its walk copies that state's whole mask (cached) and walks only the first bytes where
+the two differ. Bounded:
 ``MASK_CACHE_ENTRIES`` dense entries per grammar (16 KB each at 128k, up to 8 MB), first come. The
 dictionaries are shared by matchers in different threads (plain dict get/set); each matcher has its own
 scratch, so a matcher is not thread-safe but different matchers of one grammar may run in different threads
@@ -36,6 +39,7 @@ import numpy as np
 
 from ..kernels.literal_masks import fill_masks_sparse, literal_states
 from ..kernels.token_mask import (
+    S_PLAIN,
     allocate_scratch,
     fill_next_token_bitmask_from_reference,
     fill_next_token_bitmask_prepared,
@@ -68,18 +72,24 @@ class MaskCache:
         # Below it no walk meets the limit, so masks kept there are right at any length below it.
         self.deep_stack = max_depth - vocab.max_pushes_per_token
         self.words = (vocab.vocab_size + 31) // 32
-        self.free = automaton.free_string.tolist()
+        plain_kind = kernel_args[8][:, S_PLAIN]
+        self.free = np.where(plain_kind == 2, 2, automaton.free_string.astype(np.int64)).tolist()
         self.class_groups = class_groups.tolist()
         self.class_len = class_len.tolist()
         self.final = automaton.final.tolist()
-        self.plain = automaton.plain_loop.tolist()
+        self.plain = (plain_kind != 0).tolist()  # as the kernel sees them (see CompiledGrammar)
         self.counted = automaton.counted.tolist()
         self.cmin = automaton.cmin.tolist()
         self.cmax = automaton.cmax.tolist()
         self.cap = slack_cap.tolist()
-        self.row_tables = (vocab.text_upto, vocab.free_upto)  # by free_string
-        self.row_last = (vocab.text_upto.shape[0] - 1, vocab.free_upto.shape[0] - 1)
+        self.row_tables = (vocab.text_upto, vocab.free_upto, vocab.text_upto)  # by free_string (2: see below)
+        self.row_last = (vocab.text_upto.shape[0] - 1, vocab.free_upto.shape[0] - 1, vocab.text_upto.shape[0] - 1)
         self.last_rows = (vocab.text_upto[-1], vocab.free_upto[-1])  # the rows of unbounded strings, as views
+        # free 2: a string state refusing some plain byte groups (S_PLAIN 2, see CompiledGrammar): the text rows
+        # less the tokens holding such a byte (the last row kept per state)
+        excluded = kernel_args[9][:, 3]
+        rows = {int(x): vocab.text_row_without(int(x)) for x in np.unique(excluded[plain_kind == 2]).tolist()}
+        self.excluded_rows = {q: rows[int(excluded[q])] for q in np.flatnonzero(plain_kind == 2).tolist()}
         n = automaton.num_states
         # the stack read depth each state's masks depended on so far (keys grow with it)
         self.depth = [0] * n
@@ -258,8 +268,13 @@ class CachedMaskFill:
         if plain:  # OR in the plain (and, in a free string, open) tokens that fit the room left
             free, row, _ = extra
             last = row == c.row_last[free]
-            np.bitwise_or(walked if walked is not None else out,
-                          c.last_rows[free] if last else c.row_tables[free][row], out=out)
+            if free == 2:  # the row less the tokens with a byte this string refuses
+                rows = c.excluded_rows[q]
+                if not last:
+                    rows = np.bitwise_and(rows, c.row_tables[free][row], out=self._row_scratch())
+            else:
+                rows = c.last_rows[free] if last else c.row_tables[free][row]
+            np.bitwise_or(walked if walked is not None else out, rows, out=out)
             if not last:
                 # near the end of a bounded string the row changes at every character: keep only the walk
                 if set_stops:
@@ -297,6 +312,12 @@ class CachedMaskFill:
                                                       c.max_depth, self._arena, self._levels, bits,
                                                       ref_mask.view(np.uint32), walk_bytes)
         return max(read, c.depth[r])
+
+    def _row_scratch(self) -> np.ndarray:
+        row = getattr(self, "_row_buffer", None)
+        if row is None:
+            row = self._row_buffer = np.empty(self._cache.words, np.int32)
+        return row
 
     def _set_stops(self, out: np.ndarray, allowed: bool) -> None:
         bits = out.view(np.uint32)

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..kernels.forced_bytes import FORCED_DEAD, allocate_forced_scratch, forced_bytes
+from ..kernels.plain_closure import plain_closed_states
 from ..kernels.token_classes import (
     class_loop_entries,
     loop_byte_groups,
@@ -49,6 +50,7 @@ from ..kernels.token_mask import (
     apply_token_bitmask_inplace,
     prepare_fill_arguments,
 )
+from .automaton import INC, PLAIN_ASCII, ROOM, utf8_multibyte_paths
 from .json_schema import (
     Automaton,
     GrammarError,
@@ -93,6 +95,9 @@ COMMON_CLASSES = ((_DIGITS, -1), (_ASCII_ALNUM + b"._%+-", -1), (_ASCII_ALNUM + 
 _GROUP_WORDS = np.packbits(BYTE_GROUP[None, :] == np.arange(NUM_BYTE_GROUPS)[:, None], axis=1,
                            bitorder="little").view(np.uint64)
 _GROUP_BIT = np.left_shift(np.uint64(1), BYTE_GROUP.astype(np.uint64))  # per byte
+
+
+_CHAR_PATHS = [[r] for r in PLAIN_ASCII] + utf8_multibyte_paths()  # one plain string character, as byte ranges
 
 
 def _merge_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -193,6 +198,21 @@ class TokenVocabulary:
                     row = self._class_rows.setdefault((groups, max_len), row)
         return row
 
+    def text_row_without(self, groups: int) -> np.ndarray:
+        """The unbounded string row (``text_upto[-1]``) less the tokens holding a byte of the groups ``groups``:
+        the row of string states that refuse those bytes (``S_PLAIN`` 2, see :mod:`..kernels.plain_closure`).
+        Cached with the class rows (~0.2 ms each at 128k tokens). Read-only."""
+        row = self._class_rows.get(("text without", groups))
+        if row is None:
+            has = (self.tables.token_groups & np.uint64(groups)) != 0
+            has = np.pad(has, (0, 32 * self.text_upto.shape[1] - has.shape[0]))
+            row = self.text_upto[-1] & ~np.packbits(has, bitorder="little").view(np.int32)
+            row.flags.writeable = False
+            with self._class_lock:
+                if len(self._class_rows) < CLASS_ROW_ENTRIES:
+                    row = self._class_rows.setdefault(("text without", groups), row)
+        return row
+
     @classmethod
     def from_tokenizer_file(cls, path: str | os.PathLike[str], vocab_size: int | None = None,
                             stop_token_ids: Sequence[int] = ()) -> TokenVocabulary:
@@ -235,7 +255,8 @@ class TokenVocabulary:
 class CompiledGrammar:
     """An immutable automaton bound to a vocabulary, plus the mask cache its matchers share."""
 
-    def __init__(self, automaton: Automaton, vocab: TokenVocabulary, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    def __init__(self, automaton: Automaton, vocab: TokenVocabulary, max_depth: int = DEFAULT_MAX_DEPTH,
+                 string_shortcuts: bool = True) -> None:
         self.automaton = automaton
         self.vocab = vocab
         self.max_depth = max_depth
@@ -246,7 +267,17 @@ class CompiledGrammar:
         info[:, 2] = automaton.call_ret
         info[:, 3] = automaton.cmin
         info[:, 4] = automaton.cmax
+        # string states: plain loops, and (string_shortcuts) the other states no run of plain characters can
+        # kill (an unanchored pattern's search states, see kernels/plain_closure.py): the kernel's string
+        # shortcut (a plain-token row plus a walk of the rest trie) is exact at both
+        # (S_PLAIN 2: those refusing some plain byte groups, ``excluded``: their row lacks the tokens with one)
         info[:, 5] = automaton.plain_loop
+        excluded = np.zeros(n, dtype=np.uint64)
+        if string_shortcuts:
+            closed, excluded = plain_closed_states(automaton.arrays, automaton.counted, _CHAR_PATHS, _GROUP_BIT,
+                                                   INC, ROOM)
+            info[:, 5] = np.where(automaton.plain_loop, 1, np.where(closed, np.where(excluded != 0, 2, 1), 0))
+            excluded[info[:, 5] != 2] = 0
         info[:, 6] = automaton.free_string
         # per state: the byte groups wholly inside its flag-free self-loop
         loop_groups, exact = loop_byte_groups(automaton.loop_bits, _GROUP_WORDS)
@@ -272,7 +303,8 @@ class CompiledGrammar:
         t = vocab.tables
         self._slack_cap = np.where(automaton.free_string, t.close_max_chars + 1,
                                    np.where(automaton.plain_loop, t.rest_max_chars + 1, t.max_token_bytes + 1))
-        self._kernel_args = prepare_fill_arguments(vocab.vocab_arrays, self.automaton_arrays, class_groups, class_exit)
+        self._kernel_args = prepare_fill_arguments(vocab.vocab_arrays, self.automaton_arrays, class_groups, class_exit,
+                                                   excluded)
         self._mask_cache = MaskCache(automaton, vocab, class_groups, class_len, self._slack_cap, self._kernel_args,
                                      max_depth)
         # per-state facts as Python lists (shared with the mask cache)

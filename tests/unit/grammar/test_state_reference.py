@@ -44,8 +44,9 @@ OPEN_VALUES = [
 PATTERN = {"type": "object", "properties": {
     "code": {"type": "string", "pattern": "rocket_font"},
     "style": {"type": "string", "pattern": "normal|italic"},
-    "uuid": {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}$"}}}
-PATTERN_VALUES = [{"code": "my rocket_font file", "style": "bold italic", "uuid": "0123abcd-12ef", "more": "é"}]
+    "uuid": {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}$"}, "url": {"type": "string", "format": "uri"}}}
+PATTERN_VALUES = [{"code": "my rocket_font file", "style": "bold italic", "uuid": "0123abcd-12ef",
+                   "url": "https://example.com/a?b=c", "more": "é"}]
 
 
 def _masks_agree_along(grammar_fast, grammar_plain, ids, stop, vocab_size) -> None:
@@ -62,7 +63,7 @@ def _masks_agree_along(grammar_fast, grammar_plain, ids, stop, vocab_size) -> No
 def _pair(schema, vocab) -> tuple[CompiledGrammar, CompiledGrammar]:
     automaton = compile_schema_automaton(schema)
     fast = CompiledGrammar(automaton, vocab)
-    plain = CompiledGrammar(automaton, vocab)
+    plain = CompiledGrammar(automaton, vocab, string_shortcuts=False)
     plain._mask_cache.no_reference = True  # the whole-trie walk everywhere
     return fast, plain
 
@@ -87,8 +88,12 @@ def test_reference_masks_equal_plain_walk_on_real_vocabularies(real, schema, val
     for value in values:
         ids = tok.encode(json.dumps(value, ensure_ascii=False, separators=(",", ":")), add_special_tokens=False).ids
         _masks_agree_along(fast, plain, ids, stop, vocab.vocab_size)
-    # the key trie nodes, and the states of an unanchored pattern's match so far, took the reference path
-    assert _used(fast) >= (10 if schema is OPEN else 4)
+    # the key trie nodes took the reference path or the string shortcut (a trie node that no run of plain
+    # characters kills; see test_plain_closure.py), as did an unanchored pattern's states; the plain walk neither
+    closed = fast.automaton_arrays[2][:, 5] != fast.automaton.plain_loop
+    assert _used(fast) + int(closed.sum()) >= (10 if schema is OPEN else 4)
+    if schema is PATTERN:
+        assert _used(fast) >= 1  # a URI's first state copies its scheme loop's mask
     assert _used(plain) == 0
 
 
@@ -96,6 +101,7 @@ def test_reference_masks_equal_token_by_token_reference(reference_mask):
     """Every key state met along the instances, on the hand vocabulary (multi-byte, escape and key tokens)."""
     automaton = compile_schema_automaton(OPEN)
     grammar = CompiledGrammar(automaton, VOCAB)
+    closed = grammar.automaton_arrays[2][:, 5] != automaton.plain_loop  # key trie nodes: the string shortcut
     token_bytes = hand_vocab()
     id_of = {raw: i for i, raw in enumerate(token_bytes) if raw is not None and len(raw) == 1}
     checked = 0
@@ -105,7 +111,7 @@ def test_reference_masks_equal_token_by_token_reference(reference_mask):
             got = allocate_token_bitmask(len(token_bytes))
             m.fill_next_token_bitmask(got)
             np.testing.assert_array_equal(got, reference_mask(m, grammar, token_bytes, STOP))
-            checked += isinstance(grammar._mask_cache.refs[m._state], tuple)
+            checked += isinstance(grammar._mask_cache.refs[m._state], tuple) or bool(closed[m._state])
             assert m.advance(id_of[bytes([byte])])
     assert checked >= 20
 

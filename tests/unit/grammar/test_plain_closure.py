@@ -1,0 +1,134 @@
+"""String states that no run of (allowed) plain characters can kill take the kernel's string shortcut
+(:mod:`realizar_ort.kernels.plain_closure`): an unanchored pattern's search and match states, negated or broad
+classes (with the row less the tokens of the bytes they refuse), in bounded strings too. The masks must equal
+the plain whole-trie walk bit for bit (real vocabularies) and the token-by-token reference (a hand vocabulary)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from realizar_ort.kernels.plain_closure import plain_closed_states
+from tokenizers import Tokenizer
+
+from realizar_ort.grammar.automaton import INC, ROOM
+from realizar_ort.grammar.json_schema import compile_schema_automaton
+from realizar_ort.grammar.matcher import (
+    _CHAR_PATHS,
+    _GROUP_BIT,
+    CompiledGrammar,
+    TokenVocabulary,
+    allocate_token_bitmask,
+)
+
+STOP = 1
+# unanchored patterns (search, match so far, matched), a negated class, an ASCII-only class loop, bounded
+# strings (one ending at its maxLength inside the instance), a pattern refusing DEL
+SCHEMA = {"type": "object", "properties": {
+    "wifi": {"type": "string", "pattern": "wifi"},
+    "alnum": {"type": "string", "pattern": "[A-Za-z0-9]+"},
+    "hotel": {"type": "string", "pattern": ".*[Hh]otel [Pp]aris.*"},
+    "kind": {"type": "string", "pattern": "integer|continuous"},
+    "noslash": {"type": "string", "pattern": "^[^/]+$"},
+    "words": {"type": "string", "pattern": "^[a-z ]+$"},
+    "stamp": {"type": "string", "minLength": 10, "maxLength": 10, "pattern": "[0-9]{10,10}"},
+    "name": {"type": "string", "pattern": "^[a-zA-Z0-9 _-]+$", "maxLength": 1024},
+    "short": {"type": "string", "pattern": "^[^/]+$", "maxLength": 12},
+    "tail": {"type": "string", "pattern": "b", "maxLength": 9}},
+    "additionalProperties": False}
+VALUES = [
+    {"wifi": "my wifi é net\\n", "alnum": "--ab cd", "hotel": "the Hotel Paris «5»", "kind": "continuous",
+     "noslash": "ab\\\\cd é\"x", "words": "just words", "stamp": "1643723400", "name": "my app_1",
+     "short": "abcdefghijk", "tail": "xxxxbxxxx"},
+    {"wifi": "wifi", "alnum": "é9", "hotel": "hotel paris", "kind": "an integer", "noslash": "\u00e9\u2028",
+     "words": "a", "stamp": "0000000000", "name": "-", "short": "a", "tail": "b"},
+]
+
+
+def _pair(schema, vocab) -> tuple[CompiledGrammar, CompiledGrammar]:
+    automaton = compile_schema_automaton(schema)
+    fast = CompiledGrammar(automaton, vocab)
+    plain = CompiledGrammar(automaton, vocab, string_shortcuts=False)
+    plain._mask_cache.no_reference = True  # the whole-trie walk everywhere
+    return fast, plain
+
+
+def _closed(grammar) -> np.ndarray:
+    """The states the string shortcut covers beyond the plain loops, and the kind (1, or 2 = bytes excluded)."""
+    info = grammar._kernel_args[8]
+    return np.where(grammar.automaton.plain_loop, 0, info[:, 5])
+
+
+@pytest.fixture(scope="module", params=["llama3", "smollm2"])
+def real(request, llama3_tokenizer_json, smollm2_dir):
+    path = llama3_tokenizer_json if request.param == "llama3" else smollm2_dir / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    stop = tok.token_to_id("<|eot_id|>") if request.param == "llama3" else tok.token_to_id("<|im_end|>")
+    return tok, TokenVocabulary.from_tokenizer_file(path, stop_token_ids=(stop,)), stop
+
+
+def test_string_shortcut_masks_equal_plain_walk_on_real_vocabularies(real):
+    tok, vocab, stop = real
+    fast, plain = _pair(SCHEMA, vocab)
+    kinds = _closed(fast)
+    met = set()
+    a, b = allocate_token_bitmask(vocab.vocab_size), allocate_token_bitmask(vocab.vocab_size)
+    for value in VALUES:
+        ids = tok.encode(json.dumps(value, ensure_ascii=False, separators=(",", ":")), add_special_tokens=False).ids
+        f, p = fast.matcher(), plain.matcher()
+        for tid in ids + [stop]:
+            f.fill_next_token_bitmask(a)
+            p.fill_next_token_bitmask(b)
+            np.testing.assert_array_equal(a, b)
+            met.add((int(kinds[f._state]), bool(fast.automaton.counted[f._state])))
+            assert f.advance(tid) and p.advance(tid)
+        assert f.is_terminated()
+    # shortcut states, bounded and not, were met along the instances (pattern strings refuse DEL: kind 2)
+    assert {(2, False), (2, True)} <= met
+    assert not _closed(plain).any()
+
+
+def test_string_shortcut_masks_equal_token_by_token_reference(reference_mask):
+    """Every state along the instances on a hand vocabulary: each single byte, plus tokens that hold an excluded
+    byte, a quote or an escape after plain text, DEL, U+2028 and a partial UTF-8 character."""
+    token_bytes = [None, None] + [bytes([b]) for b in range(0x20, 0x100)] + [
+        b"wi", b"fi", b"wifi", b"ab/", b"a/b", b'x"', b'x",', b'c"}', b"a\\n", b"\\u00e9", b"\x7f", b"a\x7f",
+        b"\xe2\x80\xa8", b"\xc3", b"a\xc3", b"Hotel", b" Paris", b"123", b"12345678901", b"my app", b"\xc3\xa9"]
+    vocab = TokenVocabulary.from_token_bytes(token_bytes, stop_token_ids=(STOP,))
+    grammar = CompiledGrammar(compile_schema_automaton(SCHEMA), vocab)
+    kinds = _closed(grammar)
+    id_of = {raw: i for i, raw in enumerate(token_bytes) if raw is not None and len(raw) == 1}
+    checked = 0
+    for value in VALUES:
+        m = grammar.matcher()
+        for byte in json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode():
+            got = allocate_token_bitmask(len(token_bytes))
+            m.fill_next_token_bitmask(got)
+            np.testing.assert_array_equal(got, reference_mask(m, grammar, token_bytes, STOP))
+            checked += kinds[m._state] != 0
+            assert m.advance(id_of[bytes([byte])])
+    assert checked >= 60
+
+
+def test_closed_states_are_exactly_those_no_plain_run_kills():
+    def closed(schema):
+        a = compile_schema_automaton(schema)
+        found, excluded = plain_closed_states(a.arrays, a.counted, _CHAR_PATHS, _GROUP_BIT, INC, ROOM)
+        return a, found & ~a.plain_loop, excluded
+
+    _a, found, excluded = closed({"type": "string", "pattern": "wifi"})
+    assert found.sum() >= 5  # the search state, w, wi, wif, the matched state
+    assert (excluded[found] != 0).all()  # pattern strings refuse DEL (not a plain character there)
+    _a, found, _x = closed({"type": "string", "pattern": "^wifi$"})  # a plain run kills every state
+    assert not found.any()
+    # '.' refuses U+2028 (a line terminator): not every plain character is taken, and that is not a byte group
+    _a, found, _x = closed({"type": "string", "pattern": "^(.+)/(.+)$"})
+    assert not found.any()
+    # a negated class: every plain byte but '/' (its own byte group) and DEL
+    a, found, excluded = closed({"type": "string", "pattern": "^[^/]+$"})
+    assert found.any() and len(set(excluded[found].tolist())) == 1
+    assert int(excluded[found][0]) == int(_GROUP_BIT[ord("/")] | _GROUP_BIT[0x7F])
+    # a bounded string: the same, with the counter's flags
+    a, found, _x = closed({"type": "string", "pattern": "wifi", "maxLength": 20})
+    assert found.any() and a.counted[found].all()
