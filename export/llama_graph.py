@@ -201,6 +201,15 @@ def _packed_qkv(weights: LlamaWeights, i: int) -> QuantLinear | None:
     return concat_rows(parts)  # type: ignore[arg-type]
 
 
+def _packed_gate_up(weights: LlamaWeights, i: int) -> QuantLinear | None:
+    """gate|up as one MatMulNBits when both are quantized alike (one kernel and one activation pass fewer
+    per layer; for offset formats one block-offset MatMul and Add fewer too)."""
+    parts = [weights.quantized.get(f"layers.{i}.{key}") for key in ("gate", "up")]
+    if any(p is None for p in parts) or parts[0].n != parts[1].n:  # type: ignore[union-attr]
+        return None
+    return concat_rows(parts)  # type: ignore[arg-type]
+
+
 def quantized_layer_keys(weights: LlamaWeights) -> list[str]:
     """The layer keys the graph really writes as MatMulNBits (q|k|v only when all three are quantized alike)."""
     keys = []
@@ -251,10 +260,17 @@ def build_fused_llama_graph(weights: LlamaWeights, path: Path, *, all_logits: bo
         norm_post = g.weight(f"model.layers.{i}.post_attention_layernorm.weight", layer["post_norm"])
         normed, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [residual, attn_out, norm_post],
                                         f"{p}/post_attention_layernorm", outputs=4, domain="com.microsoft", unused=(1, 2), epsilon=eps)
-        gate = _linear(g, normed, f"{p}/mlp/gate_proj", f"model.layers.{i}.mlp.gate_proj.weight", lambda: layer["gate"].T,
-                       q.get(f"layers.{i}.gate"), level)
-        up = _linear(g, normed, f"{p}/mlp/up_proj", f"model.layers.{i}.mlp.up_proj.weight", lambda: layer["up"].T,
-                     q.get(f"layers.{i}.up"), level)
+        gate_up = _packed_gate_up(w, i)
+        if gate_up is not None:  # one MatMulNBits (and one offset term) for both, then split along N
+            packed = _linear(g, normed, f"{p}/mlp/gate_up_proj", f"model.layers.{i}.mlp.gate_up_proj.weight",
+                             lambda: None, gate_up, level)
+            halves = g.weight(f"model.layers.{i}.mlp.gate_up_split", np.array([gate_up.n // 2] * 2, np.int64))
+            gate, up = g.node("Split", [packed, halves], f"{p}/mlp/gate_up_split", outputs=2, axis=-1)
+        else:
+            gate = _linear(g, normed, f"{p}/mlp/gate_proj", f"model.layers.{i}.mlp.gate_proj.weight",
+                           lambda: layer["gate"].T, q.get(f"layers.{i}.gate"), level)
+            up = _linear(g, normed, f"{p}/mlp/up_proj", f"model.layers.{i}.mlp.up_proj.weight", lambda: layer["up"].T,
+                         q.get(f"layers.{i}.up"), level)
         (sig,) = g.node("Sigmoid", [gate], f"{p}/mlp/act_fn/Sigmoid")
         (silu,) = g.node("Mul", [gate, sig], f"{p}/mlp/act_fn/Mul")
         (gated,) = g.node("Mul", [silu, up], f"{p}/mlp/Mul")

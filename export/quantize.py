@@ -47,7 +47,7 @@ class QuantOptions:
     def cache_variant(self) -> str:
         t = self.thresholds
         head = "" if self.lm_head_bits == 8 else f"|head{self.lm_head_bits}"
-        return (f"q13v2|{self.method}|bs{self.block_size}|acc{self.accuracy_level}|sym{int(self.symmetric)}"
+        return (f"q13v3|{self.method}|bs{self.block_size}|acc{self.accuracy_level}|sym{int(self.symmetric)}"
                 f"|ppl{t.max_perplexity_increase}|agree{t.min_greedy_agreement}{head}")
 
 

@@ -76,13 +76,12 @@ def test_every_repacked_layer_computes_with_the_fp32_exports_weights(
     pairs = {}
     for i in range(30):
         p = f"/model/layers.{i}"
-        pairs |= {f"{p}/attn/qkv_proj": f"model.layers.{i}.attn.qkv_proj.weight",
-                  f"{p}/attn/o_proj": f"model.layers.{i}.attn.o_proj.weight",
-                  f"{p}/mlp/gate_proj": f"model.layers.{i}.mlp.gate_proj.weight",
-                  f"{p}/mlp/up_proj": f"model.layers.{i}.mlp.up_proj.weight",
-                  f"{p}/mlp/down_proj": f"model.layers.{i}.mlp.down_proj.weight"}
-    for node, weight in pairs.items():
-        got, expected = _graph_weight(model, inits, node), fp32[weight].T
+        pairs |= {f"{p}/attn/qkv_proj": [f"model.layers.{i}.attn.qkv_proj.weight"],
+                  f"{p}/attn/o_proj": [f"model.layers.{i}.attn.o_proj.weight"],
+                  f"{p}/mlp/gate_up_proj": [f"model.layers.{i}.mlp.gate_proj.weight", f"model.layers.{i}.mlp.up_proj.weight"],
+                  f"{p}/mlp/down_proj": [f"model.layers.{i}.mlp.down_proj.weight"]}
+    for node, weights in pairs.items():  # gate|up: one MatMulNBits whose rows are gate's then up's
+        got, expected = _graph_weight(model, inits, node), np.concatenate([fp32[w].T for w in weights])
         np.testing.assert_allclose(got, expected, rtol=0, atol=float(np.spacing(np.abs(expected)).max()), err_msg=node)
     np.testing.assert_array_equal(inits["lm_head.weight"], fp32["lm_head.weight"])
     embed = (inits["model.embed_tokens.qweight"].astype(np.float32) - 128).reshape(len(fp32["lm_head.weight"].T), -1, 32)

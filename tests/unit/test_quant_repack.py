@@ -223,3 +223,45 @@ def test_k_quant_blocks_are_the_files_own_weights(tmp_path: Path, qtype: str) ->
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
     else:  # level 4 quantizes x to int8 per block: relative error of the whole product, not per element
         assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
+
+
+@pytest.mark.parametrize("offsets", [False, True])
+def test_packed_gate_up_computes_what_separate_float_layers_compute(tmp_path: Path, offsets: bool) -> None:
+    """gate|up quantized alike become one MatMulNBits (+ one block-offset term) split along N: the logits
+    equal those of the same graph with gate and up as separate float MatMuls of the dequantized weights."""
+    rng = np.random.default_rng(13)
+    layer = {key: (0.1 * rng.standard_normal((64, 64))).astype(np.float32)
+             for key in ("q", "k", "v", "o", "gate", "up", "down")}
+    layer |= {"input_norm": np.ones(64, np.float32), "post_norm": np.ones(64, np.float32)}
+    quantized = {}
+    for key in ("gate", "up"):
+        quant = quantize_rtn(layer[key], 4, 32, symmetric=not offsets)  # [N, K] = [out, in]
+        if offsets:  # Q4_1's form: codes with zero point 0 plus a float offset per block
+            quant = QuantLinear(4, 32, quant.n, quant.k, quant.codes, quant.scales, None,
+                                rng.uniform(-0.05, 0.05, (quant.n, quant.k // 32)).astype(np.float32), "Q4_1")
+        quantized[f"layers.0.{key}"] = quant
+    vocab = rng.standard_normal((N, 64)).astype(np.float32)
+
+    def weights(layers: dict, quant: dict) -> llama_graph.LlamaWeights:
+        return llama_graph.LlamaWeights(
+            num_layers=1, num_heads=2, num_kv_heads=2, head_dim=32, hidden_size=64, vocab_size=N, rms_norm_eps=1e-5,
+            embed_tokens=vocab, lm_head=vocab, final_norm=np.ones(64, np.float32), layers=[layers],
+            cos_cache=np.ones((16, 16), np.float32), sin_cache=np.zeros((16, 16), np.float32), quantized=quant,
+        )
+
+    packed, plain = tmp_path / "packed" / "model.onnx", tmp_path / "plain" / "model.onnx"
+    packed.parent.mkdir(), plain.parent.mkdir()
+    llama_graph.build_fused_llama_graph(weights(layer, quantized), packed)
+    floats = layer | {key: dequantize(quantized[f"layers.0.{key}"]) for key in ("gate", "up")}
+    llama_graph.build_fused_llama_graph(weights(floats, {}), plain)
+    import onnx
+
+    nodes = {n.name: n for n in onnx.load(str(packed)).graph.node}
+    assert "/model/layers.0/mlp/gate_up_proj" in nodes and "/model/layers.0/mlp/gate_proj" not in nodes
+    feeds = {"input_ids": np.array([[3, 7, 1, 9, 4]], np.int64), "seqlens_k": np.array([4], np.int32),
+             "total_sequence_length": np.array(5, np.int32)}
+    for kind in ("key", "value"):
+        feeds[f"past_key_values.0.{kind}"] = np.zeros((1, 2, 8, 32), np.float32)
+    got, want = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+                 for p in (packed, plain))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
