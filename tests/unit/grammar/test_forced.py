@@ -230,3 +230,26 @@ def test_forced_tool_call_prefix_on_llama3(llama3_tokenizer_json):
            "additionalProperties": False}
     jg = JsonGrammar(compile_json_schema(two, vocab), forcer)
     assert jg.forced_tokens(tok.encode('{"'), 10) == []
+
+
+def test_a_sampled_token_a_longer_token_covers_is_replaced(real):
+    """After a sampled `t` the grammar forces `ags` (then `":`, held back: a longer token may start there).
+    The tokenizer writes `tags`: `t` is dropped and `tags` appended; the matcher goes back to before `t`, so
+    catching up on the new ids feeds `tags`. After a sampled `tags` nothing is replaced."""
+    tok, vocab, forcer, _ = real
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "integer"}},
+                                               "zone": {"type": "integer"}}, "additionalProperties": False}
+    jg = JsonGrammar(compile_json_schema(schema, vocab), forcer)
+    gen = tok.encode('{"') + tok.encode("t")
+    assert _spell(vocab, jg.forced_tokens(gen, 10)) == b"ags"  # alone: the split the tokenizer never writes
+    assert jg.healed_forced_tokens(gen, 10) == (1, tok.encode("tags"))
+    assert jg.matcher.num_accepted == len(gen) - 1
+    jg._catch_up(gen[:-1] + tok.encode("tags"))
+    assert not jg.matcher.is_error and jg.matcher.num_accepted == len(gen)
+    again = JsonGrammar(compile_json_schema(schema, vocab), forcer)
+    assert again.healed_forced_tokens(gen, 10) == (1, tok.encode("tags"))  # the kept answer: the same
+    assert again.healed_forced_tokens(gen, 0) == (0, [])
+    kept = JsonGrammar(compile_json_schema(schema, vocab), forcer)
+    whole = tok.encode('{"') + tok.encode("tags")
+    assert kept.healed_forced_tokens(whole, 10) == (0, [])  # `":` is held back; nothing to heal
+    assert kept.matcher.num_accepted == len(whole)
