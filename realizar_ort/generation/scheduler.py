@@ -19,7 +19,10 @@ without sampling: a row alone in the batch feeds its sampled token and all its f
 a pass of its own when the row-steps that saves outweigh the pass's measured cost (see `_feed_long_runs`;
 onnxruntime's GroupQueryAttention takes several tokens on top of a past only for one row per pass), and
 otherwise feeds one forced token per step, never sampling until they are all in.
-The Optimum graph (no `extend`) feeds them one per step.
+The Optimum graph (no `extend`) feeds them one per step. Token healing: where the grammar says the sampled
+token and the run after it are spelled otherwise by the tokenizer (`healed_forced_tokens`), the run replaces
+that token before anything is fed (a sampled token is fed with the next pass), so the KV never holds it;
+its text was streamed already, and the run's delta says `replaces=1`.
 
 Prefix cache (`PrefixCache`, fused graph only): a prompt whose first blocks are cached has their KV
 copied into its slot and prefills only the rest, which counts against the per-boundary budget; the rest

@@ -9,7 +9,12 @@ Turning them into tokens is the delicate part (llguidance's ``docs/fast_forward.
 2. "token healing" at the end: if some vocabulary token starting inside the forced bytes runs past their
    end and the grammar allows it there (``":`` after a key's closing ``"``, say), the tokens from that
    point on are held back, so the model itself picks how to cross into the free part;
-3. what is kept is tokenized again on its own and must come out the same (else a token more is dropped).
+3. what is kept is tokenized again on its own and must come out the same (else a token more is dropped);
+4. token healing at the start (``FastForward.healed``): right after a sampled token, its bytes and the forced
+   bytes are tokenized together (the same hold-back, grammar checks from before that token); when the
+   tokenizer's first token is not the sampled one (``t`` + ``ags":`` is ``tags`` ``":``), the run replaces
+   it. One token back at most, never a forced or prompt token (the caller's promise); a sampled token that
+   ends a character begun before it is never replaced (its bytes are not text on their own).
 
 A forced run that ends the value (nothing but a stop token may follow) keeps all its tokens and, when the
 vocabulary has a single stop token, that too.
