@@ -14,8 +14,8 @@ Each cell runs fast-forward off and on (``SamplingParams.fast_forward``), altern
 round, greedy. Reported per cell (medians over rounds): output tokens/s (completion tokens / wall time),
 end-to-end latency per request, the share of output tokens forced, the model passes per output token, and
 validity (finished answers that parse and validate / finished answers; answers cut at ``max_tokens`` are
-counted apart), and for json answers the forced runs (deltas of several tokens) that are not the tokenizer's own
-tokens for their text.
+counted apart), for json answers the forced runs (deltas of several tokens) that are not the tokenizer's own
+tokens for their text, and the sampled tokens a forced run replaced (token healing).
 """
 
 from __future__ import annotations
@@ -141,7 +141,8 @@ def run_cell(engine, kind, streams, requests, ff, max_tokens, forcer, vocab) -> 
     wall = time.perf_counter() - t
     after = engine.stats()
     delta = {k: after[k] - before[k] for k in ("forced_tokens", "generated_tokens", "decode_steps",
-                                                "model_steps_saved", "prefill_passes", "forced_passes")}
+                                                "model_steps_saved", "prefill_passes", "forced_passes",
+                                                "healed_tokens")}
     return cell, wall, delta
 
 
@@ -156,7 +157,7 @@ def main() -> None:
     ap.add_argument("--free-tokens", type=int, default=32)
     args = ap.parse_args()
     print("model | workload | streams | ff | tok/s | e2e p50 s | forced share | passes/token | valid | cut | "
-          "non-canonical runs | ratio on/off tok/s")
+          "non-canonical runs | healed | ratio on/off tok/s")
     for model in args.models.split(","):
         folder = REPO / "models" / model
         engine = ModelEngine.from_folder(folder, LlmModelConfig(path=folder, max_batch_size=8))
@@ -185,13 +186,14 @@ def main() -> None:
                     valid = sum(c.valid for c, _, _ in runs)
                     cut = sum(c.cut for c, _, _ in runs)
                     canon = f"{sum(c.noncanonical for c, _, _ in runs)}/{sum(c.runs for c, _, _ in runs)}" if kind == "json" else "-"
+                    healed = sum(d["healed_tokens"] for _, _, d in runs)
                     ratio = ""
                     if ff:
                         pairs = [a / b for a, b in zip(rates[True], rates[False])]
                         ratio = f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
                     vtxt = "-" if kind == "free" else f"{valid}/{fin}"
                     print(f"{model} | {kind} | {streams} | {'on' if ff else 'off'} | {statistics.median(rates[ff]):.1f}"
-                          f" | {lat:.2f} | {forced:.0%} | {passes:.2f} | {vtxt} | {cut} | {canon} | {ratio}", flush=True)
+                          f" | {lat:.2f} | {forced:.0%} | {passes:.2f} | {vtxt} | {cut} | {canon} | {healed} | {ratio}", flush=True)
         engine.close()
 
 

@@ -6,9 +6,12 @@
 16 prompts for the nested schema of ``bench/grammar.py`` (the 8 of ``bench/fast_forward.py`` and 8 more),
 8 at a time, each with fast-forward off and on, greedy and sampled (a fixed seed per prompt). Per setting:
 answers finished (not cut at max_tokens), valid among the finished ones, answers cut inside ``subtasks``
-items (the unbounded array a small model repeats), answers that open ``subtasks`` items at all, and
+items (the unbounded array a small model repeats), answers that open ``subtasks`` items at all,
 answers whose tokens differ from the tokenizer's own tokens for their text (with it off, the model spells
-keys under the mask in pieces the tokenizer never writes).
+keys under the mask in pieces the tokenizer never writes; with it on, the free parts the model samples
+may still be spelled so), and, with it on, the forced runs after a sampled token: how many, how many
+replaced that token (token healing), and at how many the sampled token and the run are not the
+tokenizer's own tokens for their bytes (a sampled token ending a character begun before it: not counted).
 """
 
 from __future__ import annotations
@@ -40,6 +43,42 @@ MORE_PROMPTS = ["Open a ticket for the broken password reset email.", "Create a 
 PROMPTS = JSON_PROMPTS + MORE_PROMPTS
 
 
+class RecordingGrammar(JsonGrammar):
+    """Records the forced runs the scheduler takes: (generated ids before it, tokens it replaced, the run)."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.runs: list[tuple[list[int], int, list[int]]] = []
+
+    def forced_tokens(self, generated_ids, limit):
+        out = super().forced_tokens(generated_ids, limit)
+        if out:
+            self.runs.append((list(generated_ids), 0, list(out)))
+        return out
+
+    def healed_forced_tokens(self, generated_ids, limit):
+        drop, out = super().healed_forced_tokens(generated_ids, limit)
+        if out:
+            self.runs.append((list(generated_ids), drop, list(out)))
+        return drop, out
+
+
+def boundaries(grammar: RecordingGrammar, vocab: TokenVocabulary, tokenizer, stops) -> tuple[int, int, int]:
+    """(forced runs after a sampled token, how many replaced it, how many are not canonical with it)."""
+    runs = healed = bad = 0
+    for generated, drop, run in grammar.runs:
+        if not generated:
+            continue
+        ids = [t for t in run if t not in stops]
+        around = ids if drop else [generated[-1], *ids]
+        try:
+            text = b"".join(vocab.token_bytes(t) for t in around).decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        runs, healed, bad = runs + 1, healed + drop, bad + (tokenizer.encode(text) != around)
+    return runs, healed, bad
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -52,9 +91,10 @@ def main() -> None:
                                                 stop_token_ids=tuple(sorted(engine.eos_token_ids)))
     forcer = ForcedTokenizer(vocab, engine.tokenizer)
 
-    def one(i: int, ff: bool, temperature: float) -> tuple[bool, bool, str, bool]:
+    def one(i: int, ff: bool, temperature: float) -> tuple:
+        grammar = RecordingGrammar(compile_json_schema(NESTED, vocab), forcer)
         params = SamplingParams(max_tokens=args.max_tokens, temperature=temperature, seed=1000 + i, fast_forward=ff,
-                                logit_processors=(JsonGrammar(compile_json_schema(NESTED, vocab), forcer),))
+                                logit_processors=(grammar,))
         r = engine.chat([{"role": "user", "content": PROMPTS[i]}], params)
         finished = r.finish_reason != "length"
         valid = False
@@ -66,10 +106,11 @@ def main() -> None:
             except (ValueError, jsonschema.ValidationError):
                 pass
         ids = [t for t in r.token_ids if t not in engine.eos_token_ids]
-        return finished, valid, r.text, engine.tokenizer.encode(engine.tokenizer.decode(ids)) == ids
+        canonical = engine.tokenizer.encode(engine.tokenizer.decode(ids)) == ids
+        return finished, valid, r.text, canonical, boundaries(grammar, vocab, engine.tokenizer, engine.eos_token_ids)
 
     print("temperature | ff | finished | valid/finished | cut inside subtasks items | opened subtasks items | "
-          "non-canonical answers")
+          "non-canonical answers | runs after a sampled token: healed, non-canonical")
     for temperature in (float(t) for t in args.temperatures.split(",")):
         for ff in (False, True):
             with cf.ThreadPoolExecutor(8) as pool:
@@ -78,7 +119,8 @@ def main() -> None:
             items = [r for r in res if '"subtasks":[{' in r[2]]
             print(f"{temperature} | {'on' if ff else 'off'} | {fin}/{len(res)} | {sum(r[1] for r in res)}/{fin} | "
                   f"{sum(not r[0] for r in items)}/{len(res) - fin} | {len(items)}/{len(res)} | "
-                  f"{sum(not r[3] for r in res)}/{len(res)}", flush=True)
+                  f"{sum(not r[3] for r in res)}/{len(res)} | {sum(r[4][0] for r in res)}: "
+                  f"{sum(r[4][1] for r in res)}, {sum(r[4][2] for r in res)}", flush=True)
     engine.close()
 
 

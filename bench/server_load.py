@@ -151,7 +151,7 @@ def engine_cell(engine, clients: int, per_client: int, max_tokens: int, share: f
         ttft, itl, tokens = [], [], 0
         for delta in engine.chat_stream([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], params):
             now = time.perf_counter()
-            tokens += len(delta.token_ids)
+            tokens += len(delta.token_ids) - delta.replaces  # a healed token replaces one counted before
             if delta.text:
                 (ttft if last is None else itl).append(now - (start if last is None else last))
                 last = now

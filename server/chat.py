@@ -233,7 +233,7 @@ class _Run:
         model = self.llm.name
         try:
             async for delta in self.source:
-                n = len(getattr(delta, "token_ids", ()) or ())
+                n = len(getattr(delta, "token_ids", ()) or ()) - getattr(delta, "replaces", 0)  # healed: net
                 if n:
                     self._observe_tokens(n)
                 chunks = self.builder.delta(

@@ -58,7 +58,9 @@ class _EngineCollector(Collector):
                                      "(fast-forward), without sampling.")
         saved = CounterMetricFamily("realizar_model_steps_saved", "Model steps saved by feeding forced tokens "
                                     "several per pass.")
-        for family, key in ((forced, "forced_tokens"), (saved, "model_steps_saved")):
+        healed = CounterMetricFamily("realizar_healed_tokens", "Sampled tokens replaced, with the forced run after "
+                                     "them, by the tokenizer's own tokens for their text (token healing).")
+        for family, key in ((forced, "forced_tokens"), (saved, "model_steps_saved"), (healed, "healed_tokens")):
             value = stat(stats, (key,))
             if value is not None:
                 family.add_metric([], value)

@@ -29,17 +29,27 @@ class IncrementalDetokenizer:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._strip_leading_space = tokenizer.strips_leading_space
         self._started = False
+        self._skip = 0  # bytes already pushed that the next tokens spell again (see `replace_last`)
 
     def push(self, token_id: int) -> str:
         """The text completed by `token_id` (may be empty: partial character or skipped special token)."""
         if self._skip_special and self._tokenizer.is_special(token_id):
             return ""
         data = self._tokenizer.token_bytes(token_id)
+        if self._skip:
+            cut = min(self._skip, len(data))
+            data, self._skip = data[cut:], self._skip - cut
         if data and not self._started:
             self._started = True
             if self._strip_leading_space and data[:1] == b" ":
                 data = data[1:]
         return self._utf8.decode(data)
+
+    def replace_last(self, token_id: int) -> None:
+        """`token_id`, the last token pushed, is replaced by the next tokens, which spell its bytes again
+        first (fast-forward's token healing): those bytes were pushed already and are skipped."""
+        if not (self._skip_special and self._tokenizer.is_special(token_id)):
+            self._skip += len(self._tokenizer.token_bytes(token_id))
 
     def flush(self) -> str:
         """End of stream: an incomplete trailing character becomes U+FFFD, as `decode` would give."""
@@ -104,6 +114,10 @@ class TextStream:
 
     def push(self, token_id: int) -> str:
         return self._stops.push(self._detok.push(token_id))
+
+    def replace_last(self, token_id: int) -> None:
+        """See `IncrementalDetokenizer.replace_last`: the text does not change, only the tokens."""
+        self._detok.replace_last(token_id)
 
     def finish(self) -> str:
         """Flush at the end of the sequence (eos or length); returns the last safe text."""

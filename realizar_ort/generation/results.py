@@ -58,6 +58,9 @@ class GenerationDelta:
 
     `text` may be empty while tokens arrive (an incomplete UTF-8 character or text that might still
     become a stop string). The last delta of a stream has `finish_reason` and `usage` set.
+    `replaces` (0 or 1): how many of the stream's earlier token ids `token_ids` replace (fast-forward's
+    token healing: a sampled token and the forced bytes after it become the tokenizer's own tokens, say
+    `t` + `ags":` -> `tags` `":`). Their bytes begin `token_ids`' bytes; `text` does not repeat them.
     """
 
     text: str
@@ -66,6 +69,7 @@ class GenerationDelta:
     usage: Usage | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
     stop_reason: str | int | None = None  # the matched stop string or stop token id (last delta only)
+    replaces: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ class GenerationResult:
         last: GenerationDelta | None = None
         for delta in deltas:
             text.append(delta.text)
+            if delta.replaces:
+                del token_ids[len(token_ids) - delta.replaces :]
             token_ids.extend(delta.token_ids)
             if delta.logprobs is not None:
                 logprobs = (logprobs or []) + list(delta.logprobs)

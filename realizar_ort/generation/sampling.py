@@ -156,10 +156,12 @@ class RequestSampler:
         self._seen: np.ndarray | None = None  # bool [V]: prompt + generated ids (repetition penalty)
         if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
             self._counts = np.zeros(vocab_size, dtype=np.int32)
+        self._prompt_ids: frozenset[int] = frozenset()  # (repetition penalty only: see `forget`)
         if params.repetition_penalty != 1.0:
             self._seen = np.zeros(vocab_size, dtype=bool)
             ids = np.asarray(prompt_ids, dtype=np.int64)
             self._seen[ids[ids < vocab_size]] = True
+            self._prompt_ids = frozenset(ids.tolist())
         self.plain_greedy = params.greedy and not (
             params.logit_processors or params.has_penalties or params.wants_logprobs
         )
@@ -191,6 +193,14 @@ class RequestSampler:
             self._counts[token] += 1
         if self._seen is not None:
             self._seen[token] = True
+
+    def forget(self, token: int, generated_ids: Sequence[int]) -> None:
+        """Undo `record(token)`: the token was taken back (fast-forward's token healing replaced it);
+        `generated_ids` are the generated tokens without it."""
+        if self._counts is not None:
+            self._counts[token] -= 1
+        if self._seen is not None:
+            self._seen[token] = token in self._prompt_ids or token in generated_ids
 
     def _apply_penalties(self, row: np.ndarray) -> None:
         p = self.params

@@ -19,7 +19,10 @@ without sampling: a row alone in the batch feeds its sampled token and all its f
 a pass of its own when the row-steps that saves outweigh the pass's measured cost (see `_feed_long_runs`;
 onnxruntime's GroupQueryAttention takes several tokens on top of a past only for one row per pass), and
 otherwise feeds one forced token per step, never sampling until they are all in.
-The Optimum graph (no `extend`) feeds them one per step.
+The Optimum graph (no `extend`) feeds them one per step. Token healing: where the grammar says the sampled
+token and the run after it are spelled otherwise by the tokenizer (`healed_forced_tokens`), the run replaces
+that token before anything is fed (a sampled token is fed with the next pass), so the KV never holds it;
+its text was streamed already, and the run's delta says `replaces=1`.
 
 Prefix cache (`PrefixCache`, fused graph only): a prompt whose first blocks are cached has their KV
 copied into its slot and prefills only the rest, which counts against the per-boundary budget; the rest
@@ -122,6 +125,7 @@ class Scheduler:
             "prefill_passes": 0,  # graph passes that prefill prompts (a batch of short ones, or one chunk)
             "requests_finished": 0,
             "forced_tokens": 0,  # tokens appended because the grammar forced them (fast-forward), not sampled
+            "healed_tokens": 0,  # sampled tokens replaced with the forced run after them (token healing)
             "model_steps_saved": 0,  # tokens fed beyond one per pass for their row (multi-token passes)
             "forced_passes": 0,  # extra passes that fed one row's forced tokens next to a batch step
         }
@@ -326,7 +330,7 @@ class Scheduler:
             if isinstance(choice, BaseException):  # this request's logit processor failed
                 request.finished = True
                 self._emit(request, choice)
-            elif not self._accept(request, choice) and not self._fast_forward(request):
+            elif not self._accept(request, choice) and not self._fast_forward(request, after_sampled=True):
                 if len(group) == 1:
                     self.decoder.admit()
                 else:
@@ -363,7 +367,7 @@ class Scheduler:
             request.finished = True
             self._emit(request, sampled)
             return
-        if self._accept(request, sampled) or self._fast_forward(request):
+        if self._accept(request, sampled) or self._fast_forward(request, after_sampled=True):
             return
         admit()  # row index == len(self._running)
         request.seq_length = len(request.prompt_ids)
@@ -408,7 +412,7 @@ class Scheduler:
                 request.finished = True
                 self._emit(request, choice)
             elif not self._accept(request, choice):
-                self._fast_forward(request)
+                self._fast_forward(request, after_sampled=True)
         self._retire(cancelled_only=False)
         self._decode_step_seconds += time.perf_counter() - started
 
@@ -449,23 +453,41 @@ class Scheduler:
             request.pending = []
             self._counters["model_steps_saved"] += n - 1
 
-    def _fast_forward(self, request: Request) -> bool:
+    def _fast_forward(self, request: Request, after_sampled: bool = False) -> bool:
         """Append (and stream) the tokens the request's grammar forces next, to be fed without sampling.
-        Says whether that finished the request."""
-        if request.forcer is None:
+        Says whether that finished the request. Right after a sampled token (`after_sampled`; it is
+        `next_token`, not fed yet) the grammar may replace it (token healing at the run's start, where the
+        processor has `healed_forced_tokens`): the run then starts with the tokenizer's own tokens for its
+        bytes and the forced ones, and nothing needs to be taken back from the KV cache."""
+        forcer = request.forcer
+        if forcer is None:
             return False
+        limit = request.max_tokens - len(request.generated)
+        healed = getattr(forcer, "healed_forced_tokens", None) if after_sampled else None
         try:
-            forced = request.forcer.forced_tokens(request.generated, request.max_tokens - len(request.generated))
+            if healed is not None:
+                drop, forced = healed(request.generated, limit)
+            else:
+                drop, forced = 0, forcer.forced_tokens(request.generated, limit)
         except Exception as exc:  # noqa: BLE001 - a failing processor fails its own request only
             request.finished = True
             self._emit(request, exc)
             return True
         if not forced:
             return False
-        self._counters["forced_tokens"] += len(forced)
-        if self._accept_tokens(request, [int(t) for t in forced], None):
+        forced = [int(t) for t in forced]
+        if drop:  # the sampled token (not fed yet) gives way to the tokens that spell it and the run
+            replaced = request.generated.pop()
+            self._counters["generated_tokens"] -= 1
+            self._counters["healed_tokens"] += 1
+            request.sampler.forget(replaced, request.generated)
+            request.text.replace_last(replaced)
+        self._counters["forced_tokens"] += len(forced) - drop
+        if self._accept_tokens(request, forced, None, replaces=drop):
             return True
-        request.pending = [int(t) for t in forced]
+        if drop:
+            request.next_token, forced = forced[0], forced[1:]
+        request.pending = forced
         return False
 
     def _accept(self, request: Request, sampled: SampledToken) -> bool:
@@ -473,9 +495,11 @@ class Scheduler:
         request.next_token = sampled.token_id
         return self._accept_tokens(request, [sampled.token_id], sampled)
 
-    def _accept_tokens(self, request: Request, tokens: list[int], sampled: SampledToken | None) -> bool:
+    def _accept_tokens(self, request: Request, tokens: list[int], sampled: SampledToken | None,
+                       replaces: int = 0) -> bool:
         """Record tokens (one sampled, or a forced run), stream them as one delta, say whether it finished.
-        A stop token, a stop string or `max_tokens` inside a forced run ends it there."""
+        A stop token, a stop string or `max_tokens` inside a forced run ends it there. `replaces`: the
+        stream's earlier tokens these take the place of (token healing; already taken off `generated`)."""
         finish, stop_reason = None, None
         text = ""
         taken: list[int] = []
@@ -504,7 +528,7 @@ class Scheduler:
             n_prompt, n_out = len(request.prompt_ids) - request.prompt_forced, len(request.generated)
             usage = Usage(n_prompt, n_out, n_prompt + n_out, cached_tokens=request.cached_tokens)
         logprobs = (request.to_logprob(sampled),) if request.to_logprob is not None and sampled is not None else None
-        self._emit(request, GenerationDelta(text, tuple(taken), finish, usage, logprobs, stop_reason))
+        self._emit(request, GenerationDelta(text, tuple(taken), finish, usage, logprobs, stop_reason, replaces))
         return request.finished
 
     def _retire(self, cancelled_only: bool) -> None:

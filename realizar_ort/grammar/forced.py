@@ -9,7 +9,12 @@ Turning them into tokens is the delicate part (llguidance's ``docs/fast_forward.
 2. "token healing" at the end: if some vocabulary token starting inside the forced bytes runs past their
    end and the grammar allows it there (``":`` after a key's closing ``"``, say), the tokens from that
    point on are held back, so the model itself picks how to cross into the free part;
-3. what is kept is tokenized again on its own and must come out the same (else a token more is dropped).
+3. what is kept is tokenized again on its own and must come out the same (else a token more is dropped);
+4. token healing at the start (``FastForward.healed``): right after a sampled token, its bytes and the forced
+   bytes are tokenized together (the same hold-back, grammar checks from before that token); when the
+   tokenizer's first token is not the sampled one (``t`` + ``ags":`` is ``tags`` ``":``), the run replaces
+   it. One token back at most, never a forced or prompt token (the caller's promise); a sampled token that
+   ends a character begun before it is never replaced (its bytes are not text on their own).
 
 A forced run that ends the value (nothing but a stop token may follow) keeps all its tokens and, when the
 vocabulary has a single stop token, that too.
@@ -253,6 +258,54 @@ class FastForward:
         if answers is not None and len(answers) < FORCED_CACHE_ENTRIES:
             answers[key] = tuple(found)
         return found if len(found) <= limit else self._work_out(limit)
+
+    def healed(self, last_token: int, limit: int) -> tuple[int, list[int]]:
+        """Token healing at a forced run's start. ``last_token`` is the token the matcher accepted last, a
+        sampled one (the caller's promise: never a forced or prompt token). Returns ``(drop, tokens)``: drop
+        the last ``drop`` tokens (0 or 1: ``last_token``) and append ``tokens`` (at most ``limit`` more than
+        were dropped). The forced bytes are tokenized together with ``last_token``'s bytes, with the same
+        end-boundary hold-back as ``tokens`` (the grammar checks run from before ``last_token``): when the
+        tokenizer's first token there is not ``last_token`` (sampled ``t`` + forced ``ags":`` is ``tags``
+        ``":``) and they reach past its bytes, ``last_token`` is replaced by them; when it is, the tokens
+        after it are taken. Otherwise (nothing forced, nothing kept past ``last_token``): as ``tokens``.
+        The matcher does not move (it is rolled back and forward again on a first computation); answers
+        are kept per (configuration before ``last_token``, ``last_token``)."""
+        if limit <= 0:
+            return 0, []
+        plain = self.tokens(limit)
+        key = self.matcher.previous_configuration() if plain else None
+        if key is None:
+            return 0, plain
+        answers = self.forcer.answers(self.matcher.grammar)
+        known = answers.get((key, last_token))
+        if known is None:
+            known = self._heal(last_token, _NO_LIMIT)
+            if len(answers) < FORCED_CACHE_ENTRIES:
+                answers[(key, last_token)] = known
+        if len(known[1]) > limit + known[0]:  # longer than allowed: worked out again with the limit
+            known = self._heal(last_token, limit + 1)
+        drop, ids = known
+        return (drop, list(ids)) if ids else (0, plain)
+
+    def _heal(self, last_token: int, limit: int) -> tuple[int, tuple[int, ...]]:
+        """(1, tokens replacing ``last_token``), (0, tokens after it) or (0, ()) (no joint answer)."""
+        vocab = self.forcer.vocab
+        head = vocab.token_bytes(last_token) if 0 <= last_token < vocab.vocab_size else b""
+        if not head or limit <= 1:
+            return 0, ()
+        n, why = self.matcher.forced_bytes(self._out, self._next)
+        forced = self._out[:n].tobytes()
+        self.matcher.rollback(1)
+        try:
+            ids = self.forcer.tokens(self.matcher, head + forced, why, self._next, limit)
+        finally:
+            self.matcher.advance(last_token)
+        reach = sum(len(vocab.token_bytes(i)) for i in ids)  # a stop token has no bytes
+        if reach <= len(head):  # nothing kept past the sampled token's bytes
+            return 0, ()
+        if ids[0] == last_token:
+            return 0, tuple(ids[1:])
+        return 1, tuple(ids)
 
     def _work_out(self, limit: int) -> list[int]:
         n, why = self.matcher.forced_bytes(self._out, self._next)

@@ -429,6 +429,13 @@ class GrammarMatcher(CachedMaskFill):
             return None
         return self._state, self._counter, self._stack[: self._stack_len].tobytes()
 
+    def previous_configuration(self) -> tuple[int, int, bytes] | None:
+        """``configuration()`` as it was before the last accepted token (None when nothing was accepted)."""
+        if not self._history:
+            return None
+        state, counter, stack, terminated = self._history[-1]
+        return None if terminated else (state, counter, stack)
+
     def forced_bytes(self, out: np.ndarray, next_allowed: np.ndarray) -> tuple[int, int]:
         """The bytes the grammar allows one at a time from here, written into ``out`` (uint8); returns
         (count, why the run ended: ``kernels.forced_bytes.FORCED_*``); ``next_allowed`` (bool [256]) gets the
@@ -460,7 +467,8 @@ class JsonGrammar:
     ``process`` catches the matcher up on newly generated ids, fills its own preallocated bitmask and sets
     disallowed logits to ``-inf`` in place. After a disallowed token only stop tokens remain allowed.
     With a ``forcer`` (a :class:`~realizar_ort.grammar.forced.ForcedTokenizer`), ``forced_tokens`` says which
-    tokens the grammar forces next (fast-forward).
+    tokens the grammar forces next (fast-forward), and ``healed_forced_tokens`` says so right after a sampled
+    token, which it may replace (token healing at the run's start).
     """
 
     def __init__(self, grammar: CompiledGrammar, forcer: Any = None) -> None:
@@ -484,6 +492,20 @@ class JsonGrammar:
         """The tokens the grammar forces after ``generated_ids`` (at most ``limit``; none without a forcer)."""
         self._catch_up(generated_ids)
         return self.fast_forward.tokens(limit) if self.fast_forward is not None else []
+
+    def healed_forced_tokens(self, generated_ids: Sequence[int], limit: int) -> tuple[int, list[int]]:
+        """``forced_tokens`` right after a sampled token (the last of ``generated_ids``), with token healing
+        at the run's start (``FastForward.healed``): ``(drop, tokens)``, where the caller drops the last
+        ``drop`` (0 or 1) generated tokens and appends ``tokens`` (at most ``limit`` more than it drops)."""
+        self._catch_up(generated_ids)
+        ff = self.fast_forward
+        if ff is None or not generated_ids or self.matcher.num_accepted == 0 or self.matcher.is_error:
+            return 0, ff.tokens(limit) if ff is not None else []
+        drop, tokens = ff.healed(int(generated_ids[-1]), limit)
+        if drop:  # the matcher goes back to before the replaced token; catching up feeds the new ones
+            self.matcher.rollback(1)
+            self._seen -= 1
+        return drop, tokens
 
     def process(self, generated_ids: Sequence[int], logits: np.ndarray) -> None:
         self._catch_up(generated_ids)

@@ -85,6 +85,7 @@ class ToolGenerationDelta:
     token_ids: tuple[int, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    replaces: int = 0  # earlier token ids that `token_ids` replace (see `GenerationDelta.replaces`)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ class ToolGenerationResult:
         last: ToolGenerationDelta | None = None
         for delta in deltas:
             content.append(delta.content)
+            if delta.replaces:
+                del token_ids[len(token_ids) - delta.replaces :]
             token_ids.extend(delta.token_ids)
             for part in delta.tool_calls:
                 call = calls.setdefault(part.index, {"id": None, "name": None, "arguments": []})
@@ -310,11 +313,24 @@ class _ReplyReader:
         self._scanner = CallScanner(fmt.name_key, (fmt.arguments_key,))
         self._ids: dict[int, str] = {}
         self.any_call = False
+        self._last = -1  # the last token read
+        self._skip = 0  # bytes read already that the next tokens spell again (token healing)
+
+    def _bytes(self, token: int) -> bytes:
+        data = self._tokenizer.token_bytes(token)
+        if self._skip:
+            cut = min(self._skip, len(data))
+            data, self._skip = data[cut:], self._skip - cut
+        return data
 
     def read(self, delta: GenerationDelta) -> ToolGenerationDelta:
         content: list[str] = []
         body: list[str] = []
         text_used = False
+        if delta.replaces and self._last >= 0:  # healed: the new tokens spell the replaced one's bytes first
+            self._skip += len(self._tokenizer.token_bytes(self._last))
+        if delta.token_ids:
+            self._last = delta.token_ids[-1]
         for token in delta.token_ids:
             if self._mode == "start":
                 if self._calls_allowed and token == self._tables.opening_id:
@@ -327,7 +343,7 @@ class _ReplyReader:
                 else:
                     self._mode = "content"
             if self._mode == "pending":
-                self._pending_bytes += self._tokenizer.token_bytes(token)
+                self._pending_bytes += self._bytes(token)
                 decided = self._decide()
                 if decided == "content" and not text_used:
                     content.extend(self._pending_text)
@@ -345,7 +361,7 @@ class _ReplyReader:
                 self._mode = "call"
                 continue
             if self._mode == "call" and token not in self._stops:
-                body.append(self._decoder.decode(self._tokenizer.token_bytes(token)))
+                body.append(self._decoder.decode(self._bytes(token)))
         if self._mode == "content" and not text_used:
             content.append(delta.text)
         if self._mode == "pending":  # undecided: keep the engine's text until the reply shows what it is
@@ -363,7 +379,7 @@ class _ReplyReader:
                 finish = "tool_calls"  # (a stop string can cut a call short: then it stays "stop")
         return ToolGenerationDelta(
             content="".join(content), tool_calls=calls, token_ids=tuple(delta.token_ids), finish_reason=finish,
-            usage=delta.usage,
+            usage=delta.usage, replaces=delta.replaces,
         )
 
     def _decide(self) -> str | None:

@@ -25,7 +25,9 @@ A `LogitProcessor` for one request. Its phases, driven only by the tokens the re
 
 Fast-forward (with a ``forcer``, a :class:`~realizar_ort.grammar.forced.ForcedTokenizer`):
 ``forced_tokens`` gives the opening token where only it may come, then what the call grammar forces from
-there (the tokenizer's own tokens for those bytes), and a lone stop token where only it may come.
+there (the tokenizer's own tokens for those bytes), and a lone stop token where only it may come;
+``healed_forced_tokens``, right after a sampled token inside a call, may replace that token with the
+tokenizer's own tokens for its bytes and the forced ones (token healing at the run's start).
 
 Costs per step: ``free`` nothing; ``call`` one grammar mask fill plus one bitmask apply; ``start`` a
 few index operations over the (hundreds of) ``{`` tokens. Per request: one fresh-matcher mask to learn
@@ -57,6 +59,9 @@ class _Matcher(Protocol):
     def fill_next_token_bitmask(self, bitmask: np.ndarray) -> Any: ...
     def advance(self, token_id: int) -> bool: ...
     def is_accepting(self) -> bool: ...
+    def rollback(self, n: int) -> None: ...
+    @property
+    def num_accepted(self) -> int: ...
 
 
 class _Grammar(Protocol):
@@ -249,6 +254,23 @@ class HybridSampler:
         elif self.phase in ("between", "done") and len(self.tables.stop_ids) == 1 and len(out) < limit:
             out.append(int(self.tables.stop_ids[0]))
         return out
+
+    def healed_forced_tokens(self, generated_ids: Sequence[int], limit: int) -> tuple[int, list[int]]:
+        """``forced_tokens`` right after a sampled token (the last of ``generated_ids``), with token healing
+        at the run's start inside a call (see ``JsonGrammar.healed_forced_tokens``): ``(drop, tokens)``."""
+        if self._forcer is None:
+            return 0, []
+        self._catch_up(generated_ids)
+        matcher = self._matcher
+        if self.phase != "call" or matcher is None or matcher.num_accepted == 0 or not generated_ids:
+            return 0, self.forced_tokens(generated_ids, limit)  # the last token did not move this matcher
+        if self._fast_forward is None or self._fast_forward.matcher is not matcher:
+            self._fast_forward = self._forcer.fast_forward(matcher)
+        drop, tokens = self._fast_forward.healed(int(generated_ids[-1]), limit)
+        if drop:  # back to before the replaced token (still in the call); catching up feeds the new ones
+            matcher.rollback(1)
+            self._seen -= 1
+        return drop, tokens
 
     # ---- phase changes ------------------------------------------------------------------------------
     def _start_call(self, grammar: _Grammar | None = None) -> None:

@@ -21,7 +21,7 @@ from realizar_ort.generation.results import GenerationResult
 from realizar_ort.generation.sampling import SamplingParams
 from realizar_ort.grammar.forced import ForcedTokenizer
 from realizar_ort.grammar.matcher import JsonGrammar, TokenVocabulary, compile_json_schema
-from realizar_ort.tools.generate import generate_with_tools
+from realizar_ort.tools.generate import ToolGenerationResult, generate_with_tools
 
 pytestmark = pytest.mark.slow
 
@@ -170,8 +170,11 @@ def test_rows_feeding_forced_runs_in_a_batch_give_each_row_its_tokens_alone(
 
 @pytest.mark.parametrize("model", ["smollm2", "tiny"])
 def test_required_tool_calls_fast_forward_and_validate(model: str, request: pytest.FixtureRequest) -> None:
+    """Every call validates; the streamed calls (token healing replaces a sampled token inside a call: the
+    stream's reader must not spell it twice) are the same as the folded ones."""
     engine: ModelEngine = request.getfixturevalue(model)
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    healed = engine.stats()["healed_tokens"]
     for seed in range(4):
         before = engine.stats()
         params = SamplingParams(max_tokens=80, temperature=1.0, seed=seed)
@@ -183,6 +186,12 @@ def test_required_tool_calls_fast_forward_and_validate(model: str, request: pyte
         jsonschema.validate(call.arguments, schemas[call.name])
         assert forced >= 4, forced  # '{"name": "' and the rest of the call's fixed text
         assert result.usage.completion_tokens == len(result.token_ids)
+        with engine.generate_with_tools_stream([{"role": "user", "content": "Weather in Paris?"}], TOOLS, "required",
+                                               params=params) as stream:
+            streamed = ToolGenerationResult.fold(stream)
+        assert [(c.name, c.arguments_json) for c in streamed.tool_calls] == [(call.name, call.arguments_json)]
+        assert streamed.token_ids == result.token_ids
+    assert engine.stats()["healed_tokens"] > healed
 
 
 def test_fast_forward_off_in_the_config(tiny_llama3_dir: Path) -> None:
@@ -206,3 +215,94 @@ def test_max_tokens_cuts_a_forced_run(tiny: ModelEngine) -> None:
     grammar, _ = _grammar(tiny, PERSON)
     result = tiny.chat(ASK, SamplingParams(max_tokens=2, temperature=0, logit_processors=(grammar,)))
     assert result.finish_reason == "length" and result.usage.completion_tokens == 2
+
+
+class _RecordingGrammar(JsonGrammar):
+    """A JsonGrammar that records every forced run the scheduler takes: (the generated ids it followed, how
+    many of them it replaced, the run)."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.runs: list[tuple[list[int], int, list[int]]] = []
+
+    def forced_tokens(self, generated_ids, limit):
+        out = super().forced_tokens(generated_ids, limit)
+        if out:
+            self.runs.append((list(generated_ids), 0, list(out)))
+        return out
+
+    def healed_forced_tokens(self, generated_ids, limit):
+        drop, out = super().healed_forced_tokens(generated_ids, limit)
+        if out:
+            self.runs.append((list(generated_ids), drop, list(out)))
+        return drop, out
+
+
+def _recorded_answers(engine: ModelEngine, temperature: float) -> list[tuple[GenerationResult, list, _RecordingGrammar]]:
+    """Four json answers at once (MIXED_ASKS), each with the deltas it streamed and its recording grammar."""
+    base, forcer = _grammar(engine, PERSON)
+    out: list = [None] * 4
+
+    def worker(i: int) -> None:
+        grammar = _RecordingGrammar(base.grammar, forcer)
+        params = SamplingParams(max_tokens=100, temperature=temperature, seed=i, logit_processors=(grammar,))
+        with engine.chat_stream([{"role": "user", "content": MIXED_ASKS[i]}], params) as stream:
+            deltas = list(stream)
+        out[i] = (GenerationResult.fold(iter(deltas)), deltas, grammar)
+
+    _in_threads(worker, 4)
+    return out
+
+
+@pytest.mark.parametrize(("model", "temperature"), [("smollm2", 0.0), ("tiny", 1.0)])
+def test_sampled_tokens_before_forced_runs_are_healed(model: str, temperature: float,
+                                                      request: pytest.FixtureRequest) -> None:
+    """Around every forced run after a sampled token, the whole answer holds what the tokenizer writes for
+    their bytes: the sampled token and the run when it stays (`tags` + `":`), or the run alone when the run
+    replaced it (`t` + forced `ags` becomes `tags`; token healing at the run's start). Without healing the
+    answers hold `t` `ags`. The answer's ids still spell its streamed text, usage counts them (a replaced
+    token is not counted), finished answers validate, and healing happened. (A sampled token that ends a
+    character begun in an earlier token has no text of its own: it is never replaced, and not checked.)"""
+    engine: ModelEngine = request.getfixturevalue(model)
+    vocab = _grammar(engine, PERSON)[1].vocab
+    tok = engine.tokenizer
+    before = engine.stats().get("healed_tokens", 0)
+    boundaries = 0
+    for result, deltas, grammar in _recorded_answers(engine, temperature):
+        for generated, drop, run in grammar.runs:
+            if not generated:
+                continue  # forced at the very start: no sampled token before it
+            ids = [t for t in run if t not in engine.eos_token_ids]
+            start = len(generated) - drop
+            assert result.token_ids[start : start + len(run)] == run  # where it sits in the whole answer
+            around = ids if drop else [generated[-1], *ids]
+            spelled = b"".join(vocab.token_bytes(t) for t in around)
+            try:
+                text = spelled.decode("utf-8")
+            except UnicodeDecodeError:  # the sampled token ends a character begun before it: not text alone
+                continue
+            assert tok.encode(text) == around, [vocab.token_bytes(t) for t in around]
+            boundaries += 1
+        assert "".join(d.text for d in deltas) == result.text == tok.decode(result.token_ids)
+        assert result.usage.completion_tokens == len(result.token_ids)
+        if result.finish_reason == "stop":
+            jsonschema.validate(json.loads(result.text), PERSON)
+    assert boundaries >= 8
+    assert engine.stats()["healed_tokens"] > before
+
+
+def test_a_healed_answer_is_stored_in_the_prefix_cache_as_fed(tiny: ModelEngine, tiny_llama3_dir: Path) -> None:
+    """The sampled token a forced run replaced was never fed: the KV stored when the answer retires is that
+    of its final ids, so a prompt that repeats the conversation loads it and continues exactly as an engine
+    without the cache."""
+    grammar, _ = _grammar(tiny, PERSON)
+    before = tiny.stats()["healed_tokens"]
+    prompt = tiny.encode_prompt(tiny.render_chat(ASK))
+    answer = tiny.generate(prompt, SamplingParams(max_tokens=160, temperature=0, logit_processors=(grammar,)))
+    assert tiny.stats()["healed_tokens"] > before
+    again = [*prompt, *answer.token_ids, *tiny.tokenizer.encode(" more")]
+    greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    cached = tiny.generate(again, greedy)
+    assert cached.usage.cached_tokens >= len(prompt) + 16
+    with _engine(tiny_llama3_dir, prefix_cache_mb=0) as plain:
+        assert cached.token_ids == plain.generate(again, greedy).token_ids

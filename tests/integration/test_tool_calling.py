@@ -139,12 +139,14 @@ def test_chatml_strategy_renders_tool_free_chat_like_the_model_template(smollm2:
 # ---- tiny Llama 3 (random weights, real vocabulary) ------------------------------------------------------
 def test_tiny_llama3_required_calls_are_always_valid(tiny: ModelEngine) -> None:
     """Through the folder's Meta-structured template: a call opens with <|python_tag|> or a bare "{", its
-    body is the template's own {"name": ..., "parameters": ...}, and it ends with <|eom_id|> or <|eot_id|>."""
+    body is the template's own {"name": ..., "parameters": ...}, and it ends with <|eom_id|> or <|eot_id|>.
+    Temperature 2: fast-forward writes `{"name":"` as the tokenizer does (token healing), so the name is
+    picked in the same context every time, where this random model gives `set_flags` 50 times in 50 at 1."""
     python_tag = tiny.tokenizer.token_id("<|python_tag|>")
     stops = {tiny.tokenizer.token_id("<|eom_id|>"), tiny.tokenizer.token_id("<|eot_id|>")}
     names, openings = set(), set()
     for seed in range(50):
-        params = SamplingParams(max_tokens=120, temperature=1.0, seed=seed)
+        params = SamplingParams(max_tokens=120, temperature=2.0, seed=seed)
         result = generate_with_tools(tiny, ask("Do something useful."), BOUNDED_TOOLS, "required", params=params)
         assert result.finish_reason == "tool_calls", (seed, result)
         first = result.token_ids[0]

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers
 
 from realizar_ort.generation.detokenizer import IncrementalDetokenizer, StopStringMatcher, TextStream
+from realizar_ort.generation.results import GenerationDelta, GenerationResult, Usage
 from realizar_ort.tokenizer import Tokenizer
 
 TEXTS = [
@@ -149,3 +150,18 @@ def test_text_stream_combines_detokenizer_and_stops(llama3: Tokenizer) -> None:
     pieces = [stream.push(i) for i in ids]
     assert "".join(pieces) + stream.finish() == "Answer: 你好 "
     assert stream.matched_stop == "STOP"
+
+
+def test_a_replaced_token_is_not_spelled_twice(llama3: Tokenizer) -> None:
+    """Token healing: `t` was streamed, then `tags` `":` replace it. The text goes on from `ags`, stop
+    strings see the same text, and the folded token ids are the new ones."""
+    (t,), (tags,), quote_colon = llama3.encode("t"), llama3.encode("tags"), llama3.encode('":')
+    stream = TextStream(llama3, stops=['s":'])
+    first = stream.push(t)
+    stream.replace_last(t)
+    rest = "".join(stream.push(i) for i in [tags, *quote_colon])
+    assert first == "t" and rest == "ag" and stream.matched_stop == 's":'
+    usage = Usage(1, 2, 3)
+    deltas = [GenerationDelta(first, (t,)), GenerationDelta(rest, (tags, *quote_colon), "stop", usage, replaces=1)]
+    result = GenerationResult.fold(iter(deltas))
+    assert result.token_ids == [tags, *quote_colon] and result.text == "tag"

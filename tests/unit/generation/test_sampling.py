@@ -130,6 +130,24 @@ def test_presence_and_frequency_penalties_count_generated_tokens() -> None:
     np.testing.assert_allclose(row, [0.0, -1.0, -0.75, 0.0])
 
 
+def test_forget_undoes_a_recorded_token_for_every_penalty() -> None:
+    """Token healing takes a sampled token back: the penalties then count as if it had never come."""
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25, repetition_penalty=2.0, temperature=0.0)
+    sampler = RequestSampler(params, prompt_ids=[3], vocab_size=4)
+    for token in (1, 1, 2, 3):
+        sampler.record(token)
+    sampler.forget(2, [1, 1, 3])
+    sampler.forget(1, [1, 3])
+    sampler.forget(3, [1])  # in the prompt: the repetition penalty still sees it
+    fresh = RequestSampler(params, prompt_ids=[3], vocab_size=4)
+    fresh.record(1)
+    logits = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    a, b = logits.copy(), logits.copy()
+    sampler.choose(a, [1])
+    fresh.choose(b, [1])
+    np.testing.assert_allclose(a, b)
+
+
 class _AllowOnly:
     def __init__(self, token: int) -> None:
         self.token = token

@@ -140,20 +140,28 @@ def real(request, llama3_tokenizer_json, smollm2_dir):
 
 
 def _generate(schema, tok, vocab, forcer, stop, rng, max_steps=120):
-    """Random masked generation with fast-forward: (generated ids, forced runs as (start, ids), done)."""
+    """Random masked generation with fast-forward, as the scheduler runs it (``healed_forced_tokens`` after
+    a sampled token, ``forced_tokens`` at the start): (generated ids, forced runs as (start, ids, healed),
+    done). ``healed``: the run replaced the sampled token before it (it starts at that token's place); True,
+    False after a sampled token it kept, None after no sampled token (at the start, or after a forced run)."""
     jg = JsonGrammar(compile_json_schema(schema, vocab), forcer)
     gen: list[int] = []
-    runs: list[tuple[int, list[int]]] = []
+    runs: list[tuple[int, list[int], bool | None]] = []
     closers = [i for i in (tok.encode(c.decode()) for c in CLOSERS) if len(i) == 1]
+    sampled = False
     for step in range(max_steps):
-        forced = jg.forced_tokens(gen, 64)
+        drop, forced = jg.healed_forced_tokens(gen, 64) if sampled else (0, jg.forced_tokens(gen, 64))
+        assert drop in (0, 1) and (forced or not drop)
         if forced:
-            runs.append((len(gen), forced))
+            del gen[len(gen) - drop:]
+            runs.append((len(gen), forced, bool(drop) if sampled else None))
             gen += forced
+            sampled = False
             if forced[-1] == stop:
                 return gen, runs, True
             continue
         m = jg.matcher
+        jg._catch_up(gen)
         assert not m.is_error, tok.decode(gen)
         allowed = m.allowed_token_ids()
         token = int(rng.choice(allowed))
@@ -161,9 +169,14 @@ def _generate(schema, tok, vocab, forcer, stop, rng, max_steps=120):
             preferred = [t[0] for t in closers if t[0] in set(allowed.tolist())]
             token = stop if stop in set(allowed.tolist()) else (preferred[0] if preferred else token)
         gen.append(token)
+        sampled = True
         if token == stop:
             return gen, runs, True
     return gen, runs, False
+
+
+def _spell(vocab, ids):
+    return b"".join(vocab.token_bytes(i) for i in ids)
 
 
 @pytest.mark.parametrize("name", list(SCHEMAS))
@@ -171,22 +184,32 @@ def _generate(schema, tok, vocab, forcer, stop, rng, max_steps=120):
                                                                 HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1))
 def test_forced_runs_are_canonical_and_outputs_validate(real, name, seed):
+    """Every forced run is what the tokenizer writes for its text, alone and at the start of the rest (no
+    token the model could write spans its end); where a sampled token comes before it, that token and the
+    run are what the tokenizer writes for their bytes together (token healing at the start: a run that
+    replaced the sampled token is canonical on its own and spells that token's bytes first)."""
     tok, vocab, forcer, stop = real
     schema = SCHEMAS[name]
     gen, runs, done = _generate(schema, tok, vocab, forcer, stop, np.random.default_rng(seed))
     assert done, f"did not finish: {tok.decode(gen)!r}"
     assert runs, "nothing was forced"
     body = gen[:-1] if gen[-1] == stop else gen
-    text = b"".join(vocab.token_bytes(i) for i in body)
+    text = _spell(vocab, body)
     jsonschema.validate(json.loads(text), schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
-    for start, run in runs:
+    for start, run, healed in runs:
         ids = [i for i in run if i != stop]
         if not ids:
             continue
-        spelled = b"".join(vocab.token_bytes(i) for i in ids)
+        assert gen[start:start + len(run)] == run
+        spelled = _spell(vocab, ids)
         assert tok.encode(spelled.decode("utf-8")) == ids  # what the tokenizer writes for the run's text
-        rest = b"".join(vocab.token_bytes(i) for i in body[start:])
+        rest = _spell(vocab, body[start:])
         assert tok.encode(rest.decode("utf-8"))[: len(ids)] == ids, (spelled, rest)  # nothing spans its end
+        if healed is False:  # the sampled token before it stays: with the run, what the tokenizer writes
+            pair = [gen[start - 1], *ids]
+            pair_text = _spell(vocab, pair).decode("utf-8", "replace")
+            if "\ufffd" not in pair_text:  # (a sampled partial character: no text to encode)
+                assert tok.encode(pair_text) == pair, [vocab.token_bytes(i) for i in pair]
 
 
 def test_forced_tool_call_prefix_on_llama3(llama3_tokenizer_json):
@@ -207,3 +230,26 @@ def test_forced_tool_call_prefix_on_llama3(llama3_tokenizer_json):
            "additionalProperties": False}
     jg = JsonGrammar(compile_json_schema(two, vocab), forcer)
     assert jg.forced_tokens(tok.encode('{"'), 10) == []
+
+
+def test_a_sampled_token_a_longer_token_covers_is_replaced(real):
+    """After a sampled `t` the grammar forces `ags` (then `":`, held back: a longer token may start there).
+    The tokenizer writes `tags`: `t` is dropped and `tags` appended; the matcher goes back to before `t`, so
+    catching up on the new ids feeds `tags`. After a sampled `tags` nothing is replaced."""
+    tok, vocab, forcer, _ = real
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "integer"}},
+                                               "zone": {"type": "integer"}}, "additionalProperties": False}
+    jg = JsonGrammar(compile_json_schema(schema, vocab), forcer)
+    gen = tok.encode('{"') + tok.encode("t")
+    assert _spell(vocab, jg.forced_tokens(gen, 10)) == b"ags"  # alone: the split the tokenizer never writes
+    assert jg.healed_forced_tokens(gen, 10) == (1, tok.encode("tags"))
+    assert jg.matcher.num_accepted == len(gen) - 1
+    jg._catch_up(gen[:-1] + tok.encode("tags"))
+    assert not jg.matcher.is_error and jg.matcher.num_accepted == len(gen)
+    again = JsonGrammar(compile_json_schema(schema, vocab), forcer)
+    assert again.healed_forced_tokens(gen, 10) == (1, tok.encode("tags"))  # the kept answer: the same
+    assert again.healed_forced_tokens(gen, 0) == (0, [])
+    kept = JsonGrammar(compile_json_schema(schema, vocab), forcer)
+    whole = tok.encode('{"') + tok.encode("tags")
+    assert kept.healed_forced_tokens(whole, 10) == (0, [])  # `":` is held back; nothing to heal
+    assert kept.matcher.num_accepted == len(whole)
