@@ -16,7 +16,7 @@ ingresses listens on ``[server]`` host/port:
 
 Ray's processes read the switch when they start: :func:`ray_env` gives the variables. ``serve --ray``
 sets them for the local Ray it starts; a cluster it joins (``--ray-address``, KubeRay) must have been
-started with them (``RAY_SERVE_ENABLE_HA_PROXY=1 ray start ...``, or the pods' env).
+started with them (``RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_TCP_NODELAY=1 ray start ...``, or the pods' env).
 
 Health: Serve calls :meth:`RealizarReplica.check_health` every few seconds; it asks the app's own ``/ready``
 route in process (models loaded, chat engine's scheduler alive), so a replica whose engine died is
