@@ -285,7 +285,7 @@ def bench_serve(args: argparse.Namespace, folder: Path) -> None:
         runs = asyncio.run(measure_rounds(urls, model_name, args, serving_pids(plain.pid)))
         busy = {k: (v - before.get(k, 0.0)) / (time.perf_counter() - started) for k, v in ray_cpu_seconds().items()}
         steps = asyncio.run(timeline(urls, model_name, args))
-        print(f"\n{model_name}, {args.max_tokens} tokens/answer, {args.rounds} rounds of {args.requests} interleaved "
+        print(f"\n{model_name}, {args.max_tokens} tokens/answer, {len(runs['plain_agg_tok_s'])} rounds of {args.requests} interleaved "
               f"sequential requests ({args.order} order) + {args.streams} concurrent streams per server; serve = Ray Serve's ingress "
               f"({args.ingress}{', ' + ' '.join(args.ray_env) if args.ray_env else ''}), replica = the replica's "
               f"own port, serve_proxy = Serve's Python proxy:")
