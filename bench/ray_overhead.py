@@ -3,15 +3,17 @@ job vs the local one.
 
     flock /work/bench.lock .venv/bin/python bench/ray_overhead.py [--model models/smollm2-135m-instruct]
         [--requests 4] [--max-tokens 64] [--streams 4] [--rounds 4] [--rows 3000] [--ingress haproxy|proxy]
-        [--ray-env KEY=VALUE ...] [--skip-serve] [--skip-embed]
+        [--ray-env KEY=VALUE ...] [--order balanced|rotate] [--skip-serve] [--skip-embed]
 
 Serving: the same config served by ``realizar-ort serve`` (uvicorn, a child process) and by a Ray Serve
 deployment with one replica (``realizar_ort.server.ray_serve``, on a local ``ray.init(num_cpus=2)``), whose
 ingress is ``--ingress`` (``[server.ray] ingress``). With HAProxy (the default) the same replica is also
 timed through its own HTTP port (``replica``: Serve's direct ingress, no HAProxy) and through Serve's Python
 proxy (``serve_proxy``: the fallback proxy Serve runs beside HAProxy), which splits the overhead. Each
-round sends ``requests`` streaming requests to every server, interleaved one by one (the order rotates;
-TTFT and decode tokens/s measured at the client from the SSE events; ``ignore_eos`` fixes every answer at
+round sends ``requests`` streaming requests to every server, interleaved one by one in a balanced order
+(every server follows every server equally often: on 2 cores a request right after another process's is
+slower, which a fixed rotation charges to one server; TTFT and decode tokens/s measured at the client from
+the SSE events; ``ignore_eos`` fixes every answer at
 ``max-tokens``), then ``streams`` concurrent streams to each (aggregate tokens/s). Reported: medians, their
 ratio to plain, and the median and range of the per-request (per-round) ratios; target: within 10%.
 Then a TTFT split (client TTFT vs the app's own, from its /metrics histogram) and the CPU that Ray's own
@@ -127,30 +129,61 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def balanced_order(names: list[str]) -> list[str]:
+    """A cycle of ``len(names)**2`` requests in which every server follows every server (itself included)
+    exactly once: a de Bruijn sequence of order 2. On this 2-core machine a request is slower right after a
+    request to *another* server process (that process's leftover work competes with this one's prefill), so a
+    fixed rotation (plain, serve, replica, serve_proxy) would charge that to whichever server always comes
+    second."""
+    n = len(names)
+    a = [0] * (2 * n)
+    seq: list[int] = []
+
+    def db(t: int, p: int) -> None:  # the standard recursive construction (Lyndon words)
+        if t > 2:
+            if 2 % p == 0:
+                seq.extend(a[1:p + 1])
+            return
+        a[t] = a[t - p]
+        db(t + 1, p)
+        for j in range(a[t - p] + 1, n):
+            a[t] = j
+            db(t + 1, t)
+
+    db(1, 1)
+    return [names[i] for i in seq]
+
+
 async def measure_rounds(urls: dict[str, str], model: str, args: argparse.Namespace,
                          pids: dict[str, list[int]] | None = None) -> dict[str, list[float]]:
-    """Interleaved runs, request by request (the order of the servers rotates each time), so drift on a shared
-    machine hits every server alike: per-request TTFT and batch-1 decode tok/s, and the aggregate tok/s of
-    ``streams`` concurrent streams."""
+    """Interleaved runs, request by request, so drift on a shared machine hits every server alike: per-request
+    TTFT and batch-1 decode tok/s (in :func:`balanced_order`, continued across rounds), and the aggregate tok/s
+    of ``streams`` concurrent streams (the order of the servers rotates each round). ``ttft_ms_after_<name>``
+    keeps each TTFT by the server asked just before."""
     out: dict[str, list[float]] = {f"{name}_{key}": [] for name in urls
                                    for key in ("ttft_ms", "tok_s", "agg_tok_s", "cpu_ms_per_token")}
     names = list(urls)
+    order = balanced_order(names) if args.order == "balanced" else [  # "rotate": the order this bench used before
+        name for turn in range(1, len(names) + 1) for name in names[turn % len(names):] + names[:turn % len(names)]]
     async with httpx.AsyncClient(timeout=300) as client:
         for url in urls.values():
             await one_stream(client, url, model, "warm up", 4)
-        turn = 0
+        k = 0
+        previous = names[-1]
         deadline = time.monotonic() + args.budget_s
         for r in range(args.rounds):
             if r and time.monotonic() > deadline:
                 print(f"  stopping after {r} rounds: --budget-s {args.budget_s:.0f} spent", flush=True)
                 break
-            for i in range(args.requests):
-                turn += 1
-                for name in names[turn % len(names):] + names[:turn % len(names)]:
-                    ttft, decode, tokens = await one_stream(client, urls[name], model, PROMPTS[i % len(PROMPTS)],
-                                                            args.max_tokens)
-                    out[f"{name}_ttft_ms"].append(1000 * ttft)
-                    out[f"{name}_tok_s"].append((tokens - 1) / decode)
+            for _ in range(args.requests * len(names)):
+                name = order[k % len(order)]
+                prompt = PROMPTS[len(out[f"{name}_ttft_ms"]) % len(PROMPTS)]  # every server gets the same prompts
+                ttft, decode, tokens = await one_stream(client, urls[name], model, prompt, args.max_tokens)
+                k += 1
+                out[f"{name}_ttft_ms"].append(1000 * ttft)
+                out.setdefault(f"{name}_ttft_ms_after_{previous}", []).append(1000 * ttft)
+                out[f"{name}_tok_s"].append((tokens - 1) / decode)
+                previous = name
             for name in names[r % len(names):] + names[:r % len(names)]:
                 cpu = cpu_seconds(pids.get(name, [])) if pids else 0.0
                 started = time.perf_counter()
@@ -159,7 +192,9 @@ async def measure_rounds(urls: dict[str, str], model: str, args: argparse.Namesp
                 out[f"{name}_agg_tok_s"].append(sum(x[2] for x in results) / (time.perf_counter() - started))
                 cpu = (cpu_seconds(pids.get(name, [])) if pids else 0.0) - cpu
                 out[f"{name}_cpu_ms_per_token"].append(1000 * cpu / sum(x[2] for x in results))
-            print(f"  round {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in out.items()), flush=True)
+            previous = names[(r - 1) % len(names)]  # the last of the 4-stream runs
+            print(f"  round {r}: " + ", ".join(f"{n}_{key} {out[f'{n}_{key}'][-1]:.1f}" for n in names
+                                                for key in ("ttft_ms", "tok_s", "agg_tok_s")), flush=True)
     return out
 
 
@@ -174,19 +209,21 @@ def ttft_histogram(text: str) -> tuple[float, float]:
     return total, count
 
 
-async def timeline(urls: dict[str, str], model: str, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
-    """Where one request's TTFT goes, per server: (client TTFT ms, the app's own TTFT ms), means over
-    ``requests`` sequential requests; the difference is the way in and the first event's way out."""
-    out: dict[str, tuple[float, float]] = {}
+async def timeline(urls: dict[str, str], model: str, args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+    """Where one request's TTFT goes, per server: (client TTFT ms, the app's own TTFT ms) of each of
+    ``2 * len(urls)`` sequential requests per server, in :func:`balanced_order` (the app's own from its /metrics
+    histogram, read before and after each request); the difference is the way in and the first event's way
+    out."""
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in urls}
     async with httpx.AsyncClient(timeout=300) as client:
-        for name, url in urls.items():
+        for name in balanced_order(list(urls)) * 2:
             metrics_url = (urls["plain"] if name == "plain" else urls["serve"]) + "/metrics"
             before = ttft_histogram((await client.get(metrics_url)).text)
-            ttfts = [(await one_stream(client, url, model, PROMPTS[i % len(PROMPTS)], 8))[0]
-                     for i in range(2 * args.requests)]
+            prompt = PROMPTS[len(out[name]) % len(PROMPTS)]
+            ttft = (await one_stream(client, urls[name], model, prompt, 8))[0]
             after = ttft_histogram((await client.get(metrics_url)).text)
-            server = (after[0] - before[0]) / max(after[1] - before[1], 1)
-            out[name] = (1000 * statistics.mean(ttfts), 1000 * server)
+            if after[1] - before[1] == 1:  # else a health check's or another request's observation slipped in
+                out[name].append((1000 * ttft, 1000 * (after[0] - before[0])))
     return out
 
 
@@ -248,8 +285,8 @@ def bench_serve(args: argparse.Namespace, folder: Path) -> None:
         runs = asyncio.run(measure_rounds(urls, model_name, args, serving_pids(plain.pid)))
         busy = {k: (v - before.get(k, 0.0)) / (time.perf_counter() - started) for k, v in ray_cpu_seconds().items()}
         steps = asyncio.run(timeline(urls, model_name, args))
-        print(f"\n{model_name}, {args.max_tokens} tokens/answer, {args.rounds} rounds of {args.requests} interleaved "
-              f"sequential requests + {args.streams} concurrent streams per server; serve = Ray Serve's ingress "
+        print(f"\n{model_name}, {args.max_tokens} tokens/answer, {len(runs['plain_agg_tok_s'])} rounds of {args.requests} interleaved "
+              f"sequential requests ({args.order} order) + {args.streams} concurrent streams per server; serve = Ray Serve's ingress "
               f"({args.ingress}{', ' + ' '.join(args.ray_env) if args.ray_env else ''}), replica = the replica's "
               f"own port, serve_proxy = Serve's Python proxy:")
         print(f"{'metric':28s} {'server':>12s} {'median':>9s} {'x plain':>8s} {'per round: median (min..max)':>30s}")
@@ -262,10 +299,19 @@ def bench_serve(args: argparse.Namespace, folder: Path) -> None:
                 ratios = [b / a for a, b in zip(p, s)]
                 print(f"{label:28s} {name:>12s} {statistics.median(s):9.1f} {statistics.median(s) / statistics.median(p):7.2f}x "
                       f"{statistics.median(ratios):12.2f}x ({min(ratios):.2f}..{max(ratios):.2f})")
-        print("TTFT, where it goes (mean of sequential requests, ms): client-side = app's own TTFT "
+        print("TTFT by the server asked just before (median ms, n): a request right after another server process's "
+              "is slower on 2 cores")
+        for name in urls:
+            print(f"  {name:>12s}: " + ", ".join(
+                f"after {prev} {statistics.median(v):.1f} ({len(v)})" for prev in urls
+                if (v := runs.get(f"{name}_ttft_ms_after_{prev}"))))
+        print("TTFT, where it goes (medians over requests in balanced order, ms): client = app's own TTFT "
               "(arrival at the app -> first token) + the way in and out")
-        for name, (client_ms, server_ms) in steps.items():
-            print(f"  {name:>12s}: client {client_ms:6.1f} = app {server_ms:6.1f} + transport {client_ms - server_ms:6.1f}")
+        for name, pairs in steps.items():
+            if pairs:
+                print(f"  {name:>12s}: client {statistics.median(c for c, _ in pairs):6.1f} = app "
+                      f"{statistics.median(a for _, a in pairs):6.1f} + transport "
+                      f"{statistics.median(c - a for c, a in pairs):6.1f}  (n={len(pairs)})")
         print("Ray's own processes, % of one core (idle 10 s | during the runs): " + ", ".join(
             f"{k} {100 * idle.get(k, 0):.0f}|{100 * busy.get(k, 0):.0f}" for k in sorted(busy)))
     finally:
@@ -333,6 +379,10 @@ def main() -> int:
                              "and Serve's Python proxy")
     parser.add_argument("--ray-env", action="append", default=[], metavar="KEY=VALUE",
                         help="more environment for Ray's processes (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1)")
+    parser.add_argument("--order", choices=("balanced", "rotate"), default="balanced",
+                        help="the order of the sequential requests: balanced (every server follows every server "
+                             "equally often) or rotate (plain, serve, replica, serve_proxy, rotated by one each pass: "
+                             "serve mostly follows plain)")
     parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--skip-embed", action="store_true")
     args = parser.parse_args()

@@ -16,7 +16,7 @@ ingresses listens on ``[server]`` host/port:
 
 Ray's processes read the switch when they start: :func:`ray_env` gives the variables. ``serve --ray``
 sets them for the local Ray it starts; a cluster it joins (``--ray-address``, KubeRay) must have been
-started with them (``RAY_SERVE_ENABLE_HA_PROXY=1 ray start ...``, or the pods' env).
+started with them (``RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_TCP_NODELAY=1 ray start ...``, or the pods' env).
 
 Health: Serve calls :meth:`RealizarReplica.check_health` every few seconds; it asks the app's own ``/ready``
 route in process (models loaded, chat engine's scheduler alive), so a replica whose engine died is
@@ -169,8 +169,14 @@ def check(config: Config) -> None:
 
 def ray_env(config: Config) -> dict[str, str]:
     """The environment Ray's processes need for ``[server.ray] ingress``: set it before Ray starts (they read
-    it once, at start)."""
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if config.server.ray.ingress == "haproxy" else "0"}
+    it once, at start). With HAProxy, ``RAY_SERVE_HAPROXY_TCP_NODELAY=1`` (``option http-no-delay`` in the
+    config Serve writes) is pinned: each SSE event must leave HAProxy at once, not wait for Nagle and the
+    client's delayed ACK. It is Ray's default today; set here because without it the first event waited
+    ~200 ms in HAProxy (bench/ray_overhead.py's note, issue 18), so a changed default or a stray env must not
+    turn it off."""
+    if config.server.ray.ingress == "haproxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_TCP_NODELAY": "1"}
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 
 
 def deploy(config: Config, *, blocking: bool = False) -> None:

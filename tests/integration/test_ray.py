@@ -137,6 +137,15 @@ def listener(port: int) -> str:
     return psutil.Process(pid).name()
 
 
+def haproxy_config(port: int) -> str:
+    """The config file of the HAProxy listening on 127.0.0.1:``port`` (the one Serve wrote, from its ``-f``)."""
+    import psutil
+
+    (pid,) = {c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+    cmdline = psutil.Process(pid).cmdline()
+    return Path(cmdline[cmdline.index("-f") + 1]).read_text()
+
+
 def running_replicas() -> int:
     status = serve.status().applications[ray_serve.APP_NAME].deployments["RealizarReplica"]
     return status.replica_states.get("RUNNING", 0)
@@ -159,6 +168,8 @@ class TestServe:
     @INGRESSES
     def test_chat_stream_tools_and_embeddings_through_the_ingress(self, served, url):
         assert listener(PORT) == "haproxy" and "ProxyActor" in listener(PROXY_PORT)  # the paths under test
+        # ray_env's RAY_SERVE_HAPROXY_TCP_NODELAY=1: SSE events leave HAProxy at once (no Nagle wait)
+        assert re.search(r"^\s*option http-no-delay$", haproxy_config(PORT), re.MULTILINE)
         with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120) as client:
             self.check_chat_stream_tools_and_embeddings(client, url)
 
