@@ -38,6 +38,7 @@ from .job import (
     bad_rows_jsonl,
     bad_rows_name,
     embed_chunk,
+    remove_temporaries,
     write_part,
 )
 from .records import FORMATS, count_records, input_files, read_records
@@ -81,9 +82,10 @@ def _prepare_output(spec: JobSpec, job: dict[str, Any], overwrite: bool) -> dict
     out.mkdir(parents=True, exist_ok=True)
     (out / BAD_ROWS_DIR).mkdir(exist_ok=True)
     done = progress["parts_done"]
-    for path in list(out.glob("part-*.parquet*")) + list((out / BAD_ROWS_DIR).glob("part-*.jsonl*")):
+    remove_temporaries(out, out / BAD_ROWS_DIR)
+    for path in list(out.glob("part-*.parquet")) + list((out / BAD_ROWS_DIR).glob("part-*.jsonl")):
         stem = path.name.split(".")[0]
-        if path.name.endswith(".tmp") or int(stem.split("-")[1]) >= done or overwrite:
+        if int(stem.split("-")[1]) >= done or overwrite:
             path.unlink()
     if overwrite:
         progress_path.unlink(missing_ok=True)

@@ -112,6 +112,9 @@ def embed_chunk(engine: EmbeddingEngine, records: list[Record], batch_size: int)
             bad.append(Record(record.row, record.id, None, str(exc)))
 
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
     tmp = _temporary(path)
@@ -123,8 +126,17 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def _temporary(path: Path) -> Path:
-    """A temporary name beside ``path``, unique to this writer (two writers of one part never share it)."""
-    return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    """A temporary name beside ``path``, unique to this writer (two writers of one part never share it).
+    It starts with ``.``, so readers of the folder (pyarrow datasets, Spark, our own reader) skip it even
+    while a straggling writer of a killed run still holds one."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMPORARY_SUFFIX}")
+
+
+def remove_temporaries(*folders: Path) -> None:
+    """Delete the temporary files writers left in ``folders`` (a killed run's half-written parts)."""
+    for folder in folders:
+        for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+            path.unlink(missing_ok=True)
 
 
 def part_name(index: int | str) -> str:

@@ -50,6 +50,7 @@ from .job import (
     bad_rows_jsonl,
     bad_rows_name,
     embed_chunk,
+    remove_temporaries,
     write_part,
 )
 from .records import read_records
@@ -197,8 +198,7 @@ def _prepare_output(spec: JobSpec, job: dict[str, Any], overwrite: bool) -> dict
         raise BatchJobError(f"{out} is not empty and holds no {JOB_FILE}; pass --overwrite or another --output")
     (out / BAD_ROWS_DIR).mkdir(parents=True, exist_ok=True)
     done = _done_chunks(out)
-    for path in list(out.glob("*.tmp")) + list((out / BAD_ROWS_DIR).glob("*.tmp")):
-        path.unlink()
+    remove_temporaries(out, out / BAD_ROWS_DIR)
     for path in (out / BAD_ROWS_DIR).glob("part-*.jsonl"):  # bad rows of a chunk whose part never landed
         if _key(path) not in done:
             path.unlink()

@@ -145,6 +145,27 @@ def test_local_engine_refuses_a_directory_or_glob(tmp_path: Path, minilm_dir: Pa
         assert "is a directory or a glob: the local engine reads one file; use --engine ray" in capsys.readouterr().err
 
 
+def test_a_stragglers_temporary_part_is_hidden_from_readers_and_removed_by_a_rerun(tmp_path: Path, minilm_dir: Path) -> None:
+    """A writer of a killed run (a Ray actor the kill has not reached yet) may still hold a temporary part while
+    the rerun reads or lists the folder: readers of the output must never count its rows."""
+    from realizar_ort.embeddings.job import _temporary, part_name
+
+    path = _write_input(tmp_path, "jsonl", TEXTS[:12])
+    out = tmp_path / "out"
+    args = ["--input", str(path), "--output", str(out), "--model", str(minilm_dir), "--chunk-rows", "4", "--no-progress"]
+    assert _cli(args) == 0
+    ids, vectors = _read_output(out)
+    straggler = _temporary(out / part_name(1))
+    pq.write_table(pq.read_table(out / part_name(1)), straggler)  # half-written copy of a committed part
+    assert _read_output(out)[0] == ids == list(range(12))  # a dataset reader skips it
+    assert _cli(args) == 0  # the rerun finds the job complete and clears what writers left behind
+    assert not straggler.exists() and sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "_progress.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    again_ids, again = _read_output(out)
+    assert again_ids == ids
+    np.testing.assert_allclose(again, vectors, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path: Path, minilm_dir: Path, engine: EmbeddingEngine) -> None:
     rows = [f"row {i}: {TEXTS[i % len(TEXTS)][:60]}" for i in range(3000)]
