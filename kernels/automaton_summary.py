@@ -61,17 +61,24 @@ def _plain_loop_states(trans, flags, counted, paths, path_len, inc_flag, room_fl
         out[q] = ok
 
 
-def plain_loop_states(trans: np.ndarray, flags: np.ndarray, counted: np.ndarray, paths: list[list[tuple[int, int]]],
-                      inc_flag: int, room_flag: int) -> np.ndarray:
-    """bool [states]: every path of byte ranges (each range going to one state with one flag value: ``room_flag``
-    on a counted state's first byte of a multi-byte path, ``inc_flag`` on its last byte, 0 otherwise) leads
-    from the state back to itself, and no raw control byte or impossible UTF-8 lead byte is taken."""
+def paths_array(paths: list[list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 character paths (up to 4 byte ranges each) as the kernels take them: int32 [paths, 4, 2] of
+    (lo, hi) and int32 [paths] lengths."""
     arr = np.zeros((len(paths), 4, 2), dtype=np.int32)
     lens = np.zeros(len(paths), dtype=np.int32)
     for p, path in enumerate(paths):
         lens[p] = len(path)
         for i, (lo, hi) in enumerate(path):
             arr[p, i] = (lo, hi)
+    return arr, lens
+
+
+def plain_loop_states(trans: np.ndarray, flags: np.ndarray, counted: np.ndarray, paths: list[list[tuple[int, int]]],
+                      inc_flag: int, room_flag: int) -> np.ndarray:
+    """bool [states]: every path of byte ranges (each range going to one state with one flag value: ``room_flag``
+    on a counted state's first byte of a multi-byte path, ``inc_flag`` on its last byte, 0 otherwise) leads
+    from the state back to itself, and no raw control byte or impossible UTF-8 lead byte is taken."""
+    arr, lens = paths_array(paths)
     out = np.zeros(trans.shape[0], dtype=bool)
     _plain_loop_states(trans, flags, counted, arr, lens, np.uint8(inc_flag), np.uint8(room_flag), out)
     return out

@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .automaton_summary import paths_array
+
 __all__ = ["plain_closed_states"]
 
 _NON_ASCII = 0x80
@@ -240,12 +242,7 @@ def plain_closed_states(automaton_arrays: tuple, counted: np.ndarray, paths: lis
         if len(path) == 1:
             plain[path[0][0]:path[0][1] + 1] = True
     candidates = _candidates(trans, flags, plain, np.uint8(~inc_flag & 0xFF), 16)
-    arr = np.zeros((len(paths), 4, 2), dtype=np.int32)
-    lens = np.zeros(len(paths), dtype=np.int32)
-    for p, path in enumerate(paths):
-        lens[p] = len(path)
-        for i, (lo, hi) in enumerate(path):
-            arr[p, i] = (lo, hi)
+    arr, lens = paths_array(paths)
     out = np.zeros(trans.shape[0], dtype=bool)
     out_x = np.zeros(trans.shape[0], dtype=np.uint64)
     if candidates.shape[0]:
