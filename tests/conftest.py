@@ -93,3 +93,29 @@ def reference_mask():
         return mask
 
     return expected
+
+
+@pytest.fixture(scope="session")
+def reference_mask_walk(reference_mask):
+    """Walk each value's compact JSON byte by byte on a one-byte-per-token hand vocabulary, asserting at every
+    step that the matcher's mask equals ``reference_mask``; returns the states the masks were taken in."""
+    import json
+
+    import numpy as np
+
+    from realizar_ort.grammar.matcher import allocate_token_bitmask
+
+    def walk(grammar, token_bytes: list, values: list, stop_id: int) -> list[int]:
+        id_of = {raw: i for i, raw in enumerate(token_bytes) if raw is not None and len(raw) == 1}
+        states = []
+        for value in values:
+            m = grammar.matcher()
+            for byte in json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode():
+                got = allocate_token_bitmask(len(token_bytes))
+                m.fill_next_token_bitmask(got)
+                np.testing.assert_array_equal(got, reference_mask(m, grammar, token_bytes, stop_id))
+                states.append(m._state)
+                assert m.advance(id_of[bytes([byte])])
+        return states
+
+    return walk
