@@ -141,12 +141,16 @@ class InPlaceDecoder:
         """Feed each row's last sampled token at position = its length. `before_run` is called just before
         the graph runs. Returns logits ``[b, V]`` (a view into scratch, valid until the next step)."""
         b = self.kv.batch
-        longest = int(seq_lengths.max())
+        longest = int(seq_lengths[0] if b == 1 else seq_lengths.max())
         if longest >= self.max_context:
             raise RuntimeError(f"a row reached the KV cache's {self.max_context} positions (the engine admits none that can)")
         # 1. inputs, written into bound scratch: token [b, 1], seqlens_k [b] = position, total [] = longest + 1
-        self._token_ids[:b, 0] = next_tokens
-        self._seqlens[:b] = seq_lengths
+        if b == 1:  # scalar writes: a batch of one pays no array ops per step
+            self._token_ids[0, 0] = next_tokens[0]
+            self._seqlens[0] = longest
+        else:
+            self._token_ids[:b, 0] = next_tokens
+            self._seqlens[:b] = seq_lengths
         self._total[()] = longest + 1
         # 2. (re)bind only when the batch size changed; KV slots [b, kv_heads, C, head_dim] are past and present
         if self._bound_batch != b:

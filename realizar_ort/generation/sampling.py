@@ -277,6 +277,10 @@ def sample_batch(
     logit processor raises gets the exception in its slot instead of a token; other rows are unaffected.
     """
     batch = len(samplers)
+    if batch == 1 and samplers[0].plain_greedy:  # batch 1's usual row: one argmax, nothing else per step
+        token = int(logits[0].argmax())
+        samplers[0].record(token)
+        return [SampledToken(token)]
     plain = [i for i in range(batch) if samplers[i].plain_greedy]
     out: list[SampledToken | Exception | None] = [None] * batch
     if plain:

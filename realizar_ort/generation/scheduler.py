@@ -184,7 +184,8 @@ class Scheduler:
                         break
                     admitted = self._take_admissions()
                 self._retire(cancelled_only=True)
-                self._prefill_admitted(admitted)
+                if admitted:
+                    self._prefill_admitted(admitted)
                 if self._chunking is not None:
                     self._prefill_next_chunk()
                 if self._running:
@@ -382,7 +383,7 @@ class Scheduler:
             if len(running) == 1 and running[0].pending and self.decoder.chunked_prefill:
                 logits = self._feed_alone(running[0])  # [1, V]
             else:
-                if self.decoder.chunked_prefill:
+                if self.decoder.chunked_prefill and any(r.pending for r in running):
                     self._feed_long_runs(running)
                 next_tokens = np.fromiter((r.next_token for r in running), np.int64, len(running))  # [b]
                 seq_lengths = np.fromiter((r.seq_length for r in running), np.int64, len(running))  # [b]
@@ -663,7 +664,11 @@ class _Courier:
             self._cond.notify_all()
 
     def drain(self) -> None:
-        """Block until everything handed over so far has been put."""
+        """Block until everything handed over so far has been put. (Called by the thread that hands over, so
+        nothing is added meanwhile; `_busy` is set before a batch leaves the deque, so the lock-free check
+        never misses one in flight.)"""
+        if not self._batches and not self._busy:
+            return
         with self._cond:
             while self._batches or self._busy:
                 self._cond.wait()
@@ -684,7 +689,7 @@ class _Courier:
                     self._cond.wait()
                 if not self._batches:
                     return
+                self._busy = True  # before the pop: see drain()
                 items = self._batches.popleft()
-                self._busy = True
             for out, item in items:
                 out.put(item)
