@@ -200,6 +200,20 @@ def test_sample_batch_greedy_rows_match_argmax() -> None:
     assert got == np.argmax(rows, axis=1).tolist()
 
 
+def test_a_lone_greedy_row_gets_the_batched_argmax_ties_included() -> None:
+    rows = np.stack([_logits(i) for i in range(6)])
+    rows[5, [7, 300]] = rows[5].max() + 1.0  # a tie: the first of the two maxima wins, as in a batch
+    batched = [s.token_id for s in sample_batch(rows.copy(), [_greedy() for _ in range(6)], [[]] * 6)]
+    alone = [sample_batch(rows[i : i + 1].copy(), [_greedy()], [[]])[0].token_id for i in range(6)]
+    assert alone == batched == np.argmax(rows, axis=1).tolist()
+    assert alone[5] == 7
+    assert alone == [_greedy().choose(row.copy(), []).token_id for row in rows]
+
+
+def _greedy() -> RequestSampler:
+    return RequestSampler(SamplingParams(temperature=0.0), [], VOCAB)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     probs=st.lists(st.floats(0.001, 1.0), min_size=2, max_size=3000),
