@@ -61,15 +61,25 @@ def _plain_loop_states(trans, flags, counted, paths, path_len, inc_flag, room_fl
         out[q] = ok
 
 
+_PATHS_ARRAYS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # path ranges -> arrays (a handful of keys)
+
+
 def paths_array(paths: list[list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray]:
     """UTF-8 character paths (up to 4 byte ranges each) as the kernels take them: int32 [paths, 4, 2] of
-    (lo, hi) and int32 [paths] lengths."""
+    (lo, hi) and int32 [paths] lengths. Built once per distinct list of paths and shared (the kernels only
+    read them): every grammar passes the same plain-character paths, ~40 us to build each time."""
+    key = tuple(tuple(path) for path in paths)
+    hit = _PATHS_ARRAYS.get(key)
+    if hit is not None:
+        return hit
     arr = np.zeros((len(paths), 4, 2), dtype=np.int32)
     lens = np.zeros(len(paths), dtype=np.int32)
     for p, path in enumerate(paths):
         lens[p] = len(path)
         for i, (lo, hi) in enumerate(path):
             arr[p, i] = (lo, hi)
+    if len(_PATHS_ARRAYS) < 64:
+        _PATHS_ARRAYS[key] = (arr, lens)
     return arr, lens
 
 

@@ -20,12 +20,36 @@ import numpy as np
 from numba import njit, objmode
 
 __all__ = [
-    "ERR_CALLEES", "ERR_FLAGS", "ERR_NONE", "ERR_SEG_MAX", "ERR_SEG_MIN", "ERR_STATES", "ERR_TIME", "NO_SEG", "subset_construction",
+    "ERR_CALLEES", "ERR_FLAGS", "ERR_NONE", "ERR_SEG_MAX", "ERR_SEG_MIN", "ERR_STATES", "ERR_TIME", "NO_SEG", "csr_rows",
+    "subset_construction",
 ]
 
 ERR_NONE, ERR_STATES, ERR_FLAGS, ERR_SEG_MAX, ERR_SEG_MIN, ERR_CALLEES, ERR_TIME = 0, 1, 2, 3, 4, 5, 6
 CLOCK_EVERY = 512  # states built between two looks at the clock (a look: ~2 us in object mode)
 NO_SEG = -(1 << 31)  # seg_min of a state outside any string-length segment
+
+
+@njit(cache=True, nogil=True)
+def csr_rows(flat, n, width):
+    """Per-state rows from ``flat`` (int32, runs of ``state, field_1 .. field_width``): row pointers (int64
+    [n + 1]) and the fields (int32 [width, runs], each row contiguous), runs grouped by state in their
+    original order (a stable counting sort: what ``argsort(kind="stable")`` gives)."""
+    step = width + 1
+    m = flat.shape[0] // step
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(m):
+        ptr[flat[i * step] + 1] += 1
+    for s in range(n):
+        ptr[s + 1] += ptr[s]
+    pos = ptr[:n].copy()
+    cols = np.empty((width, m), dtype=np.int32)
+    for i in range(m):
+        s = flat[i * step]
+        p = pos[s]
+        pos[s] = p + 1
+        for c in range(width):
+            cols[c, p] = flat[i * step + 1 + c]
+    return ptr, cols
 
 
 MAX_NEW = 260  # new DFA states one state can make: one per byte interval (<= 256), its call's return, a rule start

@@ -35,6 +35,7 @@ from ..kernels.subset_construction import (
     ERR_STATES,
     ERR_TIME,
     NO_SEG,
+    csr_rows,
     subset_construction,
 )
 from .errors import GrammarTooLargeError, UnsupportedSchemaError
@@ -97,19 +98,35 @@ class Nfa:
         self.eps: list[int] = []
         self.edges: list[int] = []
         self.calls: list[tuple[int, str, int]] = []  # (state, rule key, return state)
-        self.seg: list[tuple[int, int] | None] = []  # per state: its string-length segment
+        self.seg_ids: list[int] = []  # per state: its string-length segment, an index into ``segments``
+        self.segments: list[tuple[int, int] | None] = [None]  # distinct segments (0: none)
+        self._segment_ids: dict[tuple[int, int], int] = {}
         self.free_bodies: set[int] = set()  # body states of free strings (any escape form)
         self.max_states = max_states
 
     @property
     def num_states(self) -> int:
-        return len(self.seg)
+        return len(self.seg_ids)
+
+    @property
+    def seg(self) -> list[tuple[int, int] | None]:
+        """Per state: its string-length segment (``(min, max)`` or None). A fresh list (for tests)."""
+        return [self.segments[i] for i in self.seg_ids]
+
+    def segment_id(self, seg: tuple[int, int] | None) -> int:
+        if seg is None:
+            return 0
+        sid = self._segment_ids.get(seg)
+        if sid is None:
+            sid = self._segment_ids[seg] = len(self.segments)
+            self.segments.append(seg)
+        return sid
 
     def state(self, seg: tuple[int, int] | None = None) -> int:
-        n = len(self.seg)
+        n = len(self.seg_ids)
         if n >= self.max_states:
             raise GrammarTooLargeError(f"schema needs more than {self.max_states} automaton states")
-        self.seg.append(seg)
+        self.seg_ids.append(0 if seg is None else self.segment_id(seg))
         return n
 
     def epsilon(self, a: int, b: int) -> None:
@@ -117,12 +134,6 @@ class Nfa:
 
     def edge(self, a: int, lo: int, hi: int, b: int, flags: int = 0) -> None:
         self.edges += (a, lo, hi, b, flags)
-
-    def add_edges(self, a: int, edges: list[tuple[int, int, int, int]]) -> None:
-        """Edges ``(lo, hi, b, flags)`` from ``a``."""
-        out = self.edges
-        for lo, hi, b, f in edges:
-            out += (a, lo, hi, b, f)
 
     def call(self, a: int, key: str, ret: int) -> None:
         self.calls.append((a, key, ret))
@@ -134,12 +145,20 @@ class Nfa:
         return [(e[i + 1], e[i + 2], e[i + 3], e[i + 4]) for i in range(since, len(e), 5) if e[i] == a]
 
     def literal(self, a: int, data: bytes, seg: tuple[int, int] | None = None, last_flags: int = 0) -> int:
-        last = len(data) - 1
+        """A chain of fresh states spelling ``data`` from ``a``; returns its last state (``a`` if empty)."""
+        k = len(data)
+        if not k:
+            return a
+        n = len(self.seg_ids)
+        if n + k > self.max_states:
+            raise GrammarTooLargeError(f"schema needs more than {self.max_states} automaton states")
+        self.seg_ids += [self.segment_id(seg)] * k
         edges = self.edges
-        for i, byte in enumerate(data):
-            b = self.state(seg)
-            edges += (a, byte, byte, b, last_flags if i == last else 0)
-            a = b
+        for i, byte in enumerate(data):  # state n + i follows byte i
+            edges += (a, byte, byte, n + i, 0)
+            a = n + i
+        if last_flags:
+            edges[-1] = last_flags
         return a
 
 
@@ -170,12 +189,9 @@ _ERRORS = {
 
 
 def _csr(n: int, flat: list[int], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-state rows from a flat list of ``state, *fields`` runs: row pointers and the fields, by state."""
-    arr = np.array(flat, dtype=np.int32).reshape(-1, width + 1)
-    arr = arr[np.argsort(arr[:, 0], kind="stable")]
-    ptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(arr[:, 0], minlength=n), out=ptr[1:])
-    return ptr, arr[:, 1:]
+    """Per-state rows from a flat list of ``state, *fields`` runs: row pointers and the fields (int32
+    [width, runs], one contiguous row per field), by state (the kernel :func:`csr_rows`)."""
+    return csr_rows(np.array(flat, dtype=np.int32), n, width)
 
 
 def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]], max_states: int,
@@ -195,13 +211,13 @@ def determinise(nfa: Nfa, rule_keys: list[str], rule_frags: list[tuple[int, int]
     eps_ptr, eps = _csr(n_nfa, nfa.eps, 1)
     e_ptr, edges = _csr(n_nfa, nfa.edges, 4)
     c_ptr, calls = _csr(n_nfa, [x for a, key, ret in nfa.calls for x in (a, rule_index[key], ret)], 2)
-    seg_min = np.fromiter((NO_SEG if sg is None else sg[0] for sg in nfa.seg), np.int32, len(nfa.seg))
-    seg_max = np.fromiter((0 if sg is None else sg[1] for sg in nfa.seg), np.int32, len(nfa.seg))
+    ids = np.array(nfa.seg_ids, dtype=np.int32)
+    seg_min = np.array([NO_SEG] + [lo for lo, _ in nfa.segments[1:]], dtype=np.int32)[ids]
+    seg_max = np.array([0] + [hi for _, hi in nfa.segments[1:]], dtype=np.int32)[ids]
     frags = np.asarray(rule_frags, dtype=np.int32).reshape(-1, 2)
     (trans, flags, final, seg_of, callee, ret, single, rule_start, call_order, err,
-     err_state) = subset_construction(eps_ptr, eps[:, 0].copy(), e_ptr, edges[:, 0].copy(), edges[:, 1].copy(),
-                                      edges[:, 2].copy(), edges[:, 3].copy(), c_ptr, calls[:, 0].copy(),
-                                      calls[:, 1].copy(), seg_min, seg_max, frags[:, 0].copy(), frags[:, 1].copy(),
+     err_state) = subset_construction(eps_ptr, eps[0], e_ptr, edges[0], edges[1], edges[2], edges[3], c_ptr, calls[0],
+                                      calls[1], seg_min, seg_max, frags[:, 0].copy(), frags[:, 1].copy(),
                                       max_states, deadline - time.perf_counter())
     if err == ERR_STATES:
         raise GrammarTooLargeError(f"schema needs more than {max_states} automaton states")

@@ -8,7 +8,8 @@ compiler only ever resolves root pointers. A reference to a document that is not
 (the compiler refuses it, naming ``$ref``). Only ``$id`` (draft 6 and later) starts a resource; draft-4
 ``id`` stays an annotation, as before.
 
-Cost: two walks of the schema, only when it holds an ``$id`` or an ``$anchor``.
+Cost: two walks of the schema, only when it holds an ``$id`` or an ``$anchor``; the second copies only the
+parts with an ``$id``, ``$anchor`` or ``$ref`` in them (the rest is shared with the input).
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ def _segment(key: str) -> str:
     return urllib.parse.quote(key.replace("~", "~0").replace("/", "~1"), safe="~!$&'()*+,;=:@")
 
 
+def _pointer(at: tuple | None) -> str:
+    """The JSON pointer text (``""`` for the root) of a location from :func:`localize_refs`'s scan."""
+    parts = []
+    while at is not None:
+        at, key, index = at
+        parts.append(str(key) if index else _segment(key))
+    return "".join("/" + p for p in reversed(parts))
+
+
 def localize_refs(schema: Any) -> Any:
     """``schema`` with references into embedded resources rewritten as root pointers (see the module)."""
     if not isinstance(schema, dict) or not _needs_work(schema):
@@ -44,30 +54,47 @@ def localize_refs(schema: Any) -> Any:
     resources: dict[str, str] = {}
     anchors: dict[str, str] = {}
 
-    def scan(node: Any, ptr: str, base: str) -> None:
+    dirty: set[int] = set()  # ids of the containers with an $id, $anchor or $ref at or below them
+
+    def scan(node: Any, at: tuple | None, base: str) -> bool:
+        # ``at``: where ``node`` is, as (parent's ``at``, key or index, is an index); the pointer text is only
+        # spelled out for the few nodes that hold an ``$id`` or an ``$anchor`` (quoting every key of a large
+        # schema was most of its compile). Returns whether the rewrite has anything to change in ``node``.
+        found = False
         if isinstance(node, dict):
             sid = node.get("$id")
             if isinstance(sid, str):
+                found = True
                 if sid.startswith("#") and len(sid) > 1 and not sid.startswith("#/"):  # draft 6/7 plain name
-                    anchors[_join(base, sid)] = ptr
+                    anchors[_join(base, sid)] = _pointer(at)
                 else:
                     base = _join(base, sid).split("#", 1)[0]
-                    resources.setdefault(base, ptr)
+                    if base not in resources:
+                        resources[base] = _pointer(at)
             if isinstance(node.get("$anchor"), str):
-                anchors[base.split("#", 1)[0] + "#" + node["$anchor"]] = ptr
+                found = True
+                anchors[base.split("#", 1)[0] + "#" + node["$anchor"]] = _pointer(at)
+            if isinstance(node.get("$ref"), str):
+                found = True
             for k, v in node.items():
-                if k not in _DATA:
-                    scan(v, f"{ptr}/{_segment(k)}", base)
+                if k not in _DATA and isinstance(v, (dict, list)) and scan(v, (at, k, False), base):
+                    found = True
         elif isinstance(node, list):
             for i, v in enumerate(node):
-                scan(v, f"{ptr}/{i}", base)
+                if isinstance(v, (dict, list)) and scan(v, (at, i, True), base):
+                    found = True
+        if found:
+            dirty.add(id(node))
+        return found
 
     root_id = schema.get("$id")
     root_base = _join(_ROOT, root_id).split("#", 1)[0] if isinstance(root_id, str) else _ROOT
     resources[root_base] = ""
-    scan(schema, "", root_base)
+    scan(schema, None, root_base)
 
     def rewrite(node: Any, base: str) -> Any:
+        if id(node) not in dirty:  # nothing to change at or below it: shared, not copied
+            return node
         if isinstance(node, dict):
             sid = node.get("$id")
             if isinstance(sid, str) and not (sid.startswith("#") and not sid.startswith("#/")):

@@ -149,25 +149,32 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
             children.setdefault(name[:i], set()).add(name[i])
         children.setdefault(name, set())
     trie: dict[bytes, int] = {b"": body}
-    steps: dict[frozenset[int], list[tuple[int, int, int, int]]] = {}  # taken bytes -> the node's free edges
+    steps: dict[frozenset[int], list[int]] = {}  # taken bytes -> the node's free edges (flat, source 0)
     shape = tuple((lo, hi) for lo, hi, _, _ in first)
+    rel = tuple((b - free, f) for _, _, b, f in first)  # targets relative to ``free``: the same every call
+    loop = _LOOP_SHAPES.setdefault((shape, rel), len(_LOOP_SHAPES))  # one hash of the shape per call
+    edges = nfa.edges
     for prefix in sorted(children, key=lambda p: (len(p), p)):
         st = trie[prefix]
         taken = children[prefix]
         for byte in sorted(taken):
-            trie[prefix + bytes([byte])] = nfa.state()
-            nfa.edge(st, byte, byte, trie[prefix + bytes([byte])])
+            child = trie[prefix + bytes((byte,))] = nfa.state()
+            edges += (st, byte, byte, child, 0)
         boundary = (prefix.isascii() and 0x5C not in prefix) or at_char_boundary(prefix)
         if prefix not in names and boundary:
-            nfa.edge(st, 0x22, 0x22, end)
+            edges += (st, 0x22, 0x22, end, 0)
         if boundary:
             # ``first`` less the trie's next letters: the free loop's inner states are shared by every trie node
             # (one copy per key in the DFA, not one per node), and nodes with the same next letters share edges
             key = frozenset(taken)
-            edges = steps.get(key)
-            if edges is None:
-                edges = steps[key] = [(rlo, rhi, first[i][2], first[i][3]) for rlo, rhi, i in _cuts(shape, key)]
-            nfa.add_edges(st, edges)
+            flat = steps.get(key)
+            if flat is None:
+                flat = steps[key] = _key_step(loop, shape, rel, key)[:]
+                flat[3::5] = [free + r for r in flat[3::5]]
+            if flat:  # the same edges from this node: a copy with its source filled in (no per-edge Python)
+                chunk = flat[:]
+                chunk[0::5] = [st] * (len(flat) // 5)
+                edges += chunk
         else:
             _finish_char_except(nfa, st, prefix, taken, free)
     return end
@@ -186,19 +193,25 @@ def _finish_char_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], free:
             cur = nxt
 
 
-_CUTS: dict[tuple, list[tuple[int, int, int]]] = {}  # (edge ranges, taken bytes) -> (lo, hi, edge index) runs
+_LOOP_SHAPES: dict[tuple, int] = {}  # (edge ranges, relative targets and flags) of the free key loop -> an id
+_KEY_STEPS: dict[tuple[int, frozenset[int]], list[int]] = {}  # (loop shape id, taken bytes) -> flat edges
 
 
-def _cuts(shape: tuple[tuple[int, int], ...], taken: frozenset[int]) -> list[tuple[int, int, int]]:
-    """The byte ranges ``shape`` less ``taken``, as runs tagged with the range they come from. Cached per
-    process: every open object's key trie asks for the same few (its nodes' next letters)."""
-    key = (shape, taken)
-    cut = _CUTS.get(key)
-    if cut is None:
-        if len(_CUTS) >= 8192:
-            _CUTS.clear()
-        cut = _CUTS[key] = [(rlo, rhi, i) for i, (lo, hi) in enumerate(shape) for rlo, rhi in _ranges_without(lo, hi, taken)]
-    return cut
+def _key_step(loop: int, shape: tuple[tuple[int, int], ...], rel: tuple[tuple[int, int], ...],
+              taken: frozenset[int]) -> list[int]:
+    """A key-trie node's edges into the free key loop: the loop's first-byte edges (byte ranges ``shape``,
+    ``rel``: (target relative to the loop state, flags) each) less the bytes ``taken`` by the trie, split into
+    runs, as a flat ``0, lo, hi, relative target, flags`` list (the caller fills in the source and offsets
+    the targets). Cached per process: every open object's key trie asks for the same few (its nodes' next
+    letters); read-only for callers."""
+    key = (loop, taken)  # ``loop``: the id of (shape, rel) in _LOOP_SHAPES
+    flat = _KEY_STEPS.get(key)
+    if flat is None:
+        if len(_KEY_STEPS) >= 8192:
+            _KEY_STEPS.clear()
+        flat = _KEY_STEPS[key] = [x for i, (lo, hi) in enumerate(shape) for rlo, rhi in _ranges_without(lo, hi, taken)
+                                  for x in (0, rlo, rhi, rel[i][0], rel[i][1])]
+    return flat
 
 
 def _ranges_without(lo: int, hi: int, taken: set[int]) -> list[tuple[int, int]]:
