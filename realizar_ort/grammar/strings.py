@@ -12,6 +12,7 @@ shared :class:`~.schema_automaton.Nfa`.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .automaton import INC, PLAIN_ASCII, ROOM, Nfa, utf8_multibyte_paths
@@ -43,13 +44,20 @@ def canonical(ch: str) -> bytes:
     return json.dumps(ch, ensure_ascii=False)[1:-1].encode("utf-8")
 
 
+_ESCAPED = re.compile(r'[\x00-\x1f"\\]')  # the characters json.dumps(ensure_ascii=False) escapes in a string
+
+
 def json_text(value: Any) -> bytes:
     """Compact canonical JSON text of ``value`` as UTF-8 (the bytes a ``const``/``enum`` must match)."""
+    if type(value) is str and not _ESCAPED.search(value):  # most names and values: no escape, skip json.dumps
+        return b'"' + value.encode("utf-8") + b'"'
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def canonical_text(name: str) -> bytes:
     """The canonical content of the JSON string ``name``, without its quotes."""
+    if not _ESCAPED.search(name):
+        return name.encode("utf-8")
     return json_text(name)[1:-1]
 
 
@@ -138,29 +146,37 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
         return end
     # a byte trie of the excluded names; leaving the trie drops into a free canonical-string loop
     free = nfa.state()
-    mark = len(nfa.edges)
-    canonical_any_loop(nfa, free, free)
-    first = nfa.edges_of(free, mark)  # one character's first byte: shared by every trie node that leaves the trie
-    nfa.edge(free, 0x22, 0x22, end)
+    loop, shape, rel = _free_key_loop(nfa, free)  # one character's first byte: shared by every trie node that
+    nfa.edge(free, 0x22, 0x22, end)  # leaves the trie
     names = {canonical_text(k) for k in excluded}
     children: dict[bytes, set[int]] = {}  # trie node -> the bytes of its children (one pass over the names)
     for name in names:
         for i in range(len(name)):
             children.setdefault(name[:i], set()).add(name[i])
         children.setdefault(name, set())
-    trie: dict[bytes, int] = {b"": body}
+    order = sorted(children, key=lambda p: (len(p), p))
     steps: dict[frozenset[int], list[int]] = {}  # taken bytes -> the node's free edges (flat, source 0)
-    shape = tuple((lo, hi) for lo, hi, _, _ in first)
-    rel = tuple((b - free, f) for _, _, b, f in first)  # targets relative to ``free``: the same every call
-    loop = _LOOP_SHAPES.setdefault((shape, rel), len(_LOOP_SHAPES))  # one hash of the shape per call
     edges = nfa.edges
-    for prefix in sorted(children, key=lambda p: (len(p), p)):
+    plain = all(name.isascii() and 0x5C not in name for name in names)
+    if plain:  # every node ends between characters: the nodes are made in ``order``, so numbered up front
+        base = nfa.num_states - 1
+        nfa.states(len(order) - 1)
+        trie = {prefix: base + i for i, prefix in enumerate(order)}
+        trie[b""] = body
+    else:
+        trie = {b"": body}
+    for prefix in order:
         st = trie[prefix]
         taken = children[prefix]
-        for byte in sorted(taken):
-            child = trie[prefix + bytes((byte,))] = nfa.state()
-            edges += (st, byte, byte, child, 0)
-        boundary = (prefix.isascii() and 0x5C not in prefix) or at_char_boundary(prefix)
+        if plain:
+            for byte in sorted(taken):
+                edges += (st, byte, byte, trie[prefix + bytes((byte,))], 0)
+            boundary = True
+        else:
+            for byte in sorted(taken):
+                child = trie[prefix + bytes((byte,))] = nfa.state()
+                edges += (st, byte, byte, child, 0)
+            boundary = (prefix.isascii() and 0x5C not in prefix) or at_char_boundary(prefix)
         if prefix not in names and boundary:
             edges += (st, 0x22, 0x22, end, 0)
         if boundary:
@@ -178,6 +194,33 @@ def property_key_frag(nfa: Nfa, a: int, excluded: list[str]) -> int:
         else:
             _finish_char_except(nfa, st, prefix, taken, free)
     return end
+
+
+_FREE_LOOP: list = []  # [(states, flat edges relative to the loop state, loop id, shape, rel)], built once
+
+
+def _free_key_loop(nfa: Nfa, free: int) -> tuple[int, tuple, tuple]:
+    """``canonical_any_loop(nfa, free, free)`` (unbounded: no segment, no flags) stamped from a copy recorded
+    once per process; ``free`` must be the newest state. Returns the loop's shape id and its first-byte edges
+    (byte ranges, and (target relative to ``free``, flags) each)."""
+    if not _FREE_LOOP:
+        scratch = Nfa(1 << 20)
+        scratch.state()
+        canonical_any_loop(scratch, 0, 0)
+        first = scratch.edges_of(0)
+        shape = tuple((lo, hi) for lo, hi, _, _ in first)
+        rel = tuple((b, f) for _, _, b, f in first)
+        assert scratch.seg_ids == [0] * scratch.num_states and not scratch.eps
+        _FREE_LOOP.append((scratch.num_states - 1, scratch.edges[:],
+                           _LOOP_SHAPES.setdefault((shape, rel), len(_LOOP_SHAPES)), shape, rel))
+    states, flat, loop, shape, rel = _FREE_LOOP[0]
+    assert free == nfa.num_states - 1
+    nfa.states(states)
+    chunk = flat[:]
+    chunk[0::5] = [free + a for a in flat[0::5]]
+    chunk[3::5] = [free + b for b in flat[3::5]]
+    nfa.edges += chunk
+    return loop, shape, rel
 
 
 def _finish_char_except(nfa: Nfa, st: int, prefix: bytes, taken: set[int], free: int) -> None:

@@ -245,3 +245,18 @@ def test_localize_refs_pointers_and_sharing():
 def test_localize_refs_without_ids_returns_the_schema_itself():
     schema = {"$defs": {"a": {"type": "integer"}}, "$ref": "#/$defs/a"}
     assert localize_refs(schema) is schema
+
+
+# ---------------------------------------------------------------------------------- canonical string text
+def test_json_text_shortcut_matches_json_dumps_on_every_character_class():
+    chars = [chr(o) for o in list(range(0x800)) + [0xFFFF, 0x10FFFF, 0x2028, 0x2029, 0xFEFF, 0x1F600]]
+    for c in chars:
+        for text in (c, "a" + c + "b", c * 3):
+            want = json.dumps(text, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            assert strings.json_text(text) == want, hex(ord(c))
+            assert strings.canonical_text(text) == want[1:-1], hex(ord(c))
+    for lone in ("\ud800", "a\udfffb"):
+        for fn in (strings.json_text, strings.canonical_text):
+            with pytest.raises(UnicodeEncodeError):
+                fn(lone)
+    assert strings.json_text(["x", {"k": "\n"}]) == b'["x",{"k":"\\n"}]'  # not a string: json.dumps as before
