@@ -156,6 +156,13 @@ class Nfa:
     def literal(self, a: int, data: bytes, seg: tuple[int, int] | None = None, last_flags: int = 0) -> int:
         """A chain of fresh states spelling ``data`` from ``a``; returns its last state (``a`` if empty)."""
         k = len(data)
+        if k == 1:  # most literals: one structural byte
+            n = len(self.seg_ids)
+            if n >= self.max_states:
+                raise GrammarTooLargeError(f"schema needs more than {self.max_states} automaton states")
+            self.seg_ids.append(0 if seg is None else self.segment_id(seg))
+            self.edges += (a, data[0], data[0], n, last_flags)
+            return n
         if not k:
             return a
         n = self.states(k, seg)

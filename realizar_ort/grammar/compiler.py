@@ -501,15 +501,18 @@ def compile_schema_automaton(schema: Any, *, whitespace: int = 0, max_states: in
     if whitespace < 0:
         raise GrammarError(f"whitespace must be >= 0, got {whitespace}")
     try:
-        json.dumps(schema, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        text = json.dumps(schema, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise GrammarError("schema holds a lone surrogate (not a Unicode character) in a string") from exc
     except (TypeError, ValueError, RecursionError) as exc:
         raise GrammarError(f"schema is not JSON: {type(exc).__name__}: {exc}") from exc
     deadline = time.perf_counter() + deadline_s
     try:
-        schema = localize_refs(schema)
-        shared = _shared_refs(schema)
+        # (no key "$id"/"$anchor"/"$ref" in the text: none in the schema, and no walk of it to find them)
+        if '"$id"' in text or '"$anchor"' in text:
+            schema = localize_refs(schema)
+        shared = _shared_refs(schema) if '"$ref"' in text else frozenset()
         # shared rules, most first: "#any" (every free value, e.g. of extra keys) and the large $ref targets;
         # where a call cannot sit (it overlaps its context) fewer, then none (everything inlined)
         for tier in (shared | {"#any"}, shared):
