@@ -7,11 +7,12 @@ those in ``REFUSED`` are assertions we cannot enforce: they are refused by name,
 :func:`check_shapes` turns a malformed keyword value (``"properties": []``, ``"pattern": 5``,
 ``"enum": "abc"``) into a :class:`GrammarError` naming it, before anything relies on its shape.
 
-Cost: a dict comprehension per schema node; build time only.
+Cost: a dict comprehension and one table look-up per keyword per schema node; build time only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .errors import GrammarError
@@ -59,52 +60,44 @@ def _count(v: Any) -> bool:
         isinstance(v, float) and v.is_integer() and v >= 0)
 
 
+def _is_list_of(kind: type | tuple[type, ...]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and all(isinstance(x, kind) for x in v)
+
+
+# keyword -> (is its value well-shaped?, what it must be); checked in the schema's key order, first failure wins
+_SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **dict.fromkeys(("properties", "patternProperties", "$defs", "definitions", "dependentRequired", "dependencies"),
+                    (lambda v: isinstance(v, dict), "an object")),
+    "required": (_is_list_of(str), "an array of strings"),
+    "enum": (lambda v: isinstance(v, list), "an array"),
+    **dict.fromkeys(("anyOf", "oneOf", "allOf", "prefixItems"), (_is_list_of(_SCHEMA), "an array of schemas")),
+    **dict.fromkeys(("additionalProperties", "additionalItems", "not", "propertyNames"),
+                    (lambda v: isinstance(v, _SCHEMA), "a schema (object or boolean)")),
+    "items": (lambda v: isinstance(v, _SCHEMA) or _is_list_of(_SCHEMA)(v), "a schema or an array of schemas"),
+    **dict.fromkeys(("pattern", "format", "$ref"), (lambda v: isinstance(v, str), "a string")),
+    **dict.fromkeys(("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"),
+                    (_count, "a non-negative integer")),
+    **dict.fromkeys(("minimum", "maximum", "multipleOf"),
+                    (lambda v: isinstance(v, _NUMBER) and not isinstance(v, bool), "a number")),
+    **dict.fromkeys(("exclusiveMinimum", "exclusiveMaximum"),
+                    (lambda v: isinstance(v, _NUMBER), "a number (or a boolean in draft 4)")),
+    "type": (lambda v: isinstance(v, str) or isinstance(v, list) and all(isinstance(t, str) for t in v),
+             "a string or an array of strings"),
+    **dict.fromkeys(("nullable", "uniqueItems"), (lambda v: isinstance(v, bool), "a boolean")),
+}
+_OF_SCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions"})  # values must be schemas
+_NON_EMPTY = frozenset({"anyOf", "oneOf", "allOf"})
+
+
 def check_shapes(schema: dict, path: str) -> None:
     """Raise :class:`GrammarError` naming the first keyword whose value has the wrong JSON type."""
-    def bad(key: str, want: str) -> GrammarError:
-        return GrammarError(f"keyword {key!r} at {path} must be {want}, got {type(schema[key]).__name__}")
-
     for key, v in schema.items():
-        if key in ("properties", "patternProperties", "$defs", "definitions", "dependentRequired"):
-            if not isinstance(v, dict):
-                raise bad(key, "an object")
-            if key != "dependentRequired" and not all(isinstance(s, _SCHEMA) for s in v.values()):
-                raise GrammarError(f"every value of {key!r} at {path} must be a schema (object or boolean)")
-        elif key in ("required",):
-            if not isinstance(v, list) or not all(isinstance(n, str) for n in v):
-                raise bad(key, "an array of strings")
-        elif key in ("enum",):
-            if not isinstance(v, list):
-                raise bad(key, "an array")
-        elif key in ("anyOf", "oneOf", "allOf", "prefixItems"):
-            if not isinstance(v, list) or not all(isinstance(s, _SCHEMA) for s in v):
-                raise bad(key, "an array of schemas")
-            if not v and key != "prefixItems":
-                raise GrammarError(f"keyword {key!r} at {path} must not be empty")
-        elif key in ("additionalProperties", "additionalItems", "not", "propertyNames"):
-            if not isinstance(v, _SCHEMA):
-                raise bad(key, "a schema (object or boolean)")
-        elif key == "items":
-            if not isinstance(v, _SCHEMA) and not (isinstance(v, list) and all(isinstance(s, _SCHEMA) for s in v)):
-                raise bad(key, "a schema or an array of schemas")
-        elif key in ("pattern", "format", "$ref"):
-            if not isinstance(v, str):
-                raise bad(key, "a string")
-        elif key in ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"):
-            if not _count(v):
-                raise bad(key, "a non-negative integer")
-        elif key in ("minimum", "maximum", "multipleOf"):
-            if not isinstance(v, _NUMBER) or isinstance(v, bool):
-                raise bad(key, "a number")
-        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
-            if not isinstance(v, _NUMBER):
-                raise bad(key, "a number (or a boolean in draft 4)")
-        elif key == "type":
-            if not isinstance(v, (str, list)) or isinstance(v, list) and not all(isinstance(t, str) for t in v):
-                raise bad(key, "a string or an array of strings")
-        elif key in ("nullable", "uniqueItems"):
-            if not isinstance(v, bool):
-                raise bad(key, "a boolean")
-        elif key == "dependencies":
-            if not isinstance(v, dict):
-                raise bad(key, "an object")
+        shape = _SHAPES.get(key)
+        if shape is None:
+            continue
+        if not shape[0](v):
+            raise GrammarError(f"keyword {key!r} at {path} must be {shape[1]}, got {type(v).__name__}")
+        if key in _OF_SCHEMAS and not all(isinstance(s, _SCHEMA) for s in v.values()):
+            raise GrammarError(f"every value of {key!r} at {path} must be a schema (object or boolean)")
+        if key in _NON_EMPTY and not v:
+            raise GrammarError(f"keyword {key!r} at {path} must not be empty")

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Any
 
 import numpy as np
 import pytest
+from realizar_ort.kernels.automaton_summary import paths_array
+from realizar_ort.kernels.subset_construction import csr_rows
 
 from realizar_ort.grammar import compiler, strings
 from realizar_ort.grammar.automaton import INC, PLAIN_ASCII, ROOM, Nfa, utf8_multibyte_paths
-from realizar_ort.grammar.errors import GrammarTooLargeError
+from realizar_ort.grammar.errors import GrammarError, GrammarTooLargeError
 from realizar_ort.grammar.refs import localize_refs
-from realizar_ort.kernels.automaton_summary import paths_array
-from realizar_ort.kernels.subset_construction import csr_rows
 
 
 # ------------------------------------------------------------------------------------------ csr_rows
@@ -260,3 +261,94 @@ def test_json_text_shortcut_matches_json_dumps_on_every_character_class():
             with pytest.raises(UnicodeEncodeError):
                 fn(lone)
     assert strings.json_text(["x", {"k": "\n"}]) == b'["x",{"k":"\\n"}]'  # not a string: json.dumps as before
+
+
+# -------------------------------------------------------------------------------------- keyword shapes
+_SCHEMA = (dict, bool)
+_NUMBER = (int, float)
+
+
+def _count_reference(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0 or (
+        isinstance(v, float) and v.is_integer() and v >= 0)
+
+
+def _check_shapes_reference(schema: dict, path: str) -> None:
+    """Raise :class:`GrammarError` naming the first keyword whose value has the wrong JSON type."""
+    def bad(key: str, want: str) -> GrammarError:
+        return GrammarError(f"keyword {key!r} at {path} must be {want}, got {type(schema[key]).__name__}")
+
+    for key, v in schema.items():
+        if key in ("properties", "patternProperties", "$defs", "definitions", "dependentRequired"):
+            if not isinstance(v, dict):
+                raise bad(key, "an object")
+            if key != "dependentRequired" and not all(isinstance(s, _SCHEMA) for s in v.values()):
+                raise GrammarError(f"every value of {key!r} at {path} must be a schema (object or boolean)")
+        elif key in ("required",):
+            if not isinstance(v, list) or not all(isinstance(n, str) for n in v):
+                raise bad(key, "an array of strings")
+        elif key in ("enum",):
+            if not isinstance(v, list):
+                raise bad(key, "an array")
+        elif key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+            if not isinstance(v, list) or not all(isinstance(s, _SCHEMA) for s in v):
+                raise bad(key, "an array of schemas")
+            if not v and key != "prefixItems":
+                raise GrammarError(f"keyword {key!r} at {path} must not be empty")
+        elif key in ("additionalProperties", "additionalItems", "not", "propertyNames"):
+            if not isinstance(v, _SCHEMA):
+                raise bad(key, "a schema (object or boolean)")
+        elif key == "items":
+            if not isinstance(v, _SCHEMA) and not (isinstance(v, list) and all(isinstance(s, _SCHEMA) for s in v)):
+                raise bad(key, "a schema or an array of schemas")
+        elif key in ("pattern", "format", "$ref"):
+            if not isinstance(v, str):
+                raise bad(key, "a string")
+        elif key in ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"):
+            if not _count_reference(v):
+                raise bad(key, "a non-negative integer")
+        elif key in ("minimum", "maximum", "multipleOf"):
+            if not isinstance(v, _NUMBER) or isinstance(v, bool):
+                raise bad(key, "a number")
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            if not isinstance(v, _NUMBER):
+                raise bad(key, "a number (or a boolean in draft 4)")
+        elif key == "type":
+            if not isinstance(v, (str, list)) or isinstance(v, list) and not all(isinstance(t, str) for t in v):
+                raise bad(key, "a string or an array of strings")
+        elif key in ("nullable", "uniqueItems"):
+            if not isinstance(v, bool):
+                raise bad(key, "a boolean")
+        elif key == "dependencies":
+            if not isinstance(v, dict):
+                raise bad(key, "an object")
+
+
+SHAPE_VALUES = [{}, {"a": {}}, {"a": 1}, {"a": True}, [], ["a"], [1], [{}], [{}, 2], [True], "s", 0, 3, -1, 1.0, 1.5,
+                -2.0, True, False, None]
+
+
+def test_check_shapes_matches_the_keyword_by_keyword_reference():
+    from realizar_ort.grammar.keywords import KNOWN, check_shapes
+
+    def outcome(fn, schema):
+        try:
+            fn(schema, "#/x")
+        except GrammarError as exc:
+            return str(exc)
+        return None
+
+    keys = sorted(KNOWN) + ["title"]
+    seen = set()
+    for key in keys:
+        for v in SHAPE_VALUES:
+            got, want = outcome(check_shapes, {key: v}), outcome(_check_shapes_reference, {key: v})
+            assert got == want, (key, v)
+            seen.add(want is None)
+    assert seen == {True, False}
+    for a in ("type", "properties", "enum", "anyOf", "minLength"):  # the first bad keyword is named
+        for b in ("required", "items", "pattern", "allOf"):
+            for va in SHAPE_VALUES[::3]:
+                for vb in SHAPE_VALUES[1::4]:
+                    schema = {a: va, b: vb}
+                    assert outcome(check_shapes, schema) == outcome(_check_shapes_reference, schema), schema
