@@ -132,9 +132,8 @@ class _Compiler:
             schema = apply_if(schema, path)
         schema = assertive(schema)
         check_shapes(schema, path)
-        for key in schema:
-            if key in REFUSED:
-                raise UnsupportedSchemaError(key, path)
+        if not REFUSED.isdisjoint(schema):
+            raise UnsupportedSchemaError(next(key for key in schema if key in REFUSED), path)
         if isinstance(schema.get("$id"), str) and schema is not self.root and not schema["$id"].startswith("#") \
                 and _has_ref(schema):
             raise UnsupportedSchemaError("$id", path, "a nested $id changes how the references inside it resolve")

@@ -46,7 +46,7 @@ _NUMBER = (int, float)
 
 def assertive(schema: dict) -> dict:
     """``schema`` without the keywords that cannot constrain a value (annotations, unknown keywords)."""
-    if all(k in KNOWN for k in schema) and ("if" in schema or ("then" not in schema and "else" not in schema)):
+    if KNOWN.issuperset(schema) and ("if" in schema or ("then" not in schema and "else" not in schema)):
         return schema
     out = {k: v for k, v in schema.items() if k in KNOWN}
     if "if" not in out:  # then/else without if: ignored, as the spec says
