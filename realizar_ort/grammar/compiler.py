@@ -48,6 +48,7 @@ MAX_ITEM_POSITIONS = 128
 MAX_UNIQUE_VALUES = 6  # uniqueItems over an enum: 2^k item-set states
 
 SUPPORTED = KNOWN - REFUSED  # the keywords the walk reads; anything outside KNOWN is an annotation
+_ANY_KEYS = frozenset({"$defs", "definitions", "uniqueItems"})  # a schema with only these: any JSON value
 
 
 class _Compiler:
@@ -179,8 +180,7 @@ class _Compiler:
         types = type_set(schema, path)
         if "const" in schema or "enum" in schema:
             return self.literals(schema, types, path)
-        if not any(k not in ("$defs", "definitions", "uniqueItems") for k in schema) \
-                and schema.get("uniqueItems") is not True:
+        if _ANY_KEYS.issuperset(schema) and schema.get("uniqueItems") is not True:
             if "#any" in stack or ("#any" in self.shared and self.nest > 0):
                 return self.call("#any")  # one shared rule for every "any JSON value", not a copy per use
             return self.frag(ANY_SCHEMA, path, stack + ("#any",))
