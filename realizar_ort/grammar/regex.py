@@ -159,40 +159,79 @@ class _Builder:
         return e
 
     def char_edges(self, src: int, dst: int, ranges: list[tuple[int, int]]) -> None:
-        """Edges ``src`` -> ``dst`` for each character in ``ranges``, as canonical JSON-string bytes."""
-        nfa, seg, inc = self.nfa, self.seg, self.inc
-        singles: list[int] = []
-        escapes: list[bytes] = []
-        wide: list[tuple[int, int]] = []
-        for lo, hi in ranges:
-            for cp in range(lo, min(hi, 0x7F) + 1):
-                enc = ASCII_CANONICAL[cp]
-                (singles if len(enc) == 1 else escapes).append(enc[0] if len(enc) == 1 else enc)
-            if hi >= 0x80:
-                wide.append((max(lo, 0x80), hi))
-        for lo, hi in byte_ranges(sorted(singles)):
-            nfa.edge(src, lo, hi, dst, inc)
-        prefix_states: dict[bytes, int] = {}
-        for enc in escapes:
-            cur = src
-            for i in range(len(enc) - 1):
-                key = enc[: i + 1]
-                if key not in prefix_states:
-                    prefix_states[key] = nfa.state(seg)
-                    nfa.edge(cur, enc[i], enc[i], prefix_states[key], ROOM if seg and i == 0 else 0)
-                cur = prefix_states[key]
-            nfa.edge(cur, enc[-1], enc[-1], dst, inc)
-        if wide == [(0x80, 0xD7FF), (0xE000, 0x10FFFF)]:
-            multibyte_char_edges(nfa, src, dst, seg, inc)
+        """Edges ``src`` -> ``dst`` for each character in ``ranges``, as canonical JSON-string bytes. A class
+        wider than a few ASCII characters is stamped from a per-process copy (:func:`_char_template`): a
+        repeat such as ``.{0,255}`` builds the same class hundreds of times, ~14 us each from scratch."""
+        if len(ranges) == 1 and ranges[0][1] < 0x80 and ranges[0][1] - ranges[0][0] < 4:
+            _char_edges(self.nfa, src, dst, ranges, self.seg, self.inc)
             return
-        for lo, hi in wide:
-            for seq in utf8_sequences(lo, hi):
-                cur = src
-                for i, (blo, bhi) in enumerate(seq):
-                    last = i == len(seq) - 1
-                    nxt = dst if last else nfa.state(seg)
-                    nfa.edge(cur, blo, bhi, nxt, inc if last else (ROOM if seg and i == 0 else 0))
-                    cur = nxt
+        k, flat = _char_template(tuple((lo, hi) for lo, hi in ranges), self.seg is not None)
+        nfa = self.nfa
+        base = nfa.states(k, self.seg)
+        lut = [src, dst, *range(base, base + k)]  # template state 0 = src, 1 = dst, 2.. = its new states
+        chunk = flat[:]
+        chunk[0::5] = [lut[x] for x in flat[0::5]]
+        chunk[3::5] = [lut[x] for x in flat[3::5]]
+        nfa.edges += chunk
+
+
+_CHAR_TEMPLATES: dict[tuple, tuple[int, list[int]]] = {}  # (ranges, counted) -> (new states, flat edges)
+
+
+def _char_template(ranges: tuple[tuple[int, int], ...], counted: bool) -> tuple[int, list[int]]:
+    """What :func:`_char_edges` builds for ``ranges`` from state 0 to state 1 in a scratch NFA: the number of
+    states it adds (2, 3, ... there) and its edges, flat. Every added state is in the string's segment and the
+    flags depend only on whether there is one (``counted``), so the copy is exact for any segment. Read-only."""
+    key = (ranges, counted)
+    hit = _CHAR_TEMPLATES.get(key)
+    if hit is None:
+        scratch = Nfa(1 << 30)
+        scratch.state()
+        scratch.state()
+        _char_edges(scratch, 0, 1, list(ranges), (0, 1) if counted else None, INC if counted else 0)
+        if scratch.eps or scratch.calls or len(set(scratch.seg_ids[2:])) > 1:
+            raise AssertionError("a character class template holds more than edges from one segment")
+        if len(_CHAR_TEMPLATES) >= 4096:
+            _CHAR_TEMPLATES.clear()
+        hit = _CHAR_TEMPLATES[key] = (scratch.num_states - 2, scratch.edges)
+    return hit
+
+
+def _char_edges(nfa: Nfa, src: int, dst: int, ranges: list[tuple[int, int]], seg: tuple[int, int] | None,
+                inc: int) -> None:
+    """Edges ``src`` -> ``dst`` for each character in ``ranges`` (see ``_Builder.char_edges``), built directly."""
+    singles: list[int] = []
+    escapes: list[bytes] = []
+    wide: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        for cp in range(lo, min(hi, 0x7F) + 1):
+            enc = ASCII_CANONICAL[cp]
+            (singles if len(enc) == 1 else escapes).append(enc[0] if len(enc) == 1 else enc)
+        if hi >= 0x80:
+            wide.append((max(lo, 0x80), hi))
+    for lo, hi in byte_ranges(sorted(singles)):
+        nfa.edge(src, lo, hi, dst, inc)
+    prefix_states: dict[bytes, int] = {}
+    for enc in escapes:
+        cur = src
+        for i in range(len(enc) - 1):
+            key = enc[: i + 1]
+            if key not in prefix_states:
+                prefix_states[key] = nfa.state(seg)
+                nfa.edge(cur, enc[i], enc[i], prefix_states[key], ROOM if seg and i == 0 else 0)
+            cur = prefix_states[key]
+        nfa.edge(cur, enc[-1], enc[-1], dst, inc)
+    if wide == [(0x80, 0xD7FF), (0xE000, 0x10FFFF)]:
+        multibyte_char_edges(nfa, src, dst, seg, inc)
+        return
+    for lo, hi in wide:
+        for seq in utf8_sequences(lo, hi):
+            cur = src
+            for i, (blo, bhi) in enumerate(seq):
+                last = i == len(seq) - 1
+                nxt = dst if last else nfa.state(seg)
+                nfa.edge(cur, blo, bhi, nxt, inc if last else (ROOM if seg and i == 0 else 0))
+                cur = nxt
 
 
 def utf8_sequences(lo: int, hi: int) -> list[list[tuple[int, int]]]:

@@ -352,3 +352,36 @@ def test_check_shapes_matches_the_keyword_by_keyword_reference():
                 for vb in SHAPE_VALUES[1::4]:
                     schema = {a: va, b: vb}
                     assert outcome(check_shapes, schema) == outcome(_check_shapes_reference, schema), schema
+
+
+# ------------------------------------------------------------------------------ character-class templates
+CLASSES = [
+    [(0x61, 0x61)],  # one character: built directly
+    [(0x30, 0x39), (0x61, 0x66)],
+    [(0x00, 0x7F)],  # every control character: the escape prefixes
+    [(0x00, 0x21), (0x23, 0x5B), (0x5D, 0x10FFFF)],  # [^"\\]-like, with the full multi-byte range
+    [(0, 0xD7FF), (0xE000, 0x10FFFF)],  # "."-like
+    [(0x41, 0x5A), (0xE9, 0xE9), (0x4E00, 0x9FFF), (0x1F600, 0x1F64F)],  # narrow multi-byte ranges
+    [(0x09, 0x0A), (0x22, 0x22), (0x5C, 0x5C)],  # escapes only
+]
+
+
+@pytest.mark.parametrize("seg", [None, (2, 9)])
+@pytest.mark.parametrize("ranges", CLASSES)
+def test_character_class_stamped_from_its_template_equals_the_direct_build(ranges, seg):
+    from realizar_ort.grammar import regex
+
+    for _ in range(2):  # the second time from the per-process template
+        fast, slow = Nfa(100_000), Nfa(100_000)
+        for nfa in (fast, slow):
+            for _ in range(9):
+                nfa.state()
+            nfa.state((0, 3))
+        regex._Builder(fast, seg, lambda: None).char_edges(3, 7, ranges)
+        regex._char_edges(slow, 3, 7, ranges, seg, INC if seg else 0)
+        assert fast.num_states == slow.num_states
+        assert fast.seg == slow.seg
+        assert fast.edges == slow.edges
+        assert not fast.eps and not fast.calls
+    if len(ranges) > 1:
+        assert regex._CHAR_TEMPLATES  # the wide classes went through the template cache
