@@ -12,9 +12,10 @@ value inside a container calls one shared ``#any`` rule (not a copy per use).
 Annotations and unknown keywords are ignored (:mod:`.keywords`). Refuse, never ignore: an assertion keyword
 in ``keywords.REFUSED``, or one we cannot enforce in context, raises
 :class:`UnsupportedSchemaError` naming it. Compilation has a state budget and a deadline
-(:class:`GrammarTooLargeError`). Cost: the walk is Python (most of a compile: p50 ~2 ms, p99 ~0.1 s on
-MaskBench, see bench/compile_time.py), determinisation numba; one compiler per call, nothing shared, so
-concurrent calls are safe.
+(:class:`GrammarTooLargeError`). Cost: the walk is Python (most of a compile: p50 ~1 ms, p99 ~0.06 s on
+MaskBench, see bench/compile_time.py), determinisation numba; one compiler per call, and the only state
+shared between calls is per-process tables of schema-independent NFA pieces (key-trie and character-class
+templates in :mod:`.strings` / :mod:`.regex`, read-only once built), so concurrent calls are safe.
 """
 
 from __future__ import annotations
