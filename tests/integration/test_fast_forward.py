@@ -12,15 +12,20 @@ import threading
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 
-from realizar_ort.config import LlmModelConfig
+from realizar_ort.config import LlmModelConfig, SessionConfig
 from realizar_ort.generation import scheduler as scheduler_module
+from realizar_ort.generation.decoder_inplace import InPlaceDecoder
 from realizar_ort.generation.engine import ModelEngine
 from realizar_ort.generation.results import GenerationResult
 from realizar_ort.generation.sampling import SamplingParams
 from realizar_ort.grammar.forced import ForcedTokenizer
 from realizar_ort.grammar.matcher import JsonGrammar, TokenVocabulary, compile_json_schema
+from realizar_ort.manifest import load_manifest
+from realizar_ort.onnx_session import create_session
+from realizar_ort.tokenizer import Tokenizer
 from realizar_ort.tools.generate import ToolGenerationResult, generate_with_tools
 
 pytestmark = pytest.mark.slow
@@ -306,3 +311,41 @@ def test_a_healed_answer_is_stored_in_the_prefix_cache_as_fed(tiny: ModelEngine,
     assert cached.usage.cached_tokens >= len(prompt) + 16
     with _engine(tiny_llama3_dir, prefix_cache_mb=0) as plain:
         assert cached.token_ids == plain.generate(again, greedy).token_ids
+
+
+def test_a_forced_run_fed_in_one_pass_gives_the_logits_of_feeding_it_token_by_token(smollm2_dir: Path) -> None:
+    """The forced-run pass (`extend` on a running row's slot, next to another row) computes what feeding the
+    same tokens one decode step at a time computes, to float tolerance, at the run's end and at the next
+    step; the other row's next step is what it gets alone. (SmolLM2, a real json prompt and canonical run.)"""
+    spec = load_manifest(smollm2_dir).llm
+    session = create_session(smollm2_dir / "model.onnx", SessionConfig(intra_op_threads=2))
+    tokenizer = Tokenizer.from_file(smollm2_dir / "tokenizer.json")
+    other = tokenizer.encode("Tell me about the sea.")
+    prompt = tokenizer.encode("Create a task for fixing the login page, as JSON.")
+    run = tokenizer.encode('{"id":"TAL-1234","title":"')
+    after, other_next = tokenizer.encode("Fix")[0], tokenizer.encode(" The")[0]
+
+    batch = InPlaceDecoder(session, spec, 2, 128)
+    batch.prefill(other)
+    batch.admit()
+    batch.prefill(prompt)
+    batch.admit()
+    fed = batch.extend(1, run, len(prompt)).copy()  # row 1's run in a pass of its own
+    both = batch.decode_step(np.array([other_next, after]), np.array([len(other), len(prompt) + len(run)])).copy()
+
+    steps = InPlaceDecoder(session, spec, 1, 128)
+    steps.prefill(prompt)
+    steps.admit()
+    for i, token in enumerate(run):
+        one = steps.decode_step(np.array([token]), np.array([len(prompt) + i]))[0].copy()
+    next_one = steps.decode_step(np.array([after]), np.array([len(prompt) + len(run)]))[0]
+    alone = InPlaceDecoder(session, spec, 1, 128)
+    alone.prefill(other)
+    alone.admit()
+    other_alone = alone.decode_step(np.array([other_next]), np.array([len(other)]))[0]
+
+    np.testing.assert_allclose(fed, one, atol=1e-3, rtol=0)
+    assert np.argmax(fed) == np.argmax(one)
+    np.testing.assert_allclose(both[1], next_one, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(both[0], other_alone, atol=1e-3, rtol=0)
+    assert np.isfinite(fed).all() and np.isfinite(both).all()
