@@ -151,25 +151,31 @@ def main() -> None:
     ap.add_argument("--models", default="smollm2-135m-instruct,tiny-llama3")
     ap.add_argument("--kinds", default="tool,json,free")
     ap.add_argument("--streams", default="1,8")
-    ap.add_argument("--requests", type=int, default=2, help="requests per stream per run")
+    ap.add_argument("--requests", type=int, default=2, help="requests per stream per run (1 stream)")
+    ap.add_argument("--stream-requests", type=int, default=1,
+                    help="requests per stream per run with several streams (more keeps the batch full to the end: "
+                         "answers of different lengths on and off then weigh less on tok/s)")
+    ap.add_argument("--healing", action="store_true", help="token healing at forced runs' starts (else the model "
+                    "picks a run's first token after a sampled one: the default)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--free-tokens", type=int, default=32)
     args = ap.parse_args()
     print("model | workload | streams | ff | tok/s | e2e p50 s | forced share | passes/token | valid | cut | "
-          "non-canonical runs | healed | ratio on/off tok/s")
+          "non-canonical runs | healed | own passes | ratio on/off tok/s")
     for model in args.models.split(","):
         folder = REPO / "models" / model
-        engine = ModelEngine.from_folder(folder, LlmModelConfig(path=folder, max_batch_size=8))
+        engine = ModelEngine.from_folder(folder, LlmModelConfig(path=folder, max_batch_size=8,
+                                                                fast_forward_healing=args.healing))
         vocab = TokenVocabulary.from_tokenizer_file(folder / "tokenizer.json", vocab_size=engine.vocab_size,
                                                     stop_token_ids=tuple(sorted(engine.eos_token_ids)))
-        forcer = ForcedTokenizer(vocab, engine.tokenizer)
+        forcer = ForcedTokenizer(vocab, engine.tokenizer, healing=args.healing)
         run_cell(engine, "json", 1, 1, True, 8, forcer, vocab)  # warm-up: kernels, grammar, vocabulary
         run_cell(engine, "tool", 1, 1, True, 8, forcer, vocab)
         for kind in args.kinds.split(","):
             for streams in (int(s) for s in args.streams.split(",")):
                 max_tokens = args.free_tokens if kind == "free" else args.max_tokens
-                requests = args.requests if streams == 1 else 1
+                requests = args.requests if streams == 1 else args.stream_requests
                 results: dict[bool, list] = {False: [], True: []}
                 for rnd in range(args.rounds):
                     for ff in ((False, True) if rnd % 2 == 0 else (True, False)):
@@ -187,13 +193,14 @@ def main() -> None:
                     cut = sum(c.cut for c, _, _ in runs)
                     canon = f"{sum(c.noncanonical for c, _, _ in runs)}/{sum(c.runs for c, _, _ in runs)}" if kind == "json" else "-"
                     healed = sum(d["healed_tokens"] for _, _, d in runs)
+                    own = sum(d["forced_passes"] for _, _, d in runs)  # forced runs fed in a pass of their own
                     ratio = ""
                     if ff:
                         pairs = [a / b for a, b in zip(rates[True], rates[False])]
                         ratio = f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
                     vtxt = "-" if kind == "free" else f"{valid}/{fin}"
                     print(f"{model} | {kind} | {streams} | {'on' if ff else 'off'} | {statistics.median(rates[ff]):.1f}"
-                          f" | {lat:.2f} | {forced:.0%} | {passes:.2f} | {vtxt} | {cut} | {canon} | {healed} | {ratio}", flush=True)
+                          f" | {lat:.2f} | {forced:.0%} | {passes:.2f} | {vtxt} | {cut} | {canon} | {healed} | {own} | {ratio}", flush=True)
         engine.close()
 
 

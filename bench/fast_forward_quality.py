@@ -4,7 +4,9 @@
         [--temperatures 0,0.7] [--max-tokens 120]
 
 16 prompts for the nested schema of ``bench/grammar.py`` (the 8 of ``bench/fast_forward.py`` and 8 more),
-8 at a time, each with fast-forward off and on, greedy and sampled (a fixed seed per prompt). Per setting:
+8 at a time, each with fast-forward off, on (the model picks a forced run's first token after a sampled
+token: the default) and on with token healing (``ForcedTokenizer(healing=True)``), greedy and sampled (a
+fixed seed per prompt). Per setting:
 answers finished (not cut at max_tokens), valid among the finished ones, answers cut inside ``subtasks``
 items (the unbounded array a small model repeats), answers that open ``subtasks`` items at all,
 answers whose tokens differ from the tokenizer's own tokens for their text (with it off, the model spells
@@ -89,10 +91,12 @@ def main() -> None:
     engine = ModelEngine.from_folder(folder, LlmModelConfig(path=folder, max_batch_size=8))
     vocab = TokenVocabulary.from_tokenizer_file(folder / "tokenizer.json", vocab_size=engine.vocab_size,
                                                 stop_token_ids=tuple(sorted(engine.eos_token_ids)))
-    forcer = ForcedTokenizer(vocab, engine.tokenizer)
+    forcers = {"off": None, "on": ForcedTokenizer(vocab, engine.tokenizer),
+               "on+healing": ForcedTokenizer(vocab, engine.tokenizer, healing=True)}
 
-    def one(i: int, ff: bool, temperature: float) -> tuple:
-        grammar = RecordingGrammar(compile_json_schema(NESTED, vocab), forcer)
+    def one(i: int, mode: str, temperature: float) -> tuple:
+        ff = mode != "off"
+        grammar = RecordingGrammar(compile_json_schema(NESTED, vocab), forcers[mode] or forcers["on"])
         params = SamplingParams(max_tokens=args.max_tokens, temperature=temperature, seed=1000 + i, fast_forward=ff,
                                 logit_processors=(grammar,))
         r = engine.chat([{"role": "user", "content": PROMPTS[i]}], params)
@@ -110,17 +114,18 @@ def main() -> None:
         return finished, valid, r.text, canonical, boundaries(grammar, vocab, engine.tokenizer, engine.eos_token_ids)
 
     print("temperature | ff | finished | valid/finished | cut inside subtasks items | opened subtasks items | "
-          "non-canonical answers | runs after a sampled token: healed, non-canonical")
+          "non-canonical answers | runs after a sampled token: healed, non-canonical | prompts finished")
     for temperature in (float(t) for t in args.temperatures.split(",")):
-        for ff in (False, True):
+        for mode in forcers:
             with cf.ThreadPoolExecutor(8) as pool:
-                res = list(pool.map(lambda i: one(i, ff, temperature), range(len(PROMPTS))))
+                res = list(pool.map(lambda i: one(i, mode, temperature), range(len(PROMPTS))))
             fin = sum(r[0] for r in res)
             items = [r for r in res if '"subtasks":[{' in r[2]]
-            print(f"{temperature} | {'on' if ff else 'off'} | {fin}/{len(res)} | {sum(r[1] for r in res)}/{fin} | "
+            print(f"{temperature} | {mode} | {fin}/{len(res)} | {sum(r[1] for r in res)}/{fin} | "
                   f"{sum(not r[0] for r in items)}/{len(res) - fin} | {len(items)}/{len(res)} | "
                   f"{sum(not r[3] for r in res)}/{len(res)} | {sum(r[4][0] for r in res)}: "
-                  f"{sum(r[4][1] for r in res)}, {sum(r[4][2] for r in res)}", flush=True)
+                  f"{sum(r[4][1] for r in res)}, {sum(r[4][2] for r in res)} | {[i for i, r in enumerate(res) if r[0]]}",
+                  flush=True)
     engine.close()
 
 

@@ -54,6 +54,8 @@ class LlmModelConfig:
     default_max_tokens: int = 512
     prefill_chunk_tokens: int = 256  # prompt tokens prefilled per decode step while other streams run
     fast_forward: bool = True  # tokens a grammar forces are appended and fed without sampling (per request too)
+    fast_forward_healing: bool = False  # a forced run after a sampled token: False, the model picks its first
+    # token (one step); True, token healing (the tokenizer's own tokens across that boundary): grammar/forced.py
     grammar_compile_budget_s: float = 5.0  # one response_format schema's compile; past it a 400
     prefix_cache_mb: int = 512  # host RAM for KV of prompts seen before (0 = off; fused graph only)
 

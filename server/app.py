@@ -142,7 +142,9 @@ def _json_mode(engine: Any, config: Config, metrics: ServerMetrics) -> JsonModeS
         return None
     model_dir = Path(folder)
     budget = config.llm.grammar_compile_budget_s if config.llm else 5.0
-    service = JsonModeService(model_dir, spec.vocab_size, spec.eos_token_ids, metrics, compile_budget_s=budget)
+    healing = config.llm.fast_forward_healing if config.llm else False
+    service = JsonModeService(model_dir, spec.vocab_size, spec.eos_token_ids, metrics, compile_budget_s=budget,
+                              fast_forward_healing=healing)
     service.warm_up()  # token tables and mask kernels ready now, not on the first JSON request
     return service
 

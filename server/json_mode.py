@@ -45,9 +45,10 @@ class JsonModeService:
     """Owns one engine's token vocabulary; hands out JSON grammar processors. Thread-safe."""
 
     def __init__(self, model_dir: Path, vocab_size: int, stop_token_ids: Sequence[int], metrics: ServerMetrics,
-                 compile_budget_s: float = 5.0) -> None:
+                 compile_budget_s: float = 5.0, fast_forward_healing: bool = False) -> None:
         self._model_dir = Path(model_dir)
         self._compile_budget_s = compile_budget_s
+        self._healing = fast_forward_healing
         self._vocab_size = vocab_size
         self._stop_token_ids = tuple(stop_token_ids)
         self._metrics = metrics
@@ -75,7 +76,8 @@ class JsonModeService:
                 from realizar_ort.grammar.forced import ForcedTokenizer
                 from realizar_ort.tokenizer import Tokenizer
 
-                self._forcer = ForcedTokenizer(vocab, Tokenizer.from_file(self._model_dir / "tokenizer.json"))
+                self._forcer = ForcedTokenizer(vocab, Tokenizer.from_file(self._model_dir / "tokenizer.json"),
+                                               self._healing)
             return self._forcer
 
     def compiled(self, schema: dict[str, Any] | str, strict: bool = False) -> Any:

@@ -491,7 +491,10 @@ class JsonGrammar:
     def forced_tokens(self, generated_ids: Sequence[int], limit: int) -> list[int]:
         """The tokens the grammar forces after ``generated_ids`` (at most ``limit``; none without a forcer)."""
         self._catch_up(generated_ids)
-        return self.fast_forward.tokens(limit) if self.fast_forward is not None else []
+        ff = self.fast_forward
+        if ff is None:
+            return []
+        return ff.first(limit) if self.matcher.num_accepted == 0 else ff.tokens(limit)
 
     def healed_forced_tokens(self, generated_ids: Sequence[int], limit: int) -> tuple[int, list[int]]:
         """``forced_tokens`` right after a sampled token (the last of ``generated_ids``), with token healing

@@ -261,7 +261,8 @@ def _prepare(
         if formatted:
             assert response_format is not None
             answer = _answer_grammar(_vocabulary(engine, stops), response_format)
-        forcer = ForcedTokenizer(grammar.vocab, engine.tokenizer) if grammar is not None else None
+        healing = getattr(getattr(engine, "config", None), "fast_forward_healing", False)
+        forcer = ForcedTokenizer(grammar.vocab, engine.tokenizer, healing) if grammar is not None else None
         sampler = HybridSampler(tables, grammar, mode, json_at_start=call_format.json_at_start,
                                 parallel=parallel and mode != "none", forcer=forcer, answer=answer)
         processors = (sampler,) + processors  # the grammar mask comes first

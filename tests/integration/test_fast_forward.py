@@ -7,6 +7,7 @@ and the Optimum concat graph that feeds forced tokens one per step). Validity is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -65,10 +66,10 @@ def tiny(tiny_llama3_dir: Path):
         yield engine
 
 
-def _grammar(engine: ModelEngine, schema: dict) -> tuple[JsonGrammar, ForcedTokenizer]:
+def _grammar(engine: ModelEngine, schema: dict, healing: bool = False) -> tuple[JsonGrammar, ForcedTokenizer]:
     vocab = TokenVocabulary.from_tokenizer_file(engine.model_dir / "tokenizer.json", vocab_size=engine.vocab_size,
                                                 stop_token_ids=tuple(sorted(engine.eos_token_ids)))
-    forcer = ForcedTokenizer(vocab, engine.tokenizer)
+    forcer = ForcedTokenizer(vocab, engine.tokenizer, healing)
     return JsonGrammar(compile_json_schema(schema, vocab), forcer), forcer
 
 
@@ -173,11 +174,15 @@ def test_rows_feeding_forced_runs_in_a_batch_give_each_row_its_tokens_alone(
     assert results == alone
 
 
+@pytest.mark.parametrize("healing", [False, True], ids=["model-led", "healing"])
 @pytest.mark.parametrize("model", ["smollm2", "tiny"])
-def test_required_tool_calls_fast_forward_and_validate(model: str, request: pytest.FixtureRequest) -> None:
-    """Every call validates; the streamed calls (token healing replaces a sampled token inside a call: the
-    stream's reader must not spell it twice) are the same as the folded ones."""
+def test_required_tool_calls_fast_forward_and_validate(model: str, healing: bool, request: pytest.FixtureRequest,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every call validates; the streamed calls (token healing, `[models.llm] fast_forward_healing`,
+    replaces a sampled token inside a call: the stream's reader must not spell it twice) are the same as the
+    folded ones. Healing happens only where it is switched on."""
     engine: ModelEngine = request.getfixturevalue(model)
+    monkeypatch.setattr(engine, "config", dataclasses.replace(engine.config, fast_forward_healing=healing))
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
     healed = engine.stats()["healed_tokens"]
     for seed in range(4):
@@ -196,7 +201,7 @@ def test_required_tool_calls_fast_forward_and_validate(model: str, request: pyte
             streamed = ToolGenerationResult.fold(stream)
         assert [(c.name, c.arguments_json) for c in streamed.tool_calls] == [(call.name, call.arguments_json)]
         assert streamed.token_ids == result.token_ids
-    assert engine.stats()["healed_tokens"] > healed
+    assert (engine.stats()["healed_tokens"] > healed) == healing
 
 
 def test_fast_forward_off_in_the_config(tiny_llama3_dir: Path) -> None:
@@ -244,8 +249,9 @@ class _RecordingGrammar(JsonGrammar):
 
 
 def _recorded_answers(engine: ModelEngine, temperature: float) -> list[tuple[GenerationResult, list, _RecordingGrammar]]:
-    """Four json answers at once (MIXED_ASKS), each with the deltas it streamed and its recording grammar."""
-    base, forcer = _grammar(engine, PERSON)
+    """Four json answers at once (MIXED_ASKS) with token healing, each with the deltas it streamed and its
+    recording grammar."""
+    base, forcer = _grammar(engine, PERSON, healing=True)
     out: list = [None] * 4
 
     def worker(i: int) -> None:
@@ -300,7 +306,7 @@ def test_a_healed_answer_is_stored_in_the_prefix_cache_as_fed(tiny: ModelEngine,
     """The sampled token a forced run replaced was never fed: the KV stored when the answer retires is that
     of its final ids, so a prompt that repeats the conversation loads it and continues exactly as an engine
     without the cache."""
-    grammar, _ = _grammar(tiny, PERSON)
+    grammar, _ = _grammar(tiny, PERSON, healing=True)
     before = tiny.stats()["healed_tokens"]
     prompt = tiny.encode_prompt(tiny.render_chat(ASK))
     answer = tiny.generate(prompt, SamplingParams(max_tokens=160, temperature=0, logit_processors=(grammar,)))
@@ -349,3 +355,46 @@ def test_a_forced_run_fed_in_one_pass_gives_the_logits_of_feeding_it_token_by_to
     np.testing.assert_allclose(both[1], next_one, atol=1e-3, rtol=0)
     np.testing.assert_allclose(both[0], other_alone, atol=1e-3, rtol=0)
     assert np.isfinite(fed).all() and np.isfinite(both).all()
+
+
+TICKET = {"type": "object", "properties": {  # bench/grammar.py's nested schema (an unbounded `subtasks` array)
+    "id": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
+    "title": {"type": "string", "minLength": 3, "maxLength": 60},
+    "status": {"enum": ["open", "closed", "blocked"]},
+    "priority": {"type": "integer", "minimum": 1, "maximum": 5},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 5},
+    "owner": {"type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string"}},
+              "required": ["name"], "additionalProperties": False},
+    "subtasks": {"type": "array", "items": {"type": "object", "properties": {
+        "title": {"type": "string", "maxLength": 40}, "done": {"type": "boolean"}},
+        "required": ["title", "done"], "additionalProperties": False}},
+    "due": {"type": ["string", "null"]}},
+    "required": ["id", "title", "status", "subtasks"], "additionalProperties": False}
+TICKET_ASKS = ["Create a task for fixing the login page.", "Make a ticket about slow search results.",
+               "Track the migration to the new database."]
+
+
+def _ticket(engine: ModelEngine, forcer: ForcedTokenizer, ask: str, ff: bool) -> GenerationResult:
+    grammar = JsonGrammar(compile_json_schema(TICKET, forcer.vocab), forcer)
+    params = SamplingParams(max_tokens=120, temperature=0, fast_forward=ff, logit_processors=(grammar,))
+    return engine.chat([{"role": "user", "content": ask}], params)
+
+
+def test_greedy_smollm2_json_answers_finish_with_fast_forward_as_without(smollm2: ModelEngine) -> None:
+    """The model picks a forced run's first token after a sampled one (the default): greedy SmolLM2 answers
+    to the nested ticket schema finish and validate, as they do with fast-forward off. With the tokenizer's
+    merges forced there (token healing, the default before), these answers opened `subtasks` items and
+    repeated them until max_tokens (1 of 16 such answers finished; bench/fast_forward_quality.py). Forced
+    runs still save steps."""
+    _, forcer = _grammar(smollm2, TICKET)
+    assert not forcer.healing  # (the default)
+    for ask in TICKET_ASKS:
+        off = _ticket(smollm2, forcer, ask, ff=False)
+        assert off.finish_reason == "stop", off.text
+        before = smollm2.stats()
+        on = _ticket(smollm2, forcer, ask, ff=True)
+        after = smollm2.stats()
+        assert on.finish_reason == "stop", on.text
+        jsonschema.validate(json.loads(on.text), TICKET)
+        assert after["forced_tokens"] - before["forced_tokens"] >= 5
+        assert after["healed_tokens"] == before["healed_tokens"]

@@ -136,17 +136,19 @@ def real(request, llama3_tokenizer_json, smollm2_dir):
     tok = Tokenizer.from_file(path)
     stop = tok.token_id("<|eot_id|>") if request.param == "llama3" else tok.token_id("<|im_end|>")
     vocab = TokenVocabulary.from_tokenizer_file(path, stop_token_ids=(stop,))
-    return tok, vocab, ForcedTokenizer(vocab, tok), stop
+    return tok, vocab, ForcedTokenizer(vocab, tok, healing=True), stop
 
 
 def _generate(schema, tok, vocab, forcer, stop, rng, max_steps=120):
     """Random masked generation with fast-forward, as the scheduler runs it (``healed_forced_tokens`` after
     a sampled token, ``forced_tokens`` at the start): (generated ids, forced runs as (start, ids, healed),
-    done). ``healed``: the run replaced the sampled token before it (it starts at that token's place); True,
-    False after a sampled token it kept, None after no sampled token (at the start, or after a forced run)."""
+    done, deferred). ``healed``: the run replaced the sampled token before it (it starts at that token's
+    place); True, False after a sampled token it kept, None after no sampled token (at the start, or after a
+    forced run). ``deferred``: the positions where a run was left to the model to start (model-led starts)."""
     jg = JsonGrammar(compile_json_schema(schema, vocab), forcer)
     gen: list[int] = []
     runs: list[tuple[int, list[int], bool | None]] = []
+    deferred: list[int] = []
     closers = [i for i in (tok.encode(c.decode()) for c in CLOSERS) if len(i) == 1]
     sampled = False
     for step in range(max_steps):
@@ -158,8 +160,11 @@ def _generate(schema, tok, vocab, forcer, stop, rng, max_steps=120):
             gen += forced
             sampled = False
             if forced[-1] == stop:
-                return gen, runs, True
+                return gen, runs, True, deferred
             continue
+        jg._catch_up(gen)
+        if (sampled or not gen) and jg.fast_forward.tokens(64):  # forced, but the model picks how it starts
+            deferred.append(len(gen))
         m = jg.matcher
         jg._catch_up(gen)
         assert not m.is_error, tok.decode(gen)
@@ -171,26 +176,29 @@ def _generate(schema, tok, vocab, forcer, stop, rng, max_steps=120):
         gen.append(token)
         sampled = True
         if token == stop:
-            return gen, runs, True
-    return gen, runs, False
+            return gen, runs, True, deferred
+    return gen, runs, False, deferred
 
 
 def _spell(vocab, ids):
     return b"".join(vocab.token_bytes(i) for i in ids)
 
 
+@pytest.mark.parametrize("healing", [True, False], ids=["healing", "model-led"])
 @pytest.mark.parametrize("name", list(SCHEMAS))
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                 HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1))
-def test_forced_runs_are_canonical_and_outputs_validate(real, name, seed):
+def test_forced_runs_are_canonical_and_outputs_validate(real, name, healing, seed):
     """Every forced run is what the tokenizer writes for its text, alone and at the start of the rest (no
-    token the model could write spans its end); where a sampled token comes before it, that token and the
-    run are what the tokenizer writes for their bytes together (token healing at the start: a run that
-    replaced the sampled token is canonical on its own and spells that token's bytes first)."""
-    tok, vocab, forcer, stop = real
+    token the model could write spans its end). With token healing, where a sampled token comes before it,
+    that token and the run are what the tokenizer writes for their bytes together (a run that replaced the
+    sampled token is canonical on its own and spells that token's bytes first). With model-led starts
+    (the default), a run after a sampled token comes only right after the model picked its first token."""
+    tok, vocab, _, stop = real
+    forcer = ForcedTokenizer(vocab, tok, healing=healing)
     schema = SCHEMAS[name]
-    gen, runs, done = _generate(schema, tok, vocab, forcer, stop, np.random.default_rng(seed))
+    gen, runs, done, deferred = _generate(schema, tok, vocab, forcer, stop, np.random.default_rng(seed))
     assert done, f"did not finish: {tok.decode(gen)!r}"
     assert runs, "nothing was forced"
     body = gen[:-1] if gen[-1] == stop else gen
@@ -205,7 +213,10 @@ def test_forced_runs_are_canonical_and_outputs_validate(real, name, seed):
         assert tok.encode(spelled.decode("utf-8")) == ids  # what the tokenizer writes for the run's text
         rest = _spell(vocab, body[start:])
         assert tok.encode(rest.decode("utf-8"))[: len(ids)] == ids, (spelled, rest)  # nothing spans its end
-        if healed is False:  # the sampled token before it stays: with the run, what the tokenizer writes
+        if healed is not None and not healing:  # the model picked the token before it, where it was deferred
+            assert healed is False
+            assert start - 1 in deferred, (start, deferred)
+        if healed is False and healing:  # the sampled token before it stays: with the run, what the tokenizer writes
             pair = [gen[start - 1], *ids]
             pair_text = _spell(vocab, pair).decode("utf-8", "replace")
             if "\ufffd" not in pair_text:  # (a sampled partial character: no text to encode)
@@ -219,12 +230,12 @@ def test_forced_tool_call_prefix_on_llama3(llama3_tokenizer_json):
     schema = {"type": "object", "properties": {"name": {"const": "get_weather"}, "parameters": WEATHER},
               "required": ["name", "parameters"], "additionalProperties": False}
     jg = JsonGrammar(compile_json_schema(schema, vocab), forcer)
-    forced = jg.forced_tokens([], 100)
+    forced = jg.fast_forward.tokens(100)  # what is forced at the start (the model picks its first token)
     # the whole prefix up to the city's value is forced; the closing '":"' is left to the model ('":"' and
     # longer tokens like '":"' + text could start there)
     assert b"".join(vocab.token_bytes(i) for i in forced) == b'{"name":"get_weather","parameters":{"city'
-    assert jg.forced_tokens([], 3) == forced[:3]
-    assert jg.forced_tokens([], 0) == []
+    assert jg.fast_forward.tokens(3) == forced[:3]
+    assert jg.fast_forward.tokens(0) == []
     # "orderId" / "orderName": after '{"', "order" alone is not forced (llguidance's example)
     two = {"type": "object", "properties": {"orderId": {"type": "string"}, "orderName": {"type": "string"}},
            "additionalProperties": False}
@@ -253,3 +264,38 @@ def test_a_sampled_token_a_longer_token_covers_is_replaced(real):
     whole = tok.encode('{"') + tok.encode("tags")
     assert kept.healed_forced_tokens(whole, 10) == (0, [])  # `":` is held back; nothing to heal
     assert kept.matcher.num_accepted == len(whole)
+
+
+def test_the_model_picks_a_forced_runs_first_token_after_a_sampled_one(real):
+    """Model-led starts (the default): after a sampled `t` the grammar forces `ags`, but nothing is forced yet
+    (the matcher stays after `t`): the model picks the next token under the mask. After that pick the rest is
+    forced (`s`; `":` is held back). A run that is only the stop token is taken at once."""
+    tok, vocab, _, stop = real
+    forcer = ForcedTokenizer(vocab, tok)
+    assert not forcer.healing
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "integer"}},
+                                               "zone": {"type": "integer"}}, "additionalProperties": False}
+    jg = JsonGrammar(compile_json_schema(schema, vocab), forcer)
+    gen = tok.encode('{"') + tok.encode("t")
+    assert _spell(vocab, jg.forced_tokens(gen, 10)) == b"ags"
+    assert jg.healed_forced_tokens(gen, 10) == (0, [])  # left to the model
+    assert jg.matcher.num_accepted == len(gen)
+    picked = gen + tok.encode("ag")
+    assert len(tok.encode("ag")) == 1
+    assert jg.healed_forced_tokens(picked, 10) == (0, tok.encode("s"))  # the rest of the run
+    other = JsonGrammar(compile_json_schema(schema, vocab), forcer)  # a pick that took the whole run
+    assert other.healed_forced_tokens(gen, 10) == (0, [])
+    assert other.healed_forced_tokens(tok.encode('{"') + tok.encode("tags"), 10) == (0, [])  # `":` held back
+    done = JsonGrammar(compile_json_schema({"enum": ["ab", "ac"]}, vocab), forcer)
+    whole = tok.encode('"ab"')
+    assert done.healed_forced_tokens(whole, 10) == (0, [stop])  # only the stop token: nothing to pick
+    named = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"],
+             "additionalProperties": False}
+    start = JsonGrammar(compile_json_schema(named, vocab), forcer)  # at the answer's start: the model picks too
+    run = start.fast_forward.tokens(10)
+    assert _spell(vocab, run).startswith(b'{"name') and len(run) >= 2
+    assert start.forced_tokens([], 10) == []
+    drop, rest = start.healed_forced_tokens(tok.encode("{"), 10)  # the model picked `{`: the rest is forced
+    assert drop == 0 and _spell(vocab, tok.encode("{") + rest) == _spell(vocab, run)
+    healing = JsonGrammar(compile_json_schema(named, vocab), ForcedTokenizer(vocab, tok, healing=True))
+    assert healing.forced_tokens([], 10) == run  # with token healing: forced at once
