@@ -7,7 +7,10 @@ token is in the class" is one AND on the token's group set.
 - :func:`loop_byte_groups`: per state, the groups wholly inside its flag-free self-loop, and whether the
   loop is exactly those groups.
 - :func:`class_loop_entries`: per state, the class (groups, exit groups, longest token) that
-  :func:`.token_mask.fill_next_token_bitmask` may shortcut.
+  :func:`.token_mask.fill_next_token_bitmask` may shortcut; with ``max_closure``, also the *class closures*:
+  a larger class whose bytes keep a state inside a few states (a URI path, where the DFA is not minimised:
+  ``p -pchar-> p``, ``p -/-> s -pchar-> p``), which otherwise got only the one group of a self-loop it leads to
+  and walked nearly every token (~1.3 ms at 128k tokens).
 - :func:`tokens_within_groups` / :func:`short_tokens_within_groups`: a class's token row.
 """
 
@@ -95,11 +98,90 @@ def _class_step(targets, s, groups, n_groups):
 
 
 @njit(cache=True, nogil=True)
+def _popcount(x):
+    c = 0
+    while x != 0:
+        x &= x - np.uint64(1)
+        c += 1
+    return c
+
+
+@njit(cache=True, nogil=True)
+def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, seen, cap, by_entry):
+    """One greedy search for :func:`_closure`. Where a reached state ``s`` is final or calls, or does not take
+    some group of ``L`` to one state without flags, or ``s`` would be state ``cap + 1``: drop the group by which
+    ``s`` was first reached from the state before it (``by_entry``: from ``q``), or the group ``s`` refuses."""
+    wide = np.uint64(0)
+    for g in range(n_groups):
+        if targets[q, g] >= 0:
+            wide |= np.uint64(1) << np.uint64(g)
+    if info[q, S_FINAL] != 0 or info[q, S_CALL] >= 0:
+        return np.uint64(0), np.uint64(0)
+    while _popcount(wide) > need:
+        seen[-1] += 1  # a fresh mark for this search: seen[t] == mark iff t is a member
+        mark = seen[-1]
+        members[0] = q
+        seen[q] = mark
+        root[0] = -1
+        edge[0] = -1
+        m = 1
+        k = 0
+        drop = -1
+        while k < m and drop < 0:
+            s = members[k]
+            if info[s, S_FINAL] != 0 or info[s, S_CALL] >= 0:
+                drop = root[k] if by_entry else edge[k]
+                break
+            for g in range(n_groups):
+                if (wide >> np.uint64(g)) & np.uint64(1) == 0:
+                    continue
+                t = targets[s, g]
+                if t < 0:
+                    drop = root[k] if by_entry and k > 0 else g
+                    break
+                if seen[t] != mark:
+                    if m >= cap:
+                        drop = root[k] if by_entry and k > 0 else g
+                        break
+                    seen[t] = mark
+                    members[m] = t
+                    root[m] = g if k == 0 else root[k]
+                    edge[m] = g
+                    m += 1
+            k += 1
+        if drop < 0:
+            leave = np.uint64(0)
+            for j in range(m):
+                leave |= takes[members[j]]
+            return wide, leave & ~wide
+        wide &= ~(np.uint64(1) << np.uint64(drop))
+    return np.uint64(0), np.uint64(0)
+
+
+@njit(cache=True, nogil=True)
+def _closure(targets, takes, info, q, beat, n_groups, members, root, edge, seen, cap):
+    """(class, exit groups): a set of byte groups ``L`` such that from ``q`` every group of ``L`` goes to one
+    state without flags, and so on from each state reached that way (at most ``cap`` states, none final or
+    calling): every string of ``L`` bytes is then accepted from ``q`` and keeps it inside those states; the exit
+    groups are those of every other byte they take. (0, 0) when none found has more groups than ``beat``. Two
+    greedy searches from every group ``q`` takes that way; the larger class wins."""
+    need = _popcount(beat)
+    a = _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, seen, cap, False)
+    b = _closure_try(targets, takes, info, q, max(need, _popcount(a[0])), n_groups, members, root, edge, seen, cap,
+                     True)
+    return b if b[0] != 0 else a
+
+
+@njit(cache=True, nogil=True)
 def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, group_of, n_groups, max_chain,
-                   out_groups, out_exit, out_len):
+                   max_closure, out_groups, out_exit, out_len):
     n = trans.shape[0]
     targets, takes = _group_targets(trans, flags, group_of, group_bit, n_groups)
     chain = np.empty(max_chain + 1, dtype=np.int64)
+    members = np.empty(max(max_closure, 1), dtype=np.int64)
+    root = np.empty(max(max_closure, 1), dtype=np.int64)
+    edge = np.empty(max(max_closure, 1), dtype=np.int64)
+    seen = np.zeros(n + 1 if max_closure > 0 else 1, dtype=np.int64)  # marks per state, the last mark at [-1]
     # the distinct classes (in class_states order) and which states are class loops: a chain is walked once
     # per class, not once per class state (an integer-heavy schema has thousands of digit loops)
     position = np.full(n, -1, dtype=np.int64)  # index in class_states, -1: not a class loop
@@ -160,22 +242,31 @@ def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, gro
             # (b) a bounded run: q takes exactly some whole byte groups, all to one state without flags, and
             # so does each next state until one takes none of them ([A-Z]{3}, [0-9a-fA-F]{8})
             viable = takes[q]
-            if viable == 0 or _class_step(targets, q, viable, n_groups) < 0:
-                continue
-            length = 0
-            s = q
-            while length <= max_chain:
-                chain[length] = s
-                length += 1
+            if viable != 0 and _class_step(targets, q, viable, n_groups) >= 0:
+                length = 0
+                s = q
+                while length <= max_chain:
+                    chain[length] = s
+                    length += 1
+                    t = _class_step(targets, s, viable, n_groups)
+                    if t == -1 or t < -1 or t == s:
+                        break
+                    s = t
                 t = _class_step(targets, s, viable, n_groups)
-                if t == -1 or t < -1 or t == s:
-                    break
-                s = t
-            t = _class_step(targets, s, viable, n_groups)
-            if t != -1 or length < 3 or info[s, S_FINAL] != 0 or info[s, S_CALL] >= 0:
-                continue  # not a bounded run of at least two class bytes ending where no class byte goes
-            groups = viable
-            bound = length - 1
+                # a bounded run of at least two class bytes ending where no class byte goes
+                if t == -1 and length >= 3 and info[s, S_FINAL] == 0 and info[s, S_CALL] < 0:
+                    groups = viable
+                    bound = length - 1
+        if max_closure > 0 and bound < 0:
+            # (c) a class closure: a larger class whose bytes keep q inside a small set of states
+            wide = _closure(targets, takes, info, q, groups, n_groups, members, root, edge, seen, max_closure)
+            if wide[0] != 0:
+                out_groups[q] = wide[0]
+                out_exit[q] = wide[1]
+                out_len[q] = -1
+                continue
+        if groups == 0:
+            continue
         leave = np.uint64(0)
         for k in range(length):
             s = chain[k]
@@ -189,7 +280,8 @@ def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, gro
 
 
 def class_loop_entries(automaton_arrays: tuple, loop_groups: np.ndarray, class_states: np.ndarray,
-                       group_bit: np.ndarray, max_chain: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       group_bit: np.ndarray, max_chain: int = 16,
+                       max_closure: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per state, the character class for ``fill_next_token_bitmask``'s class shortcut: its byte groups
     (uint64, 0 if none), its exit groups and the longest class-only token it takes (-1 = any length).
 
@@ -199,7 +291,12 @@ def class_loop_entries(automaton_arrays: tuple, loop_groups: np.ndarray, class_s
     viable bytes are whole groups starts a bounded run if each next state takes them all to one state
     without flags, up to one that takes none of them (not final, no call), after at least 2 class bytes.
     The exit groups are those of every byte a state of the chain may take (all groups if one is final or
-    calls), less the class's own. ``group_bit``: uint64 [256], each byte's group as a bit. A few us."""
+    calls), less the class's own. (c) ``max_closure`` > 0 (0: off): where a state is no bounded run, a class
+    closure with more groups than (a) found replaces it (:func:`_closure`: a set of groups each state of a set of
+    at most ``max_closure`` states, none final or calling, takes to a state of the set without flags; exits as
+    above over that set). ``group_bit``: uint64 [256], each byte's group as a bit. A few us; a closure costs
+    up to ``max_closure`` x groups lookups per search, two searches (each restarted per dropped group) per
+    state taking more groups than its (a) class."""
     n = automaton_arrays[0].shape[0]
     out_groups = np.zeros(n, dtype=np.uint64)
     out_exit = np.zeros(n, dtype=np.uint64)
@@ -207,8 +304,8 @@ def class_loop_entries(automaton_arrays: tuple, loop_groups: np.ndarray, class_s
     group_of = (np.frexp(group_bit.astype(np.float64))[1] - 1).astype(np.int64)  # each byte's group (bit index)
     n_groups = int(group_of.max()) + 1
     _class_entries(automaton_arrays[0], automaton_arrays[1], automaton_arrays[2], loop_groups,
-                   class_states.astype(np.int64), group_bit, group_of, n_groups, max_chain, out_groups, out_exit,
-                   out_len)
+                   class_states.astype(np.int64), group_bit, group_of, n_groups, max_chain, max_closure, out_groups,
+                   out_exit, out_len)
     return out_groups, out_exit, out_len
 
 

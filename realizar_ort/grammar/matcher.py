@@ -84,6 +84,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_DEPTH = 64
+CLASS_CLOSURE_STATES = 64  # class shortcut of a state whose class bytes keep it in at most this many states
 CLASS_ROW_ENTRIES = 256  # per vocabulary: token rows of character classes, 16 KB each at 128k vocab
 # (class bytes, longest token or -1) whose token rows each vocabulary computes up front (~40 us each): the
 # digit loop of every JSON number, the loops of the built-in ``email`` format (local part, domain label),
@@ -256,7 +257,7 @@ class CompiledGrammar:
     """An immutable automaton bound to a vocabulary, plus the mask cache its matchers share."""
 
     def __init__(self, automaton: Automaton, vocab: TokenVocabulary, max_depth: int = DEFAULT_MAX_DEPTH,
-                 string_shortcuts: bool = True) -> None:
+                 string_shortcuts: bool = True, class_shortcuts: bool = True) -> None:
         self.automaton = automaton
         self.vocab = vocab
         self.max_depth = max_depth
@@ -284,8 +285,13 @@ class CompiledGrammar:
         # character-class loops (not a string body, loop bytes exactly a union of byte groups) and, per
         # state, the class loop it leads to: see fill_next_token_bitmask's class shortcut
         classes = np.flatnonzero((loop_groups != 0) & ~automaton.plain_loop & exact)
+        # (``class_shortcuts=False``: none, the whole-trie walk the tests compare the shortcuts with)
         class_groups, class_exit, class_len = class_loop_entries((automaton.trans, automaton.flags, info),
-                                                                 loop_groups, classes, _GROUP_BIT)
+                                                                 loop_groups, classes, _GROUP_BIT,
+                                                                 max_closure=CLASS_CLOSURE_STATES)
+        if not class_shortcuts:
+            class_groups, class_exit, class_len = (np.zeros_like(class_groups), np.zeros_like(class_exit),
+                                                   np.zeros_like(class_len))
         # string bodies (plain_loop: every plain byte loops back with no flag, or only INC when length-bounded)
         # with no class shortcut: the kernel walks the suffix tries there (S_SUFFIX: 1 = always, -k = while the
         # counter is at least cmin or k below it, and k below cmax, i.e. the length bounds cannot bite inside

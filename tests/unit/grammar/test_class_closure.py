@@ -1,0 +1,106 @@
+"""Class closures (:func:`realizar_ort.kernels.token_classes.class_loop_entries` with ``max_closure``): a state
+whose class bytes keep it inside a few states (a URI path: ``57 -pchar-> 57``, ``57 -/-> 43 -pchar-> 57``; the
+DFA is not minimised) gets the class shortcut for the whole set (pchar and ``/``), not only for the one group
+of a self-loop it leads to ('/'), which walked nearly every token (~1.3 ms at 128k tokens). The masks must equal
+the whole-trie walk with no shortcut bit for bit (real vocabularies) and the token-by-token reference (a hand
+vocabulary)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from realizar_ort.grammar.json_schema import compile_schema_automaton
+from realizar_ort.grammar.matcher import CompiledGrammar, TokenVocabulary, allocate_token_bitmask
+from realizar_ort.grammar.vocab import BYTE_GROUP
+
+STOP = 1
+SCHEMA = {"type": "object", "properties": {
+    "url": {"type": "string", "format": "uri"},
+    "home": {"type": "string", "format": "uri"},
+    "path": {"type": "string", "pattern": "^(/[a-z0-9._-]+)+/?$"},
+    "host": {"type": "string", "pattern": "^[a-z]+(\\.[a-z]+)*$"},
+    "id": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"}},
+    "additionalProperties": False}
+VALUES = [
+    {"url": "https://example.com/a/b-c/d.html?x=1&y=%20z#top", "home": "http://h.io/", "path": "/usr/local/bin/",
+     "host": "api.example.org", "id": "ABC-1234"},
+    {"url": "urn:isbn:0451450523", "home": "https://x.y/z//w?q#f", "path": "/a", "host": "x", "id": "XYZ-0000"},
+]
+
+
+def _bytes_of(groups: int) -> bytes:
+    return bytes(b for b in range(256) if (groups >> int(BYTE_GROUP[b])) & 1)
+
+
+def _pair(vocab) -> tuple[CompiledGrammar, CompiledGrammar]:
+    automaton = compile_schema_automaton(SCHEMA)
+    fast = CompiledGrammar(automaton, vocab)
+    plain = CompiledGrammar(automaton, vocab, string_shortcuts=False, class_shortcuts=False)
+    plain._mask_cache.no_reference = True  # the whole-trie walk everywhere
+    return fast, plain
+
+
+def _wide(grammar) -> set[int]:
+    """The states whose class shortcut is a closure: more than one state on its class bytes (a class holding both
+    a URI path character and '/')."""
+    return {q for q, g in enumerate(grammar._class_groups_l) if g and {ord("a"), ord("/")} <= set(_bytes_of(g))}
+
+
+@pytest.fixture(scope="module", params=["llama3", "smollm2"])
+def real(request, llama3_tokenizer_json, smollm2_dir):
+    path = llama3_tokenizer_json if request.param == "llama3" else smollm2_dir / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    stop = tok.token_to_id("<|eot_id|>") if request.param == "llama3" else tok.token_to_id("<|im_end|>")
+    return tok, TokenVocabulary.from_tokenizer_file(path, stop_token_ids=(stop,)), stop
+
+
+def test_class_closure_masks_equal_plain_walk_on_real_vocabularies(real):
+    tok, vocab, stop = real
+    fast, plain = _pair(vocab)
+    wide = _wide(fast)
+    met = 0
+    a, b = allocate_token_bitmask(vocab.vocab_size), allocate_token_bitmask(vocab.vocab_size)
+    for value in VALUES:
+        ids = tok.encode(json.dumps(value, separators=(",", ":")), add_special_tokens=False).ids
+        f, p = fast.matcher(), plain.matcher()
+        for tid in ids + [stop]:
+            f.fill_next_token_bitmask(a)
+            p.fill_next_token_bitmask(b)
+            np.testing.assert_array_equal(a, b)
+            met += f._state in wide
+            assert f.advance(tid) and p.advance(tid)
+        assert f.is_terminated()
+    assert met >= 4  # closure states were met along the instances
+    assert not any(plain._class_groups_l)
+
+
+def test_class_closure_masks_equal_token_by_token_reference(reference_mask_walk):
+    """Every state along the instances on a hand vocabulary: each single byte, plus tokens mixing path bytes,
+    '/', '?', '%', '#' and a closing quote."""
+    token_bytes = [None, None] + [bytes([b]) for b in range(0x20, 0x100)] + [
+        b"/a", b"a/", b"a/b", b"//", b"/?", b"?x=", b"%20", b"a%2", b'html"', b'/"', b'/",', b"#top", b"com/",
+        b"example", b".com", b"-c/d", b"ABC", b"-12", b"1234", b"/bin/", b"bin/\"", b"org\"}"]
+    vocab = TokenVocabulary.from_token_bytes(token_bytes, stop_token_ids=(STOP,))
+    grammar = CompiledGrammar(compile_schema_automaton(SCHEMA), vocab)
+    wide = _wide(grammar)
+    states = reference_mask_walk(grammar, token_bytes, VALUES, STOP)
+    assert sum(q in wide for q in states) >= 20
+
+
+def test_uri_path_state_gets_the_whole_path_class():
+    """The URI path and query states: their class holds the path characters, '/' and '?', their exits only what
+    can leave them (the closing quote, '#', '%', and ':' / '@' in the authority), never a letter or digit."""
+    automaton = compile_schema_automaton({"type": "string", "format": "uri"})
+    vocab = TokenVocabulary.from_token_bytes([None, None] + [bytes([b]) for b in range(0x20, 0x7F)], (STOP,))
+    grammar = CompiledGrammar(automaton, vocab, string_shortcuts=False)
+    exits = grammar._class_exit_l
+    path = [q for q in _wide(grammar) if b"?" in _bytes_of(grammar._class_groups_l[q])]
+    assert len(path) >= 10
+    for q in path:
+        assert set(_bytes_of(exits[q])) <= set(b'"#%:@')
+    plain = CompiledGrammar(automaton, vocab, string_shortcuts=False, class_shortcuts=False)
+    assert not any(plain._class_groups_l)
