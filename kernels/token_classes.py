@@ -21,6 +21,8 @@ from numba import njit
 
 from .token_mask import S_CALL, S_FINAL, S_PLAIN
 
+_DROPS = 8  # groups a class closure search may drop (then it gives up)
+
 __all__ = ["class_loop_entries", "loop_byte_groups", "short_tokens_within_groups", "tokens_within_groups"]
 
 
@@ -107,31 +109,55 @@ def _popcount(x):
 
 
 @njit(cache=True, nogil=True)
-def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, seen, cap, by_entry):
-    """One greedy search for :func:`_closure`. Where a reached state ``s`` is final or calls, or does not take
-    some group of ``L`` to one state without flags, or ``s`` would be state ``cap + 1``: drop the group by which
-    ``s`` was first reached from the state before it (``by_entry``: from ``q``), or the group ``s`` refuses."""
-    wide = np.uint64(0)
+def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, depth, seen, cap, longest, by_entry):
+    """One greedy search for :func:`_closure`: (class, exit groups, bound). Where a reached state ``s`` is final
+    or calls, or takes some but not all groups of ``L`` to one state without flags each, or ``s`` would be state
+    ``cap + 1``, or the bound below fails: drop the group by which ``s`` was first reached from the state before it
+    (``by_entry``: from ``q``), or a group ``s`` refuses, and search again (at most ``_DROPS`` times). States
+    at depth ``longest`` (no token has more bytes) are not expanded. A state refusing every group of ``L`` is a
+    stop: with stops the search must be layered (each state at one depth from ``q``) with every stop, and no
+    other state, at one depth ``k``: then the tokens of ``L`` bytes are accepted up to ``k`` bytes (the bound)."""
+    zero = np.uint64(0)
+    wide = zero
     for g in range(n_groups):
         if targets[q, g] >= 0:
             wide |= np.uint64(1) << np.uint64(g)
     if info[q, S_FINAL] != 0 or info[q, S_CALL] >= 0:
-        return np.uint64(0), np.uint64(0)
-    while _popcount(wide) > need:
+        return zero, zero, -1
+    for _ in range(_DROPS):
+        if _popcount(wide) <= need:
+            break
         seen[-1] += 1  # a fresh mark for this search: seen[t] == mark iff t is a member
         mark = seen[-1]
         members[0] = q
         seen[q] = mark
         root[0] = -1
         edge[0] = -1
+        depth[q] = 0
         m = 1
         k = 0
         drop = -1
+        stop_depth = -1  # depth of the stops met, -2: stops at different depths or not layered
+        deepest = 0  # of the states that are not stops
+        layered = True
         while k < m and drop < 0:
             s = members[k]
+            d = depth[s]
             if info[s, S_FINAL] != 0 or info[s, S_CALL] >= 0:
                 drop = root[k] if by_entry else edge[k]
                 break
+            taken = 0
+            for g in range(n_groups):
+                if (wide >> np.uint64(g)) & np.uint64(1) != 0 and targets[s, g] != -1:
+                    taken += 1
+            if taken == 0:  # a stop
+                if stop_depth == -1:
+                    stop_depth = d
+                elif stop_depth != d:
+                    stop_depth = -2
+                k += 1
+                continue
+            deepest = max(deepest, d)
             for g in range(n_groups):
                 if (wide >> np.uint64(g)) & np.uint64(1) == 0:
                     continue
@@ -139,42 +165,52 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, s
                 if t < 0:
                     drop = root[k] if by_entry and k > 0 else g
                     break
+                if d + 1 >= longest:
+                    continue  # no token reaches a byte read there
                 if seen[t] != mark:
                     if m >= cap:
                         drop = root[k] if by_entry and k > 0 else g
                         break
                     seen[t] = mark
                     members[m] = t
+                    depth[t] = d + 1
                     root[m] = g if k == 0 else root[k]
                     edge[m] = g
                     m += 1
+                elif depth[t] != d + 1:
+                    layered = False
             k += 1
         if drop < 0:
-            leave = np.uint64(0)
+            leave = zero
             for j in range(m):
                 leave |= takes[members[j]]
-            return wide, leave & ~wide
+            if stop_depth == -1:
+                return wide, leave & ~wide, -1
+            if layered and stop_depth >= 1 and deepest < stop_depth:
+                return wide, leave & ~wide, stop_depth
+            return zero, zero, -1  # stops, but no one bound: leave it to (a)/(b)
         wide &= ~(np.uint64(1) << np.uint64(drop))
-    return np.uint64(0), np.uint64(0)
+    return zero, zero, -1
 
 
 @njit(cache=True, nogil=True)
-def _closure(targets, takes, info, q, beat, n_groups, members, root, edge, seen, cap):
-    """(class, exit groups): a set of byte groups ``L`` such that from ``q`` every group of ``L`` goes to one
-    state without flags, and so on from each state reached that way (at most ``cap`` states, none final or
-    calling): every string of ``L`` bytes is then accepted from ``q`` and keeps it inside those states; the exit
-    groups are those of every other byte they take. (0, 0) when none found has more groups than ``beat``. Two
-    greedy searches from every group ``q`` takes that way; the larger class wins."""
+def _closure(targets, takes, info, q, beat, n_groups, members, root, edge, depth, seen, cap, longest):
+    """(class, exit groups, bound): a set of byte groups ``L`` such that from ``q`` every group of ``L`` goes to
+    one state without flags, and so on from each state reached that way (at most ``cap`` states, none final or
+    calling) for any token's bytes: every string of ``L`` bytes (up to ``bound`` bytes when >= 0, see
+    :func:`_closure_try`) is then accepted from ``q`` and keeps it inside those states; the exit groups are
+    those of every other byte they take. (0, 0, -1) when none found has more groups than ``beat``. Two greedy
+    searches from every group ``q`` takes that way; the larger class wins."""
     need = _popcount(beat)
-    a = _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, seen, cap, False)
-    b = _closure_try(targets, takes, info, q, max(need, _popcount(a[0])), n_groups, members, root, edge, seen, cap,
-                     True)
+    a = _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, depth, seen, cap, longest, False)
+    b = _closure_try(targets, takes, info, q, max(need, _popcount(a[0])), n_groups, members, root, edge, depth,
+                     seen, cap, longest, True)
     return b if b[0] != 0 else a
 
 
 @njit(cache=True, nogil=True)
 def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, group_of, n_groups, max_chain,
-                   max_closure, out_groups, out_exit, out_len):
+                   max_closure, longest, out_groups, out_exit, out_len):
     n = trans.shape[0]
     targets, takes = _group_targets(trans, flags, group_of, group_bit, n_groups)
     chain = np.empty(max_chain + 1, dtype=np.int64)
@@ -182,6 +218,7 @@ def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, gro
     root = np.empty(max(max_closure, 1), dtype=np.int64)
     edge = np.empty(max(max_closure, 1), dtype=np.int64)
     seen = np.zeros(n + 1 if max_closure > 0 else 1, dtype=np.int64)  # marks per state, the last mark at [-1]
+    depth = np.zeros(n if max_closure > 0 else 1, dtype=np.int64)
     # the distinct classes (in class_states order) and which states are class loops: a chain is walked once
     # per class, not once per class state (an integer-heavy schema has thousands of digit loops)
     position = np.full(n, -1, dtype=np.int64)  # index in class_states, -1: not a class loop
@@ -259,11 +296,12 @@ def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, gro
                     bound = length - 1
         if max_closure > 0 and bound < 0:
             # (c) a class closure: a larger class whose bytes keep q inside a small set of states
-            wide = _closure(targets, takes, info, q, groups, n_groups, members, root, edge, seen, max_closure)
+            wide = _closure(targets, takes, info, q, groups, n_groups, members, root, edge, depth, seen, max_closure,
+                            longest)
             if wide[0] != 0:
                 out_groups[q] = wide[0]
                 out_exit[q] = wide[1]
-                out_len[q] = -1
+                out_len[q] = wide[2]
                 continue
         if groups == 0:
             continue
@@ -281,7 +319,7 @@ def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, gro
 
 def class_loop_entries(automaton_arrays: tuple, loop_groups: np.ndarray, class_states: np.ndarray,
                        group_bit: np.ndarray, max_chain: int = 16,
-                       max_closure: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       max_closure: int = 0, longest: int = 1 << 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per state, the character class for ``fill_next_token_bitmask``'s class shortcut: its byte groups
     (uint64, 0 if none), its exit groups and the longest class-only token it takes (-1 = any length).
 
@@ -304,8 +342,8 @@ def class_loop_entries(automaton_arrays: tuple, loop_groups: np.ndarray, class_s
     group_of = (np.frexp(group_bit.astype(np.float64))[1] - 1).astype(np.int64)  # each byte's group (bit index)
     n_groups = int(group_of.max()) + 1
     _class_entries(automaton_arrays[0], automaton_arrays[1], automaton_arrays[2], loop_groups,
-                   class_states.astype(np.int64), group_bit, group_of, n_groups, max_chain, max_closure, out_groups,
-                   out_exit, out_len)
+                   class_states.astype(np.int64), group_bit, group_of, n_groups, max_chain, max_closure, longest,
+                   out_groups, out_exit, out_len)
     return out_groups, out_exit, out_len
 
 

@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_DEPTH = 64
-CLASS_CLOSURE_STATES = 64  # class shortcut of a state whose class bytes keep it in at most this many states
+CLASS_CLOSURE_STATES = 160  # class shortcut of a state whose class bytes keep it in at most this many states
 CLASS_ROW_ENTRIES = 256  # per vocabulary: token rows of character classes, 16 KB each at 128k vocab
 # (class bytes, longest token or -1) whose token rows each vocabulary computes up front (~40 us each): the
 # digit loop of every JSON number, the loops of the built-in ``email`` format (local part, domain label),
@@ -288,7 +288,8 @@ class CompiledGrammar:
         # (``class_shortcuts=False``: none, the whole-trie walk the tests compare the shortcuts with)
         class_groups, class_exit, class_len = class_loop_entries((automaton.trans, automaton.flags, info),
                                                                  loop_groups, classes, _GROUP_BIT,
-                                                                 max_closure=CLASS_CLOSURE_STATES)
+                                                                 max_closure=CLASS_CLOSURE_STATES,
+                                                                 longest=vocab.tables.max_token_bytes)
         if not class_shortcuts:
             class_groups, class_exit, class_len = (np.zeros_like(class_groups), np.zeros_like(class_exit),
                                                    np.zeros_like(class_len))

@@ -11,10 +11,17 @@ import json
 
 import numpy as np
 import pytest
+from realizar_ort.kernels.token_classes import class_loop_entries, loop_byte_groups
 from tokenizers import Tokenizer
 
 from realizar_ort.grammar.json_schema import compile_schema_automaton
-from realizar_ort.grammar.matcher import CompiledGrammar, TokenVocabulary, allocate_token_bitmask
+from realizar_ort.grammar.matcher import (
+    _GROUP_BIT,
+    _GROUP_WORDS,
+    CompiledGrammar,
+    TokenVocabulary,
+    allocate_token_bitmask,
+)
 from realizar_ort.grammar.vocab import BYTE_GROUP
 
 STOP = 1
@@ -23,12 +30,14 @@ SCHEMA = {"type": "object", "properties": {
     "home": {"type": "string", "format": "uri"},
     "path": {"type": "string", "pattern": "^(/[a-z0-9._-]+)+/?$"},
     "host": {"type": "string", "pattern": "^[a-z]+(\\.[a-z]+)*$"},
-    "id": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"}},
+    "id": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
+    "topic": {"type": "string", "pattern": "^[0-9a-zA-Z_-]{1,230}$"},
+    "label": {"type": "string", "pattern": "^[a-z0-9-]{1,20}$"}},
     "additionalProperties": False}
 VALUES = [
     {"url": "https://example.com/a/b-c/d.html?x=1&y=%20z#top", "home": "http://h.io/", "path": "/usr/local/bin/",
-     "host": "api.example.org", "id": "ABC-1234"},
-    {"url": "urn:isbn:0451450523", "home": "https://x.y/z//w?q#f", "path": "/a", "host": "x", "id": "XYZ-0000"},
+     "host": "api.example.org", "id": "ABC-1234", "topic": "my_mqtt-topic_01", "label": "abcdefghij-012345678"},
+    {"url": "urn:isbn:0451450523", "home": "https://x.y/z//w?q#f", "path": "/a", "host": "x", "id": "XYZ-0000", "topic": "T", "label": "a-b"},
 ]
 
 
@@ -45,9 +54,17 @@ def _pair(vocab) -> tuple[CompiledGrammar, CompiledGrammar]:
 
 
 def _wide(grammar) -> set[int]:
-    """The states whose class shortcut is a closure: more than one state on its class bytes (a class holding both
-    a URI path character and '/')."""
-    return {q for q, g in enumerate(grammar._class_groups_l) if g and {ord("a"), ord("/")} <= set(_bytes_of(g))}
+    """The states whose class shortcut is a closure: not the class (a)/(b) of class_loop_entries would give."""
+    a = grammar.automaton
+    loop_groups, exact = loop_byte_groups(a.loop_bits, _GROUP_WORDS)
+    classes = np.flatnonzero((loop_groups != 0) & ~a.plain_loop & exact)
+    plain = class_loop_entries((a.trans, a.flags, grammar.automaton_arrays[2]), loop_groups, classes, _GROUP_BIT)
+    return {q for q, g in enumerate(grammar._class_groups_l) if g and (g != plain[0][q] or
+                                                                       grammar._class_len_l[q] != plain[2][q])}
+
+
+def _bounded(grammar) -> set[int]:
+    return {q for q in _wide(grammar) if grammar._class_len_l[q] >= 0}
 
 
 @pytest.fixture(scope="module", params=["llama3", "smollm2"])
@@ -61,8 +78,8 @@ def real(request, llama3_tokenizer_json, smollm2_dir):
 def test_class_closure_masks_equal_plain_walk_on_real_vocabularies(real):
     tok, vocab, stop = real
     fast, plain = _pair(vocab)
-    wide = _wide(fast)
-    met = 0
+    wide, bounded = _wide(fast), _bounded(fast)
+    met = bounded_met = 0
     a, b = allocate_token_bitmask(vocab.vocab_size), allocate_token_bitmask(vocab.vocab_size)
     for value in VALUES:
         ids = tok.encode(json.dumps(value, separators=(",", ":")), add_special_tokens=False).ids
@@ -72,9 +89,10 @@ def test_class_closure_masks_equal_plain_walk_on_real_vocabularies(real):
             p.fill_next_token_bitmask(b)
             np.testing.assert_array_equal(a, b)
             met += f._state in wide
+            bounded_met += f._state in bounded
             assert f.advance(tid) and p.advance(tid)
         assert f.is_terminated()
-    assert met >= 4  # closure states were met along the instances
+    assert met >= 4 and bounded_met >= 1  # closure states, bounded ones too, were met along the instances
     assert not any(plain._class_groups_l)
 
 
@@ -83,12 +101,13 @@ def test_class_closure_masks_equal_token_by_token_reference(reference_mask_walk)
     '/', '?', '%', '#' and a closing quote."""
     token_bytes = [None, None] + [bytes([b]) for b in range(0x20, 0x100)] + [
         b"/a", b"a/", b"a/b", b"//", b"/?", b"?x=", b"%20", b"a%2", b'html"', b'/"', b'/",', b"#top", b"com/",
-        b"example", b".com", b"-c/d", b"ABC", b"-12", b"1234", b"/bin/", b"bin/\"", b"org\"}"]
+        b"example", b".com", b"-c/d", b"ABC", b"-12", b"1234", b"/bin/", b"bin/\"", b"org\"}", b"_01", b"mqtt", b"-topic", b"abcdefghij", b"-0123", b"45678", b"5678\"", b"a-b"]
     vocab = TokenVocabulary.from_token_bytes(token_bytes, stop_token_ids=(STOP,))
     grammar = CompiledGrammar(compile_schema_automaton(SCHEMA), vocab)
-    wide = _wide(grammar)
+    wide, bounded = _wide(grammar), _bounded(grammar)
     states = reference_mask_walk(grammar, token_bytes, VALUES, STOP)
     assert sum(q in wide for q in states) >= 20
+    assert sum(q in bounded for q in states) >= 10
 
 
 def test_uri_path_state_gets_the_whole_path_class():
