@@ -140,6 +140,7 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
         stop_depth = -1  # depth of the stops met, -2: stops at different depths or not layered
         deepest = 0  # of the states that are not stops
         layered = True
+        first_stop = 0
         while k < m and drop < 0:
             s = members[k]
             d = depth[s]
@@ -153,6 +154,7 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
             if taken == 0:  # a stop
                 if stop_depth == -1:
                     stop_depth = d
+                    first_stop = k
                 elif stop_depth != d:
                     stop_depth = -2
                 k += 1
@@ -188,7 +190,7 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
                 return wide, leave & ~wide, -1
             if layered and stop_depth >= 1 and deepest < stop_depth:
                 return wide, leave & ~wide, stop_depth
-            return zero, zero, -1  # stops, but no one bound: leave it to (a)/(b)
+            drop = root[first_stop] if by_entry else edge[first_stop]  # stops, but no one bound
         wide &= ~(np.uint64(1) << np.uint64(drop))
     return zero, zero, -1
 
