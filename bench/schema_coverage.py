@@ -304,6 +304,9 @@ def _slice(items: list, args) -> list:
     full set is a uniform sample of it."""
     items = items[:]
     random.Random(0).shuffle(items)
+    if getattr(args, "ids", None):  # only these MaskBench ids (first column of each line), in that order
+        order = {line.split()[0]: k for k, line in enumerate(args.ids.read_text().splitlines()) if line.strip()}
+        items = sorted((it for it in items if it[0] in order), key=lambda it: order[it[0]])
     if args.shard:
         i, n = (int(x) for x in args.shard.split("/"))
         items = items[i::n]
@@ -335,6 +338,7 @@ def main() -> None:
                                                           "absent = false)")
     ap.add_argument("--engines", default="ours,llguidance")
     ap.add_argument("--results", type=Path, help="append a JSON line per (schema, engine) here; skip those done")
+    ap.add_argument("--ids", type=Path, help="only the MaskBench ids in this file (one per line, first column)")
     ap.add_argument("--shard", help="i/n: every n-th schema from the i-th")
     ap.add_argument("--start", type=int, default=0, help="first schema of the slice")
     ap.add_argument("--limit", type=int, default=0, help="schemas in the slice (0: all)")
