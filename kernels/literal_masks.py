@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .token_mask import L_AT, L_CLS, L_CNT, L_DEP, L_Q, L_TOP, S_CALL, S_CMAX, S_FINAL, S_PLAIN, _step
+from .token_mask import INC, L_AT, L_CLS, L_CNT, L_DEP, L_Q, L_TOP, S_CALL, S_CMAX, S_FINAL, S_PLAIN, _step
 
 __all__ = ["fill_masks_sparse", "literal_states"]
 
@@ -88,6 +88,7 @@ def _walk_sparse(nodes, ids, sub, first, last, trans, flags, info, state_groups,
         if nq < 0 and info[q, S_CALL] < 0 and info[q, S_FINAL] == 0:  # the other common case: a dead byte
             i = nodes[i, 2]
             continue
+        counted_class = in_class and nq >= 0 and flags[q, b] == INC  # as in token_mask._walk
         q, top, at, dep, cnt, low, ok = _step(trans, flags, info, b, q, lv[d - 1, L_TOP], lv[d - 1, L_AT],
                                               lv[d - 1, L_DEP], lv[d - 1, L_CNT], arena, max_depth)
         if low == -1:
@@ -102,7 +103,7 @@ def _walk_sparse(nodes, ids, sub, first, last, trans, flags, info, state_groups,
         lv[d, L_AT] = at
         lv[d, L_DEP] = dep
         lv[d, L_CNT] = cnt
-        lv[d, L_CLS] = 0
+        lv[d, L_CLS] = 1 if counted_class else 0
         _set_range_listed(bits, ids, nodes[i, 3], nodes[i + 1, 3], touched)
         i += 1
     return read

@@ -19,9 +19,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .token_mask import S_CALL, S_FINAL, S_PLAIN
+from .token_mask import INC, S_CALL, S_CMAX, S_CMIN, S_FINAL, S_PLAIN
 
 _DROPS = 8  # groups a class closure search may drop (then it gives up)
+_UNBOUNDED = 1 << 30  # cmax of a state outside any length-bounded string
 
 __all__ = ["class_loop_entries", "loop_byte_groups", "short_tokens_within_groups", "tokens_within_groups"]
 
@@ -59,9 +60,9 @@ def loop_byte_groups(loop_bits: np.ndarray, group_words: np.ndarray) -> tuple[np
 
 
 @njit(cache=True, nogil=True)
-def _group_targets(trans, flags, group_of, group_bit, n_groups):
-    """Per state and byte group: the one state every byte of the group goes to without flags (>= 0), none of
-    them (-1), or anything else (-2); and per state the groups of the bytes it takes. One pass over the
+def _group_targets(trans, flags, group_of, group_bit, n_groups, want):
+    """Per state and byte group: the one state every byte of the group goes to with flags ``want`` (>= 0; 0: without
+    flags), none of them (-1), or anything else (-2); and per state the groups of the bytes it takes. One pass over the
     table, so that a class step, and a state's exits, cost a few lookups."""
     n = trans.shape[0]
     out = np.full((n, n_groups), -3, dtype=np.int32)
@@ -73,7 +74,7 @@ def _group_targets(trans, flags, group_of, group_bit, n_groups):
             nb = trans[s, b]
             if nb >= 0:
                 taken |= group_bit[b]
-            v = nb if nb < 0 or flags[s, b] == 0 else -2
+            v = nb if nb < 0 or flags[s, b] == want else -2
             if v < -1:
                 out[s, g] = -2
             elif out[s, g] == -3:
@@ -109,7 +110,8 @@ def _popcount(x):
 
 
 @njit(cache=True, nogil=True)
-def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, depth, seen, cap, longest, by_entry):
+def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, depth, seen, cap, longest, by_entry,
+                 allowed, counted):
     """One greedy search for :func:`_closure`: (class, exit groups, bound). Where a reached state ``s`` is final
     or calls, or takes some but not all groups of ``L`` to one state without flags each, or ``s`` would be state
     ``cap + 1``, or the bound below fails: drop the group by which ``s`` was first reached from the state before it
@@ -122,6 +124,7 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
     for g in range(n_groups):
         if targets[q, g] >= 0:
             wide |= np.uint64(1) << np.uint64(g)
+    wide &= allowed
     if info[q, S_FINAL] != 0 or info[q, S_CALL] >= 0:
         return zero, zero, -1
     for _ in range(_DROPS):
@@ -144,13 +147,17 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
         while k < m and drop < 0:
             s = members[k]
             d = depth[s]
-            if info[s, S_FINAL] != 0 or info[s, S_CALL] >= 0:
+            if info[s, S_FINAL] != 0 or info[s, S_CALL] >= 0 or (counted and (
+                    info[s, S_CMIN] != info[q, S_CMIN] or info[s, S_CMAX] != info[q, S_CMAX])):
                 drop = root[k] if by_entry else edge[k]
                 break
             taken = 0
             for g in range(n_groups):
                 if (wide >> np.uint64(g)) & np.uint64(1) != 0 and targets[s, g] != -1:
                     taken += 1
+            if taken == 0 and counted:  # no stops in a counted class (its bound is the room left)
+                drop = root[k] if by_entry else edge[k]
+                break
             if taken == 0:  # a stop
                 if stop_depth == -1:
                     stop_depth = d
@@ -187,7 +194,7 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
             for j in range(m):
                 leave |= takes[members[j]]
             if stop_depth == -1:
-                return wide, leave & ~wide, -1
+                return wide, leave & ~wide, -2 if counted else -1
             if layered and stop_depth >= 1 and deepest < stop_depth:
                 return wide, leave & ~wide, stop_depth
             drop = root[first_stop] if by_entry else edge[first_stop]  # stops, but no one bound
@@ -196,17 +203,22 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
 
 
 @njit(cache=True, nogil=True)
-def _closure(targets, takes, info, q, beat, n_groups, members, root, edge, depth, seen, cap, longest):
+def _closure(targets, takes, info, q, beat, n_groups, members, root, edge, depth, seen, cap, longest, allowed,
+             counted):
     """(class, exit groups, bound): a set of byte groups ``L`` such that from ``q`` every group of ``L`` goes to
     one state without flags, and so on from each state reached that way (at most ``cap`` states, none final or
     calling) for any token's bytes: every string of ``L`` bytes (up to ``bound`` bytes when >= 0, see
     :func:`_closure_try`) is then accepted from ``q`` and keeps it inside those states; the exit groups are
     those of every other byte they take. (0, 0, -1) when none found has more groups than ``beat``. Two greedy
-    searches from every group ``q`` takes that way; the larger class wins."""
+    searches from every group ``q`` takes that way; the larger class wins. ``counted`` (``q`` in a length-bounded
+    string): the class bytes go with the counter's INC flag (``targets`` from ``want=INC``), ``allowed`` holds only
+    ASCII groups (one byte, one character) and every state has ``q``'s length bounds: the tokens of class bytes
+    are accepted up to the room left (bound -2)."""
     need = _popcount(beat)
-    a = _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, depth, seen, cap, longest, False)
+    a = _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, depth, seen, cap, longest, False,
+                     allowed, counted)
     b = _closure_try(targets, takes, info, q, max(need, _popcount(a[0])), n_groups, members, root, edge, depth,
-                     seen, cap, longest, True)
+                     seen, cap, longest, True, allowed, counted)
     return b if b[0] != 0 else a
 
 
@@ -214,7 +226,21 @@ def _closure(targets, takes, info, q, beat, n_groups, members, root, edge, depth
 def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, group_of, n_groups, max_chain,
                    max_closure, longest, out_groups, out_exit, out_len):
     n = trans.shape[0]
-    targets, takes = _group_targets(trans, flags, group_of, group_bit, n_groups)
+    targets, takes = _group_targets(trans, flags, group_of, group_bit, n_groups, 0)
+    # class bytes counted by a length bound (closures only): the same with the INC flag, ASCII groups only
+    any_counted = False
+    if max_closure > 0:
+        for q in range(n):
+            if info[q, S_CMAX] < _UNBOUNDED:
+                any_counted = True
+                break
+    inc_targets = targets
+    if any_counted:
+        inc_targets, _t = _group_targets(trans, flags, group_of, group_bit, n_groups, INC)
+    every = ~np.uint64(0)
+    ascii_groups = np.uint64(0)
+    for b in range(0x80):
+        ascii_groups |= group_bit[b]
     chain = np.empty(max_chain + 1, dtype=np.int64)
     members = np.empty(max(max_closure, 1), dtype=np.int64)
     root = np.empty(max(max_closure, 1), dtype=np.int64)
@@ -298,8 +324,12 @@ def _class_entries(trans, flags, info, loop_groups, class_states, group_bit, gro
                     bound = length - 1
         if max_closure > 0 and bound < 0:
             # (c) a class closure: a larger class whose bytes keep q inside a small set of states
-            wide = _closure(targets, takes, info, q, groups, n_groups, members, root, edge, depth, seen, max_closure,
-                            longest)
+            if info[q, S_CMAX] < _UNBOUNDED:
+                wide = _closure(inc_targets, takes, info, q, groups, n_groups, members, root, edge, depth, seen,
+                                max_closure, longest, ascii_groups, True)
+            else:
+                wide = _closure(targets, takes, info, q, groups, n_groups, members, root, edge, depth, seen,
+                                max_closure, longest, every, False)
             if wide[0] != 0:
                 out_groups[q] = wide[0]
                 out_exit[q] = wide[1]

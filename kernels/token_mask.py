@@ -246,6 +246,8 @@ def _walk(nodes, ids, sub, first, last, trans, flags, info, state_groups, max_to
         if nq < 0 and info[q, S_CALL] < 0 and info[q, S_FINAL] == 0:  # the other common case: a dead byte
             i = nodes[i, 2]
             continue
+        # a class byte counted by a length-bounded class (its row is bounded by the room left): still in the class
+        counted_class = in_class and nq >= 0 and flags[q, b] == INC
         q, top, at, dep, cnt, low, ok = _step(trans, flags, info, b, q, lv[d - 1, L_TOP], lv[d - 1, L_AT],
                                               lv[d - 1, L_DEP], lv[d - 1, L_CNT], arena, max_depth)
         if low == -1:
@@ -260,7 +262,7 @@ def _walk(nodes, ids, sub, first, last, trans, flags, info, state_groups, max_to
         lv[d, L_AT] = at
         lv[d, L_DEP] = dep
         lv[d, L_CNT] = cnt
-        lv[d, L_CLS] = 0
+        lv[d, L_CLS] = 1 if counted_class else 0
         _set_range(bits, ids, nodes[i, 3], nodes[i + 1, 3])
         i += 1
     return read

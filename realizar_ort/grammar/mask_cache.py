@@ -82,6 +82,7 @@ class MaskCache:
         self.cmin = automaton.cmin.tolist()
         self.cmax = automaton.cmax.tolist()
         self.cap = slack_cap.tolist()
+        self.longest_token = int(vocab.tables.max_token_bytes)
         self.row_tables = (vocab.text_upto, vocab.free_upto, vocab.text_upto)  # by free_string (2: see below)
         self.row_last = (vocab.text_upto.shape[0] - 1, vocab.free_upto.shape[0] - 1, vocab.text_upto.shape[0] - 1)
         self.last_rows = (vocab.text_upto[-1], vocab.free_upto[-1])  # the rows of unbounded strings, as views
@@ -232,7 +233,7 @@ class CachedMaskFill:
         read = self._walk(out, q)
         groups = c.class_groups[q]
         if groups:  # the tokens of class bytes only, which the walk skipped
-            np.bitwise_or(out, self._vocab.class_row(groups, c.class_len[q]), out=out)
+            np.bitwise_or(out, self._class_row(q, groups), out=out)
         if read > c.depth[q]:
             c.depth[q] = read
             key = c.key(q, counter, self._stack, stack_len, read)
@@ -255,7 +256,7 @@ class CachedMaskFill:
             groups = c.class_groups[q]
             read = self._walk(out, q)
             if groups:  # the tokens of class bytes only, which the walk skipped
-                np.bitwise_or(out, self._vocab.class_row(groups, c.class_len[q]), out=out)
+                np.bitwise_or(out, self._class_row(q, groups), out=out)
             if read > c.depth[q]:
                 c.depth[q] = read
                 key = c.key(q, self._counter, self._stack, self._stack_len, read)
@@ -312,6 +313,17 @@ class CachedMaskFill:
                                                       c.max_depth, self._arena, self._levels, bits,
                                                       ref_mask.view(np.uint32), walk_bytes)
         return max(read, c.depth[r])
+
+    def _class_row(self, q: int, groups: int) -> np.ndarray:
+        """The token row of ``q``'s class: up to its bound, or (class_len -2, a class inside a length-bounded
+        string, one character per byte) up to the room left (the mask key holds the room up to a token's
+        length, see MaskCache.key)."""
+        c = self._cache
+        bound = c.class_len[q]
+        if bound == -2:
+            room = c.cmax[q] - self._counter
+            bound = room if room < c.longest_token else -1
+        return self._vocab.class_row(groups, bound)
 
     def _row_scratch(self) -> np.ndarray:
         row = getattr(self, "_row_buffer", None)

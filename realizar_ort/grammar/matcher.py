@@ -303,7 +303,7 @@ class CompiledGrammar:
         info[:, 7] = np.where(loops, np.where(automaton.counted, -cap, 1), 0)
         # groups whose every string is accepted: a state's own loop, or the class of the loop it leads to
         accept_groups = loop_groups.copy()
-        leads = (class_groups != 0) & (class_len < 0)
+        leads = (class_groups != 0) & (class_len == -1)  # not -2: a counted class, bounded by the room left
         accept_groups[leads] = class_groups[leads]
         self.automaton_arrays = (automaton.trans, automaton.flags, info, accept_groups)
         # string-length slack beyond what one token can use does not change a walk (see VocabTables)

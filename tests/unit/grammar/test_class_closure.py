@@ -32,12 +32,16 @@ SCHEMA = {"type": "object", "properties": {
     "host": {"type": "string", "pattern": "^[a-z]+(\\.[a-z]+)*$"},
     "id": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
     "topic": {"type": "string", "pattern": "^[0-9a-zA-Z_-]{1,230}$"},
-    "label": {"type": "string", "pattern": "^[a-z0-9-]{1,20}$"}},
+    "label": {"type": "string", "pattern": "^[a-z0-9-]{1,20}$"},
+    "mail": {"type": "string", "format": "email", "maxLength": 24},
+    "tag": {"type": "string", "pattern": "^[A-Za-z0-9:_-]+$", "maxLength": 12}},
     "additionalProperties": False}
 VALUES = [
     {"url": "https://example.com/a/b-c/d.html?x=1&y=%20z#top", "home": "http://h.io/", "path": "/usr/local/bin/",
-     "host": "api.example.org", "id": "ABC-1234", "topic": "my_mqtt-topic_01", "label": "abcdefghij-012345678"},
-    {"url": "urn:isbn:0451450523", "home": "https://x.y/z//w?q#f", "path": "/a", "host": "x", "id": "XYZ-0000", "topic": "T", "label": "a-b"},
+     "host": "api.example.org", "id": "ABC-1234", "topic": "my_mqtt-topic_01", "label": "abcdefghij-012345678",
+     "mail": "john.doe@example.com", "tag": "abc:def_0123"},
+    {"url": "urn:isbn:0451450523", "home": "https://x.y/z//w?q#f", "path": "/a", "host": "x", "id": "XYZ-0000", "topic": "T", "label": "a-b", "mail": "a@b.co",
+     "tag": "x"},
 ]
 
 
@@ -67,6 +71,11 @@ def _bounded(grammar) -> set[int]:
     return {q for q in _wide(grammar) if grammar._class_len_l[q] >= 0}
 
 
+def _counted(grammar) -> set[int]:
+    """Closures inside a length-bounded string: the class row by the room left."""
+    return {q for q in _wide(grammar) if grammar._class_len_l[q] == -2}
+
+
 @pytest.fixture(scope="module", params=["llama3", "smollm2"])
 def real(request, llama3_tokenizer_json, smollm2_dir):
     path = llama3_tokenizer_json if request.param == "llama3" else smollm2_dir / "tokenizer.json"
@@ -78,8 +87,8 @@ def real(request, llama3_tokenizer_json, smollm2_dir):
 def test_class_closure_masks_equal_plain_walk_on_real_vocabularies(real):
     tok, vocab, stop = real
     fast, plain = _pair(vocab)
-    wide, bounded = _wide(fast), _bounded(fast)
-    met = bounded_met = 0
+    wide, bounded, counted = _wide(fast), _bounded(fast), _counted(fast)
+    met = bounded_met = counted_met = 0
     a, b = allocate_token_bitmask(vocab.vocab_size), allocate_token_bitmask(vocab.vocab_size)
     for value in VALUES:
         ids = tok.encode(json.dumps(value, separators=(",", ":")), add_special_tokens=False).ids
@@ -90,9 +99,11 @@ def test_class_closure_masks_equal_plain_walk_on_real_vocabularies(real):
             np.testing.assert_array_equal(a, b)
             met += f._state in wide
             bounded_met += f._state in bounded
+            counted_met += f._state in counted
             assert f.advance(tid) and p.advance(tid)
         assert f.is_terminated()
-    assert met >= 4 and bounded_met >= 1  # closure states, bounded ones too, were met along the instances
+    # closure states, bounded and counted ones too, were met along the instances
+    assert met >= 4 and bounded_met >= 1 and counted_met >= 2
     assert not any(plain._class_groups_l)
 
 
@@ -101,13 +112,14 @@ def test_class_closure_masks_equal_token_by_token_reference(reference_mask_walk)
     '/', '?', '%', '#' and a closing quote."""
     token_bytes = [None, None] + [bytes([b]) for b in range(0x20, 0x100)] + [
         b"/a", b"a/", b"a/b", b"//", b"/?", b"?x=", b"%20", b"a%2", b'html"', b'/"', b'/",', b"#top", b"com/",
-        b"example", b".com", b"-c/d", b"ABC", b"-12", b"1234", b"/bin/", b"bin/\"", b"org\"}", b"_01", b"mqtt", b"-topic", b"abcdefghij", b"-0123", b"45678", b"5678\"", b"a-b"]
+        b"example", b".com", b"-c/d", b"ABC", b"-12", b"1234", b"/bin/", b"bin/\"", b"org\"}", b"_01", b"mqtt", b"-topic", b"abcdefghij", b"-0123", b"45678", b"5678\"", b"a-b", b"john", b".doe", b"doe@", b"@example", b"abc:", b"def_0123", b"_0123\"", b"0123\"}"]
     vocab = TokenVocabulary.from_token_bytes(token_bytes, stop_token_ids=(STOP,))
     grammar = CompiledGrammar(compile_schema_automaton(SCHEMA), vocab)
-    wide, bounded = _wide(grammar), _bounded(grammar)
+    wide, bounded, counted = _wide(grammar), _bounded(grammar), _counted(grammar)
     states = reference_mask_walk(grammar, token_bytes, VALUES, STOP)
     assert sum(q in wide for q in states) >= 20
     assert sum(q in bounded for q in states) >= 10
+    assert sum(q in counted for q in states) >= 10
 
 
 def test_uri_path_state_gets_the_whole_path_class():
