@@ -173,6 +173,11 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
                 t = targets[s, g]
                 if t < 0:
                     drop = root[k] if by_entry and k > 0 else g
+                    if 2 * taken < _popcount(wide):  # s takes few of the class: drop one of those instead
+                        for h in range(n_groups):
+                            if (wide >> np.uint64(h)) & np.uint64(1) != 0 and targets[s, h] != -1:
+                                drop = h
+                                break
                     break
                 if d + 1 >= longest:
                     continue  # no token reaches a byte read there
@@ -195,7 +200,7 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
                 leave |= takes[members[j]]
             if stop_depth == -1:
                 return wide, leave & ~wide, -2 if counted else -1
-            if layered and stop_depth >= 1 and deepest < stop_depth:
+            if layered and stop_depth >= 2 and deepest < stop_depth:  # (1: a literal byte, no class)
                 return wide, leave & ~wide, stop_depth
             drop = root[first_stop] if by_entry else edge[first_stop]  # stops, but no one bound
         wide &= ~(np.uint64(1) << np.uint64(drop))
