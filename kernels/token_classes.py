@@ -115,7 +115,8 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
     """One greedy search for :func:`_closure`: (class, exit groups, bound). Where a reached state ``s`` is final
     or calls, or takes some but not all groups of ``L`` to one state without flags each, or ``s`` would be state
     ``cap + 1``, or the bound below fails: drop the group by which ``s`` was first reached from the state before it
-    (``by_entry``: from ``q``), or a group ``s`` refuses, and search again (at most ``_DROPS`` times). States
+    (``by_entry`` 1: from ``q``), or a group ``s`` refuses (``by_entry`` 2: one it takes, when it takes fewer than
+    half of ``L``: the closing quote of a bounded run), and search again (at most ``_DROPS`` times). States
     at depth ``longest`` (no token has more bytes) are not expanded. A state refusing every group of ``L`` is a
     stop: with stops the search must be layered (each state at one depth from ``q``) with every stop, and no
     other state, at one depth ``k``: then the tokens of ``L`` bytes are accepted up to ``k`` bytes (the bound)."""
@@ -149,14 +150,14 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
             d = depth[s]
             if info[s, S_FINAL] != 0 or info[s, S_CALL] >= 0 or (counted and (
                     info[s, S_CMIN] != info[q, S_CMIN] or info[s, S_CMAX] != info[q, S_CMAX])):
-                drop = root[k] if by_entry else edge[k]
+                drop = root[k] if by_entry == 1 else edge[k]
                 break
             taken = 0
             for g in range(n_groups):
                 if (wide >> np.uint64(g)) & np.uint64(1) != 0 and targets[s, g] != -1:
                     taken += 1
             if taken == 0 and counted:  # no stops in a counted class (its bound is the room left)
-                drop = root[k] if by_entry else edge[k]
+                drop = root[k] if by_entry == 1 else edge[k]
                 break
             if taken == 0:  # a stop
                 if stop_depth == -1:
@@ -172,8 +173,8 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
                     continue
                 t = targets[s, g]
                 if t < 0:
-                    drop = root[k] if by_entry and k > 0 else g
-                    if 2 * taken < _popcount(wide):  # s takes few of the class: drop one of those instead
+                    drop = root[k] if by_entry == 1 and k > 0 else g
+                    if by_entry == 2 and 2 * taken < _popcount(wide):  # s takes few of the class: drop one of those
                         for h in range(n_groups):
                             if (wide >> np.uint64(h)) & np.uint64(1) != 0 and targets[s, h] != -1:
                                 drop = h
@@ -183,7 +184,7 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
                     continue  # no token reaches a byte read there
                 if seen[t] != mark:
                     if m >= cap:
-                        drop = root[k] if by_entry and k > 0 else g
+                        drop = root[k] if by_entry == 1 and k > 0 else g
                         break
                     seen[t] = mark
                     members[m] = t
@@ -202,7 +203,7 @@ def _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, d
                 return wide, leave & ~wide, -2 if counted else -1
             if layered and stop_depth >= 2 and deepest < stop_depth:  # (1: a literal byte, no class)
                 return wide, leave & ~wide, stop_depth
-            drop = root[first_stop] if by_entry else edge[first_stop]  # stops, but no one bound
+            drop = root[first_stop] if by_entry == 1 else edge[first_stop]  # stops, but no one bound
         wide &= ~(np.uint64(1) << np.uint64(drop))
     return zero, zero, -1
 
@@ -214,17 +215,21 @@ def _closure(targets, takes, info, q, beat, n_groups, members, root, edge, depth
     one state without flags, and so on from each state reached that way (at most ``cap`` states, none final or
     calling) for any token's bytes: every string of ``L`` bytes (up to ``bound`` bytes when >= 0, see
     :func:`_closure_try`) is then accepted from ``q`` and keeps it inside those states; the exit groups are
-    those of every other byte they take. (0, 0, -1) when none found has more groups than ``beat``. Two greedy
-    searches from every group ``q`` takes that way; the larger class wins. ``counted`` (``q`` in a length-bounded
+    those of every other byte they take. (0, 0, -1) when none found has more groups than ``beat``. Three greedy
+    searches from every group ``q`` takes that way (``by_entry`` 0, 1, 2 of :func:`_closure_try`); the largest
+    class wins. ``counted`` (``q`` in a length-bounded
     string): the class bytes go with the counter's INC flag (``targets`` from ``want=INC``), ``allowed`` holds only
     ASCII groups (one byte, one character) and every state has ``q``'s length bounds: the tokens of class bytes
     are accepted up to the room left (bound -2)."""
     need = _popcount(beat)
-    a = _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, depth, seen, cap, longest, False,
-                     allowed, counted)
-    b = _closure_try(targets, takes, info, q, max(need, _popcount(a[0])), n_groups, members, root, edge, depth,
-                     seen, cap, longest, True, allowed, counted)
-    return b if b[0] != 0 else a
+    best = _closure_try(targets, takes, info, q, need, n_groups, members, root, edge, depth, seen, cap, longest, 0,
+                        allowed, counted)
+    for policy in (1, 2):
+        other = _closure_try(targets, takes, info, q, max(need, _popcount(best[0])), n_groups, members, root, edge,
+                             depth, seen, cap, longest, policy, allowed, counted)
+        if other[0] != 0:
+            best = other
+    return best
 
 
 @njit(cache=True, nogil=True)
