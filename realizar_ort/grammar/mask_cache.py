@@ -63,7 +63,8 @@ class MaskCache:
     """
 
     def __init__(self, automaton, vocab, class_groups: np.ndarray, class_len: np.ndarray,
-                 slack_cap: np.ndarray, kernel_args: tuple, max_depth: int) -> None:
+                 slack_cap: np.ndarray, kernel_args: tuple, max_depth: int,
+                 excluded_chars: dict[int, tuple[bytes, ...]] | None = None) -> None:
         self.vocab = vocab
         self.kernel_args = kernel_args
         self.max_depth = max_depth
@@ -87,10 +88,12 @@ class MaskCache:
         self.row_last = (vocab.text_upto.shape[0] - 1, vocab.free_upto.shape[0] - 1, vocab.text_upto.shape[0] - 1)
         self.last_rows = (vocab.text_upto[-1], vocab.free_upto[-1])  # the rows of unbounded strings, as views
         # free 2: a string state refusing some plain byte groups (S_PLAIN 2, see CompiledGrammar): the text rows
-        # less the tokens holding such a byte (the last row kept per state)
+        # less the tokens holding such a byte or one of the multi-byte characters it refuses (``excluded_chars``)
+        # (the last row kept per state; rows are built once per vocabulary)
         excluded = kernel_args[9][:, 3]
-        rows = {int(x): vocab.text_row_without(int(x)) for x in np.unique(excluded[plain_kind == 2]).tolist()}
-        self.excluded_rows = {q: rows[int(excluded[q])] for q in np.flatnonzero(plain_kind == 2).tolist()}
+        chars = excluded_chars or {}
+        self.excluded_rows = {q: vocab.text_row_without(int(excluded[q]), chars.get(q, ()))
+                              for q in np.flatnonzero(plain_kind == 2).tolist()}
         n = automaton.num_states
         # the stack read depth each state's masks depended on so far (keys grow with it)
         self.depth = [0] * n

@@ -199,19 +199,43 @@ class TokenVocabulary:
                     row = self._class_rows.setdefault((groups, max_len), row)
         return row
 
-    def text_row_without(self, groups: int) -> np.ndarray:
-        """The unbounded string row (``text_upto[-1]``) less the tokens holding a byte of the groups ``groups``:
-        the row of string states that refuse those bytes (``S_PLAIN`` 2, see :mod:`..kernels.plain_closure`).
-        Cached with the class rows (~0.2 ms each at 128k tokens). Read-only."""
-        row = self._class_rows.get(("text without", groups))
+    def text_row_without(self, groups: int, chars: tuple[bytes, ...] = ()) -> np.ndarray:
+        """The unbounded string row (``text_upto[-1]``) less the tokens holding a byte of the groups ``groups``
+        or one of the multi-byte characters ``chars`` (UTF-8, whole): the row of string states that refuse those
+        (``S_PLAIN`` 2, see :mod:`..kernels.plain_closure`). Cached with the class rows (~0.2 ms each at 128k
+        tokens, plus ~0.5 ms per character the first time in a process). Read-only."""
+        row = self._class_rows.get(("text without", groups, chars))
         if row is None:
             has = (self.tables.token_groups & np.uint64(groups)) != 0
             has = np.pad(has, (0, 32 * self.text_upto.shape[1] - has.shape[0]))
-            row = self.text_upto[-1] & ~np.packbits(has, bitorder="little").view(np.int32)
+            out = np.packbits(has, bitorder="little").view(np.int32)
+            for char in chars:
+                out |= self._tokens_with_char(char)
+            row = self.text_upto[-1] & ~out
             row.flags.writeable = False
             with self._class_lock:
                 if len(self._class_rows) < CLASS_ROW_ENTRIES:
-                    row = self._class_rows.setdefault(("text without", groups), row)
+                    row = self._class_rows.setdefault(("text without", groups, chars), row)
+        return row
+
+    def _tokens_with_char(self, char: bytes) -> np.ndarray:
+        """Bitmask of the tokens whose bytes hold ``char`` (a whole multi-byte UTF-8 character: its lead byte
+        is never a continuation byte, so in a token of plain text every occurrence is that character)."""
+        row = self._class_rows.get(("char", char))
+        if row is None:
+            data, offsets = self.tables.token_data, self.tables.token_offsets
+            n = len(char)
+            at = np.flatnonzero(data[:max(0, data.shape[0] - n + 1)] == char[0])
+            for j in range(1, n):
+                at = at[data[at + j] == char[j]]
+            tids = np.searchsorted(offsets, at, side="right") - 1
+            tids = tids[at + n <= offsets[tids + 1]]  # the whole character inside one token
+            row = allocate_token_bitmask(self.vocab_size)
+            np.bitwise_or.at(row.view(np.uint32), tids >> 5, np.left_shift(np.uint32(1), (tids & 31).astype(np.uint32)))
+            row.flags.writeable = False
+            with self._class_lock:
+                if len(self._class_rows) < CLASS_ROW_ENTRIES:
+                    row = self._class_rows.setdefault(("char", char), row)
         return row
 
     @classmethod
@@ -273,12 +297,17 @@ class CompiledGrammar:
         # shortcut (a plain-token row plus a walk of the rest trie) is exact at both
         # (S_PLAIN 2: those refusing some plain byte groups, ``excluded``: their row lacks the tokens with one)
         info[:, 5] = automaton.plain_loop
+        # (and ``excluded_chars``: the multi-byte characters such a state refuses, by state, e.g. U+2028 under '.')
         excluded = np.zeros(n, dtype=np.uint64)
+        self.excluded_chars: dict[int, tuple[bytes, ...]] = {}
         if string_shortcuts:
-            closed, excluded = plain_closed_states(automaton.arrays, automaton.counted, _CHAR_PATHS, _GROUP_BIT,
-                                                   INC, ROOM)
-            info[:, 5] = np.where(automaton.plain_loop, 1, np.where(closed, np.where(excluded != 0, 2, 1), 0))
+            closed, excluded, chars = plain_closed_states(automaton.arrays, automaton.counted, _CHAR_PATHS,
+                                                          _GROUP_BIT, INC, ROOM)
+            some = excluded != 0
+            some[list(chars)] = True
+            info[:, 5] = np.where(automaton.plain_loop, 1, np.where(closed, np.where(some, 2, 1), 0))
             excluded[info[:, 5] != 2] = 0
+            self.excluded_chars = {q: c for q, c in chars.items() if info[q, 5] == 2}
         info[:, 6] = automaton.free_string
         # per state: the byte groups wholly inside its flag-free self-loop
         loop_groups, exact = loop_byte_groups(automaton.loop_bits, _GROUP_WORDS)
@@ -313,7 +342,7 @@ class CompiledGrammar:
         self._kernel_args = prepare_fill_arguments(vocab.vocab_arrays, self.automaton_arrays, class_groups, class_exit,
                                                    excluded)
         self._mask_cache = MaskCache(automaton, vocab, class_groups, class_len, self._slack_cap, self._kernel_args,
-                                     max_depth)
+                                     max_depth, self.excluded_chars)
         # per-state facts as Python lists (shared with the mask cache)
         self._final_l = self._mask_cache.final
         self._class_groups_l = self._mask_cache.class_groups

@@ -106,7 +106,7 @@ def test_string_shortcut_masks_equal_token_by_token_reference(reference_mask_wal
 def test_closed_states_are_exactly_those_no_plain_run_kills():
     def closed(schema):
         a = compile_schema_automaton(schema)
-        found, excluded = plain_closed_states(a.arrays, a.counted, _CHAR_PATHS, _GROUP_BIT, INC, ROOM)
+        found, excluded, _chars = plain_closed_states(a.arrays, a.counted, _CHAR_PATHS, _GROUP_BIT, INC, ROOM)
         return a, found & ~a.plain_loop, excluded
 
     _a, found, excluded = closed({"type": "string", "pattern": "wifi"})
@@ -114,9 +114,12 @@ def test_closed_states_are_exactly_those_no_plain_run_kills():
     assert (excluded[found] != 0).all()  # pattern strings refuse DEL (not a plain character there)
     _a, found, _x = closed({"type": "string", "pattern": "^wifi$"})  # a plain run kills every state
     assert not found.any()
-    # '.' refuses U+2028 (a line terminator): not every plain character is taken, and that is not a byte group
-    _a, found, _x = closed({"type": "string", "pattern": "^(.+)/(.+)$"})
-    assert not found.any()
+    # '.' refuses U+2028 and U+2029 (line terminators): closed, with those two characters excluded (no byte
+    # group: see test_plain_closure_chars.py)
+    a = compile_schema_automaton({"type": "string", "pattern": "^(.+)/(.+)$"})
+    found, _x, chars = plain_closed_states(a.arrays, a.counted, _CHAR_PATHS, _GROUP_BIT, INC, ROOM)
+    assert (found & ~a.plain_loop).any()
+    assert set(chars.values()) == {("\u2028".encode(), "\u2029".encode())}
     # a negated class: every plain byte but '/' (its own byte group) and DEL
     a, found, excluded = closed({"type": "string", "pattern": "^[^/]+$"})
     assert found.any() and len(set(excluded[found].tolist())) == 1

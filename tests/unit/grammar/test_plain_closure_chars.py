@@ -1,0 +1,111 @@
+"""String states that refuse a few multi-byte characters (``.`` refuses U+2028 and U+2029, ``\\S`` the Unicode
+spaces) still take the kernel's string shortcut (:mod:`realizar_ort.kernels.plain_closure`): their row is the
+text row less the tokens holding one of those characters. The masks must equal the plain whole-trie walk bit for
+bit (real vocabularies) and the token-by-token reference (a hand vocabulary with those characters whole, partial,
+before a quote and as stray continuation bytes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from realizar_ort.grammar.json_schema import compile_schema_automaton
+from realizar_ort.grammar.matcher import CompiledGrammar, TokenVocabulary, allocate_token_bitmask
+
+STOP = 1
+SPACES = "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+SCHEMA = {"type": "object", "properties": {
+    "dot": {"type": "string", "pattern": "^.+$"},
+    "dotmid": {"type": "string", "pattern": "^(.+)/(.+)$"},
+    "nows": {"type": "string", "pattern": "^\\S+$"},
+    "notws": {"type": "string", "pattern": "^[^\\s/]*$"},
+    "version": {"type": "string", "pattern": "^(\\d+\\.\\d+\\.\\d+.*)$"},
+    "short": {"type": "string", "pattern": "^.+$", "maxLength": 8},
+    "words": {"type": "string", "pattern": "^\\S+@\\S+$", "maxLength": 40},
+    "free": {"type": "string"},
+    "https": {"type": "string", "pattern": "^https://.+$"}},
+    "additionalProperties": False}
+# allowed neighbours of the refused characters (U+2027, U+202A, U+2030, U+1681, U+3001, U+FEFE ...), the refused
+# ones where another field allows them (a free string; '.' takes the Unicode spaces, '\S' does not)
+VALUES = [
+    {"dot": "a\u00a0b\u3000c\u2027\u202a\u2030 é 😀", "dotmid": "x\u2000y/z\ufeffw", "nows": "ab\u2027\u3001\u00a1é😀",
+     "notws": "a\u2030b\u200b\ufefe", "version": "1.2.3-\u00a0beta\u3000", "short": "ab\u2030cdéf",
+     "words": "a\u2027b@c\u202ad", "free": "\u2028\u2029\u3000 \u00a0", "https": "https://x\u00a0y\u1680"},
+    {"dot": "\u1680\u205f", "dotmid": "a/b", "nows": "x", "notws": "", "version": "10.20.30",
+     "short": "12345678", "words": "é@😀", "free": "a", "https": "https://é"},
+]
+
+
+def _pair(schema, vocab) -> tuple[CompiledGrammar, CompiledGrammar]:
+    automaton = compile_schema_automaton(schema)
+    fast = CompiledGrammar(automaton, vocab)
+    plain = CompiledGrammar(automaton, vocab, string_shortcuts=False, class_shortcuts=False)
+    plain._mask_cache.no_reference = True  # the whole-trie walk everywhere
+    return fast, plain
+
+
+@pytest.fixture(scope="module", params=["llama3", "smollm2"])
+def real(request, llama3_tokenizer_json, smollm2_dir):
+    path = llama3_tokenizer_json if request.param == "llama3" else smollm2_dir / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    stop = tok.token_to_id("<|eot_id|>") if request.param == "llama3" else tok.token_to_id("<|im_end|>")
+    return tok, TokenVocabulary.from_tokenizer_file(path, stop_token_ids=(stop,)), stop
+
+
+def test_excluded_characters_are_found():
+    fast = CompiledGrammar(compile_schema_automaton(SCHEMA), TokenVocabulary.from_token_bytes(
+        [None, None] + [bytes([b]) for b in range(0x20, 0x100)], stop_token_ids=(STOP,)))
+    found = {tuple(c.decode() for c in chars) for chars in fast.excluded_chars.values()}
+    assert ("\u2028", "\u2029") in found  # '.'
+    assert tuple(SPACES) in found  # '\S' and [^\s/] (with the ASCII space and '/' as excluded byte groups)
+
+
+def test_excluded_character_masks_equal_plain_walk_on_real_vocabularies(real):
+    tok, vocab, stop = real
+    fast, plain = _pair(SCHEMA, vocab)
+    met = set()
+    refused = 0
+    a, b = allocate_token_bitmask(vocab.vocab_size), allocate_token_bitmask(vocab.vocab_size)
+    for value in VALUES:
+        ids = tok.encode(json.dumps(value, ensure_ascii=False, separators=(",", ":")), add_special_tokens=False).ids
+        f, p = fast.matcher(), plain.matcher()
+        for tid in ids + [stop]:
+            f.fill_next_token_bitmask(a)
+            p.fill_next_token_bitmask(b)
+            np.testing.assert_array_equal(a, b)
+            q = f._state
+            if q in fast.excluded_chars:
+                met.add(bool(fast.automaton.counted[q]))
+                # the row really lost tokens here: some token holding a refused character exists and is refused
+                with_char = np.zeros_like(a)
+                for char in fast.excluded_chars[q]:
+                    np.bitwise_or(with_char, vocab._tokens_with_char(char), out=with_char)
+                refused += int(with_char.any() and not (with_char & a).any())
+            assert f.advance(tid) and p.advance(tid)
+        assert f.is_terminated()
+    assert met == {False, True}  # unbounded and length-bounded states with refused characters
+    assert refused >= 20
+
+
+def test_excluded_character_masks_equal_token_by_token_reference(reference_mask_walk):
+    """Every state along the instances on a hand vocabulary: single bytes, plus the refused characters whole,
+    partial (a proper prefix is taken: it may end in an allowed character), after text, before a quote, twice,
+    as stray continuation bytes and after an invalid lead; their allowed neighbours."""
+    token_bytes = [None, None] + [bytes([b]) for b in range(0x20, 0x100)] + [
+        b"\xe2\x80\xa8", b"\xe2\x80\xa9", b"\xe2\x80", b"a\xe2\x80", b"a\xe2", b"\xe2\x80\xa8x", b"x\xe2\x80\xa8",
+        b"\xe2\x80\xa7", b"\xe2\x80\xaa", b"\xc2\xa0", b"a\xc2", b"\xc2\xa1", b"\xe3\x80\x80", b"\xe3\x80",
+        b"\xe3\x80\x81", b"\xe1\x9a\x80", b"\xe1\x9a", b"\xe1\x9a\x81", b"\xef\xbb\xbf", b"\xef\xbb", b"\xef\xbb\xbe",
+        b"\x80\xa8", b"\xa8\xa9", b"\xe2\x80\xa9\"", b"a\xe2\x80\xa8\"", b"\xe2\x80\xa7\"", b"\xf0\x9f\x98\x80",
+        b"\xf0\x9f\x98", b"ab", b"1.2", b".3-", b'x"', b'c"}', b"a b", b"\xe2\x80\x80", b"\xe2\x80\x8a",
+        b"\xe2\x80\x8b", b"\xe2\x81\x9f", b"\xe2\x81\x9e", b"\xe2\x80\xa8\xe2\x80\xa9", b"\xe2\xe2\x80\xa8",
+        b"\xe2\x80\xa8\\n", b"a\\u2028", b"\xc2\xa0@", b"@\xe3\x80\x80", b"\xe2\x80\xaf/", b"/\xe2\x80\xaf",
+        b"https://", b"//\xc2\xa0"]
+    vocab = TokenVocabulary.from_token_bytes(token_bytes, stop_token_ids=(STOP,))
+    grammar = CompiledGrammar(compile_schema_automaton(SCHEMA), vocab)
+    states = reference_mask_walk(grammar, token_bytes, VALUES, STOP)
+    checked = [q for q in states if q in grammar.excluded_chars]
+    assert len(checked) >= 60
+    assert {bool(grammar.automaton.counted[q]) for q in checked} == {False, True}
