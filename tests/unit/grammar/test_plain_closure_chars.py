@@ -109,3 +109,51 @@ def test_excluded_character_masks_equal_token_by_token_reference(reference_mask_
     checked = [q for q in states if q in grammar.excluded_chars]
     assert len(checked) >= 60
     assert {bool(grammar.automaton.counted[q]) for q in checked} == {False, True}
+
+
+def _refused_chars(arrays, q, lo, hi) -> set[bytes]:
+    """Brute force: the characters U+lo..U+hi (no surrogates) that state ``q`` refuses at some byte."""
+    trans = arrays[0]
+    out = set()
+    for cp in range(lo, hi + 1):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        s = q
+        for byte in chr(cp).encode():
+            s = trans[s, byte]
+            if s < 0:
+                out.add(chr(cp).encode())
+                break
+    return out
+
+
+def test_excluded_characters_are_exactly_the_refused_ones():
+    """Every closed state refuses exactly its listed multi-byte characters (brute force over U+0080-U+31FF and
+    the last plane's start), also when the automaton sends several lead bytes to one middle state that refuses a
+    byte (then the refusal is many characters: the state must not be closed with only one of them listed)."""
+    from realizar_ort.grammar.automaton import INC, ROOM
+    from realizar_ort.grammar.matcher import _CHAR_PATHS, _GROUP_BIT
+    from realizar_ort.kernels.plain_closure import plain_closed_states
+
+    def check(arrays, counted):
+        found, _x, chars = plain_closed_states(arrays, counted, _CHAR_PATHS, _GROUP_BIT, INC, ROOM)
+        closed = np.flatnonzero(found).tolist()
+        for q in closed:
+            refused = _refused_chars(arrays, q, 0x80, 0x31FF) | _refused_chars(arrays, q, 0xFE00, 0xFFFF)
+            assert refused == set(chars.get(q, ())), q
+        return closed, chars
+
+    for pattern in ("^.+$", "^\\S+$", "^[^\u00a0\u00e0]+$", "^(.+)/(.+)$"):
+        a = compile_schema_automaton({"type": "string", "pattern": pattern})
+        closed, chars = check(a.arrays, a.counted)
+        assert set(closed) & set(chars)
+    # one middle state for the lead bytes C2 and C3, refusing A0: U+00A0 and U+00E0 both refused
+    a = compile_schema_automaton({"type": "string", "pattern": "^[^\u00a0]+$"})
+    arrays = list(a.arrays)
+    trans = arrays[0].copy()
+    starts = [q for q in range(trans.shape[0]) if trans[q, 0x61] >= 0 and trans[q, 0xC2] >= 0]
+    for q in starts:
+        trans[q, 0xC3] = trans[q, 0xC2]
+    arrays[0] = trans
+    closed, chars = check(tuple(arrays), a.counted)
+    assert not set(closed) & set(chars)  # not closed: a refused byte after more than one prefix
