@@ -356,7 +356,7 @@ def _fill_from_reference(nodes, ids, sub, root_children, max_token_bytes, group_
 def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state: int, counter: int,
                             stack: np.ndarray, stack_len: int, max_depth: int, scratch: tuple,
                             bitmask: np.ndarray, include_plain: bool = True, class_groups: int = 0,
-                            class_exit: int = 0) -> int:
+                            class_exit: int = 0, excluded_tokens: np.ndarray | None = None) -> int:
     """Fill ``bitmask`` (cleared first) with the tokens allowed from (state, counter, stack[:stack_len]).
 
     ``vocab_arrays``: the trie forest (nodes, token_ids, sub_groups, root_children; tries 0 = all tokens,
@@ -383,6 +383,8 @@ def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state:
     way may take.
     Subtrees below an ``L``-only prefix holding no ``class_exit`` byte are then skipped, and the caller ORs
     in the class's token row (:mod:`.token_classes`). 0 / 0: no class shortcut.
+    ``excluded_tokens`` (int32 bitmask): in a string state refusing some multi-byte characters
+    (``CompiledGrammar.excluded_chars``), the tokens holding one, left out of the plain row too.
     """
     if bitmask.dtype != np.int32 or bitmask.ndim != 1:
         raise ValueError(f"bitmask must be a 1-D int32 array, got {bitmask.dtype} {bitmask.shape}")
@@ -402,6 +404,8 @@ def fill_next_token_bitmask(vocab_arrays: tuple, automaton_arrays: tuple, state:
         row = rows[max(0, min(room, rows.shape[0] - 1))].view(np.uint32)
         if info[state, S_PLAIN] == 2:  # some plain bytes refused: not the tokens with one
             row = row & ~_tokens_with_groups(vocab_arrays, bits.shape[0], prepared[-1][state, 3])
+            if excluded_tokens is not None:
+                row = row & ~excluded_tokens.view(np.uint32)
         np.bitwise_or(bits, row, out=bits)
     return read
 
