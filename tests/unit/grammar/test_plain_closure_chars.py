@@ -131,9 +131,10 @@ def test_excluded_characters_are_exactly_the_refused_ones():
     """Every closed state refuses exactly its listed multi-byte characters (brute force over U+0080-U+31FF and
     the last plane's start), also when the automaton sends several lead bytes to one middle state that refuses a
     byte (then the refusal is many characters: the state must not be closed with only one of them listed)."""
+    from realizar_ort.kernels.plain_closure import plain_closed_states
+
     from realizar_ort.grammar.automaton import INC, ROOM
     from realizar_ort.grammar.matcher import _CHAR_PATHS, _GROUP_BIT
-    from realizar_ort.kernels.plain_closure import plain_closed_states
 
     def check(arrays, counted):
         found, _x, chars = plain_closed_states(arrays, counted, _CHAR_PATHS, _GROUP_BIT, INC, ROOM)
