@@ -95,6 +95,52 @@ def reference_mask():
     return expected
 
 
+@pytest.fixture(scope="module", params=["llama3", "smollm2"])
+def real_vocab(request, llama3_tokenizer_json, smollm2_dir):
+    """(tokenizer, TokenVocabulary, stop id) of a real vocabulary: Llama 3.2's, then SmolLM2's (one per module)."""
+    from tokenizers import Tokenizer
+
+    from realizar_ort.grammar.matcher import TokenVocabulary
+
+    path = llama3_tokenizer_json if request.param == "llama3" else smollm2_dir / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    stop = tok.token_to_id("<|eot_id|>") if request.param == "llama3" else tok.token_to_id("<|im_end|>")
+    return tok, TokenVocabulary.from_tokenizer_file(path, stop_token_ids=(stop,)), stop
+
+
+@pytest.fixture(scope="session")
+def lockstep_mask_walk():
+    """Feed each value's compact JSON (as the tokenizer splits it) and the stop token to two grammars of one
+    schema in lockstep, asserting before every token that their masks are equal and after each value that the
+    first one terminated. ``on_step(matcher, mask)`` sees the first grammar's matcher and mask at each step.
+    Returns the first matcher's state at each step."""
+    import json
+
+    import numpy as np
+
+    from realizar_ort.grammar.matcher import allocate_token_bitmask
+
+    def walk(fast, plain, tok, vocab_size: int, values: list, stop: int, on_step=None,
+             ensure_ascii: bool = False) -> list[int]:
+        a, b = allocate_token_bitmask(vocab_size), allocate_token_bitmask(vocab_size)
+        states = []
+        for value in values:
+            text = json.dumps(value, ensure_ascii=ensure_ascii, separators=(",", ":"))
+            f, p = fast.matcher(), plain.matcher()
+            for tid in tok.encode(text, add_special_tokens=False).ids + [stop]:
+                f.fill_next_token_bitmask(a)
+                p.fill_next_token_bitmask(b)
+                np.testing.assert_array_equal(a, b)
+                states.append(f._state)
+                if on_step is not None:
+                    on_step(f, a)
+                assert f.advance(tid) and p.advance(tid)
+            assert f.is_terminated()
+        return states
+
+    return walk
+
+
 @pytest.fixture(scope="session")
 def reference_mask_walk(reference_mask):
     """Walk each value's compact JSON byte by byte on a one-byte-per-token hand vocabulary, asserting at every

@@ -2,17 +2,13 @@
 whose class bytes keep it inside a few states (a URI path: ``57 -pchar-> 57``, ``57 -/-> 43 -pchar-> 57``; the
 DFA is not minimised) gets the class shortcut for the whole set (pchar and ``/``), not only for the one group
 of a self-loop it leads to ('/'), which walked nearly every token (~1.3 ms at 128k tokens). The masks must equal
-the whole-trie walk with no shortcut bit for bit (real vocabularies) and the token-by-token reference (a hand
+the whole-trie walk with no shortcut bit for bit (real_vocab vocabularies) and the token-by-token reference (a hand
 vocabulary)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pytest
 from realizar_ort.kernels.token_classes import class_loop_entries, loop_byte_groups
-from tokenizers import Tokenizer
 
 from realizar_ort.grammar.json_schema import compile_schema_automaton
 from realizar_ort.grammar.matcher import (
@@ -20,7 +16,6 @@ from realizar_ort.grammar.matcher import (
     _GROUP_WORDS,
     CompiledGrammar,
     TokenVocabulary,
-    allocate_token_bitmask,
 )
 from realizar_ort.grammar.vocab import BYTE_GROUP
 
@@ -76,32 +71,14 @@ def _counted(grammar) -> set[int]:
     return {q for q in _wide(grammar) if grammar._class_len_l[q] == -2}
 
 
-@pytest.fixture(scope="module", params=["llama3", "smollm2"])
-def real(request, llama3_tokenizer_json, smollm2_dir):
-    path = llama3_tokenizer_json if request.param == "llama3" else smollm2_dir / "tokenizer.json"
-    tok = Tokenizer.from_file(str(path))
-    stop = tok.token_to_id("<|eot_id|>") if request.param == "llama3" else tok.token_to_id("<|im_end|>")
-    return tok, TokenVocabulary.from_tokenizer_file(path, stop_token_ids=(stop,)), stop
-
-
-def test_class_closure_masks_equal_plain_walk_on_real_vocabularies(real):
-    tok, vocab, stop = real
+def test_class_closure_masks_equal_plain_walk_on_real_vocabularies(real_vocab, lockstep_mask_walk):
+    tok, vocab, stop = real_vocab
     fast, plain = _pair(vocab)
     wide, bounded, counted = _wide(fast), _bounded(fast), _counted(fast)
-    met = bounded_met = counted_met = 0
-    a, b = allocate_token_bitmask(vocab.vocab_size), allocate_token_bitmask(vocab.vocab_size)
-    for value in VALUES:
-        ids = tok.encode(json.dumps(value, separators=(",", ":")), add_special_tokens=False).ids
-        f, p = fast.matcher(), plain.matcher()
-        for tid in ids + [stop]:
-            f.fill_next_token_bitmask(a)
-            p.fill_next_token_bitmask(b)
-            np.testing.assert_array_equal(a, b)
-            met += f._state in wide
-            bounded_met += f._state in bounded
-            counted_met += f._state in counted
-            assert f.advance(tid) and p.advance(tid)
-        assert f.is_terminated()
+    states = lockstep_mask_walk(fast, plain, tok, vocab.vocab_size, VALUES, stop, ensure_ascii=True)
+    met = sum(q in wide for q in states)
+    bounded_met = sum(q in bounded for q in states)
+    counted_met = sum(q in counted for q in states)
     # closure states, bounded and counted ones too, were met along the instances
     assert met >= 4 and bounded_met >= 1 and counted_met >= 2
     assert not any(plain._class_groups_l)

@@ -1,16 +1,12 @@
 """String states that no run of (allowed) plain characters can kill take the kernel's string shortcut
 (:mod:`realizar_ort.kernels.plain_closure`): an unanchored pattern's search and match states, negated or broad
 classes (with the row less the tokens of the bytes they refuse), in bounded strings too. The masks must equal
-the plain whole-trie walk bit for bit (real vocabularies) and the token-by-token reference (a hand vocabulary)."""
+the plain whole-trie walk bit for bit (real_vocab vocabularies) and the token-by-token reference (a hand vocabulary)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pytest
 from realizar_ort.kernels.plain_closure import plain_closed_states
-from tokenizers import Tokenizer
 
 from realizar_ort.grammar.automaton import INC, ROOM
 from realizar_ort.grammar.json_schema import compile_schema_automaton
@@ -19,7 +15,6 @@ from realizar_ort.grammar.matcher import (
     _GROUP_BIT,
     CompiledGrammar,
     TokenVocabulary,
-    allocate_token_bitmask,
 )
 
 STOP = 1
@@ -60,30 +55,12 @@ def _closed(grammar) -> np.ndarray:
     return np.where(grammar.automaton.plain_loop, 0, info[:, 5])
 
 
-@pytest.fixture(scope="module", params=["llama3", "smollm2"])
-def real(request, llama3_tokenizer_json, smollm2_dir):
-    path = llama3_tokenizer_json if request.param == "llama3" else smollm2_dir / "tokenizer.json"
-    tok = Tokenizer.from_file(str(path))
-    stop = tok.token_to_id("<|eot_id|>") if request.param == "llama3" else tok.token_to_id("<|im_end|>")
-    return tok, TokenVocabulary.from_tokenizer_file(path, stop_token_ids=(stop,)), stop
-
-
-def test_string_shortcut_masks_equal_plain_walk_on_real_vocabularies(real):
-    tok, vocab, stop = real
+def test_string_shortcut_masks_equal_plain_walk_on_real_vocabularies(real_vocab, lockstep_mask_walk):
+    tok, vocab, stop = real_vocab
     fast, plain = _pair(SCHEMA, vocab)
     kinds = _closed(fast)
-    met = set()
-    a, b = allocate_token_bitmask(vocab.vocab_size), allocate_token_bitmask(vocab.vocab_size)
-    for value in VALUES:
-        ids = tok.encode(json.dumps(value, ensure_ascii=False, separators=(",", ":")), add_special_tokens=False).ids
-        f, p = fast.matcher(), plain.matcher()
-        for tid in ids + [stop]:
-            f.fill_next_token_bitmask(a)
-            p.fill_next_token_bitmask(b)
-            np.testing.assert_array_equal(a, b)
-            met.add((int(kinds[f._state]), bool(fast.automaton.counted[f._state])))
-            assert f.advance(tid) and p.advance(tid)
-        assert f.is_terminated()
+    states = lockstep_mask_walk(fast, plain, tok, vocab.vocab_size, VALUES, stop)
+    met = {(int(kinds[q]), bool(fast.automaton.counted[q])) for q in states}
     # shortcut states, bounded and not, were met along the instances (pattern strings refuse DEL: kind 2)
     assert {(2, False), (2, True)} <= met
     assert not _closed(plain).any()

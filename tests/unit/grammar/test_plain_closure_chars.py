@@ -1,19 +1,15 @@
 """String states that refuse a few multi-byte characters (``.`` refuses U+2028 and U+2029, ``\\S`` the Unicode
 spaces) still take the kernel's string shortcut (:mod:`realizar_ort.kernels.plain_closure`): their row is the
 text row less the tokens holding one of those characters. The masks must equal the plain whole-trie walk bit for
-bit (real vocabularies) and the token-by-token reference (a hand vocabulary with those characters whole, partial,
+bit (real_vocab vocabularies) and the token-by-token reference (a hand vocabulary with those characters whole, partial,
 before a quote and as stray continuation bytes)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pytest
-from tokenizers import Tokenizer
 
 from realizar_ort.grammar.json_schema import compile_schema_automaton
-from realizar_ort.grammar.matcher import CompiledGrammar, TokenVocabulary, allocate_token_bitmask
+from realizar_ort.grammar.matcher import CompiledGrammar, TokenVocabulary
 
 STOP = 1
 SPACES = "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
@@ -47,14 +43,6 @@ def _pair(schema, vocab) -> tuple[CompiledGrammar, CompiledGrammar]:
     return fast, plain
 
 
-@pytest.fixture(scope="module", params=["llama3", "smollm2"])
-def real(request, llama3_tokenizer_json, smollm2_dir):
-    path = llama3_tokenizer_json if request.param == "llama3" else smollm2_dir / "tokenizer.json"
-    tok = Tokenizer.from_file(str(path))
-    stop = tok.token_to_id("<|eot_id|>") if request.param == "llama3" else tok.token_to_id("<|im_end|>")
-    return tok, TokenVocabulary.from_tokenizer_file(path, stop_token_ids=(stop,)), stop
-
-
 def test_excluded_characters_are_found():
     fast = CompiledGrammar(compile_schema_automaton(SCHEMA), TokenVocabulary.from_token_bytes(
         [None, None] + [bytes([b]) for b in range(0x20, 0x100)], stop_token_ids=(STOP,)))
@@ -63,29 +51,24 @@ def test_excluded_characters_are_found():
     assert tuple(SPACES) in found  # '\S' and [^\s/] (with the ASCII space and '/' as excluded byte groups)
 
 
-def test_excluded_character_masks_equal_plain_walk_on_real_vocabularies(real):
-    tok, vocab, stop = real
+def test_excluded_character_masks_equal_plain_walk_on_real_vocabularies(real_vocab, lockstep_mask_walk):
+    tok, vocab, stop = real_vocab
     fast, plain = _pair(SCHEMA, vocab)
     met = set()
     refused = 0
-    a, b = allocate_token_bitmask(vocab.vocab_size), allocate_token_bitmask(vocab.vocab_size)
-    for value in VALUES:
-        ids = tok.encode(json.dumps(value, ensure_ascii=False, separators=(",", ":")), add_special_tokens=False).ids
-        f, p = fast.matcher(), plain.matcher()
-        for tid in ids + [stop]:
-            f.fill_next_token_bitmask(a)
-            p.fill_next_token_bitmask(b)
-            np.testing.assert_array_equal(a, b)
-            q = f._state
-            if q in fast.excluded_chars:
-                met.add(bool(fast.automaton.counted[q]))
-                # the row really lost tokens here: some token holding a refused character exists and is refused
-                with_char = np.zeros_like(a)
-                for char in fast.excluded_chars[q]:
-                    np.bitwise_or(with_char, vocab._tokens_with_char(char), out=with_char)
-                refused += int(with_char.any() and not (with_char & a).any())
-            assert f.advance(tid) and p.advance(tid)
-        assert f.is_terminated()
+
+    def check(matcher, mask) -> None:
+        nonlocal refused
+        q = matcher._state
+        if q in fast.excluded_chars:
+            met.add(bool(fast.automaton.counted[q]))
+            # the row really lost tokens here: some token holding a refused character exists and is refused
+            with_char = np.zeros_like(mask)
+            for char in fast.excluded_chars[q]:
+                np.bitwise_or(with_char, vocab._tokens_with_char(char), out=with_char)
+            refused += int(with_char.any() and not (with_char & mask).any())
+
+    lockstep_mask_walk(fast, plain, tok, vocab.vocab_size, VALUES, stop, on_step=check)
     assert met == {False, True}  # unbounded and length-bounded states with refused characters
     assert refused >= 20
 

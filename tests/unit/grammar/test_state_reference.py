@@ -1,18 +1,15 @@
 """Reference states of the mask walk (:mod:`realizar_ort.grammar.state_reference`): a property key's trie node
 copies the free string's mask and walks only the first bytes where the two differ. The fast mask must equal
-the plain walk bit for bit (real vocabularies) and the token-by-token reference (a hand vocabulary)."""
+the plain walk bit for bit (real_vocab vocabularies) and the token-by-token reference (a hand vocabulary)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 from realizar_ort.kernels.state_equivalence import equivalent_states
-from tokenizers import Tokenizer
 
 from realizar_ort.grammar.json_schema import compile_schema_automaton
-from realizar_ort.grammar.matcher import CompiledGrammar, TokenVocabulary, allocate_token_bitmask
+from realizar_ort.grammar.matcher import CompiledGrammar, TokenVocabulary
 
 STOP = 1
 KEY_TOKENS = [b'{"', b'":', b'",', b'"}', b'id', b'ide', b'identifier', b'ntifier', b'caf', b'\xc3\xa9', b'caf\xc3\xa9',
@@ -49,17 +46,6 @@ PATTERN_VALUES = [{"code": "my rocket_font file", "style": "bold italic", "uuid"
                    "url": "https://example.com/a?b=c", "more": "é"}]
 
 
-def _masks_agree_along(grammar_fast, grammar_plain, ids, stop, vocab_size) -> None:
-    fast, plain = grammar_fast.matcher(), grammar_plain.matcher()
-    a, b = allocate_token_bitmask(vocab_size), allocate_token_bitmask(vocab_size)
-    for tid in ids + [stop]:
-        fast.fill_next_token_bitmask(a)
-        plain.fill_next_token_bitmask(b)
-        np.testing.assert_array_equal(a, b)
-        assert fast.advance(tid) and plain.advance(tid)
-    assert fast.is_terminated()
-
-
 def _pair(schema, vocab) -> tuple[CompiledGrammar, CompiledGrammar]:
     automaton = compile_schema_automaton(schema)
     # no class shortcuts: with class closures (test_class_closure.py) a URI's states are class states, which
@@ -74,22 +60,12 @@ def _used(grammar) -> int:
     return sum(1 for r in grammar._mask_cache.refs if isinstance(r, tuple))
 
 
-@pytest.fixture(scope="module", params=["llama3", "smollm2"])
-def real(request, llama3_tokenizer_json, smollm2_dir):
-    path = llama3_tokenizer_json if request.param == "llama3" else smollm2_dir / "tokenizer.json"
-    tok = Tokenizer.from_file(str(path))
-    stop = tok.token_to_id("<|eot_id|>") if request.param == "llama3" else tok.token_to_id("<|im_end|>")
-    return tok, TokenVocabulary.from_tokenizer_file(path, stop_token_ids=(stop,)), stop
-
-
 @pytest.mark.parametrize(("schema", "values"), [(OPEN, OPEN_VALUES), (PATTERN, PATTERN_VALUES)],
                          ids=["open-objects", "patterns"])
-def test_reference_masks_equal_plain_walk_on_real_vocabularies(real, schema, values):
-    tok, vocab, stop = real
+def test_reference_masks_equal_plain_walk_on_real_vocabularies(real_vocab, schema, values, lockstep_mask_walk):
+    tok, vocab, stop = real_vocab
     fast, plain = _pair(schema, vocab)
-    for value in values:
-        ids = tok.encode(json.dumps(value, ensure_ascii=False, separators=(",", ":")), add_special_tokens=False).ids
-        _masks_agree_along(fast, plain, ids, stop, vocab.vocab_size)
+    lockstep_mask_walk(fast, plain, tok, vocab.vocab_size, values, stop)
     # the key trie nodes took the reference path or the string shortcut (a trie node that no run of plain
     # characters kills; see test_plain_closure.py), as did an unanchored pattern's states; the plain walk neither
     closed = fast.automaton_arrays[2][:, 5] != fast.automaton.plain_loop
