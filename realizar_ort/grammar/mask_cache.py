@@ -91,9 +91,16 @@ class MaskCache:
         # less the tokens holding such a byte or one of the multi-byte characters it refuses (``excluded_chars``)
         # (the last row kept per state; rows are built once per vocabulary)
         excluded = kernel_args[9][:, 3]
+        # (one row per distinct (groups, characters) here too: the vocabulary's cache may be full)
         chars = excluded_chars or {}
-        self.excluded_rows = {q: vocab.text_row_without(int(excluded[q]), chars.get(q, ()))
-                              for q in np.flatnonzero(plain_kind == 2).tolist()}
+        rows: dict[tuple, np.ndarray] = {}
+        self.excluded_rows = {}
+        for q in np.flatnonzero(plain_kind == 2).tolist():
+            key = (int(excluded[q]), chars.get(q, ()))
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = vocab.text_row_without(*key)
+            self.excluded_rows[q] = row
         n = automaton.num_states
         # the stack read depth each state's masks depended on so far (keys grow with it)
         self.depth = [0] * n
